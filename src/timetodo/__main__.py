@@ -1,0 +1,3 @@
+from timetodo.cli import main
+
+main()

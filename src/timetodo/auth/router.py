@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from timetodo.auth import service
+from timetodo.auth.schemas import RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
+from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
+
+router = APIRouter(prefix=API_PREFIX, tags=["auth"])
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def register(data: RegisterIn, session: WriteSessionDep) -> object:
+    """Create an account. The e-mail is case-insensitive and unique (409 `email_taken`)."""
+    return await service.register(session, data)
+
+
+@router.post("/auth/login", response_model=TokenPair)
+async def login(
+    request: Request,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    cache: CacheDep,
+) -> TokenPair:
+    """OAuth2 password form: `username` is the e-mail. Limited to 5 attempts a minute per IP and per account."""
+    await service.check_login_rate(cache, settings, form.username, client_ip(request))
+    return await service.login(session, settings, form.username, form.password)
+
+
+@router.post("/auth/refresh", response_model=TokenPair)
+async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    """Trade a refresh token for a new pair. A token can be used once; reuse revokes every token of its login."""
+    return await service.refresh(session, settings, data.refresh_token)
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(data: RefreshIn, session: WriteSessionDep) -> Response:
+    """Revoke this login's refresh tokens."""
+    await service.logout(session, data.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/users/me", response_model=UserOut)
+async def get_me(user_id: UserIdDep, session: SessionDep) -> object:
+    return await service.get_user(session, user_id)
+
+
+@router.patch("/users/me", response_model=UserOut)
+async def update_me(data: UserUpdate, user_id: UserIdDep, session: WriteSessionDep) -> object:
+    """Change the time zone (an IANA name) or locale (`ru` or `en`)."""
+    return await service.update_me(session, user_id, data)

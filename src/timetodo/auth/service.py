@@ -1,0 +1,178 @@
+"""Registration, login with rate limits, rotating refresh tokens, the user's own profile."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from timetodo.admin.service import get_status as maintenance_status
+from timetodo.auth import repository
+from timetodo.auth.models import RefreshToken, User
+from timetodo.auth.schemas import RegisterIn, TokenPair, UserUpdate
+from timetodo.core.cache import Cache
+from timetodo.core.database import utcnow
+from timetodo.core.errors import Conflict, ErrorCode, NotFound, RateLimited, Unauthorized
+from timetodo.core.security import (
+    create_access_token,
+    hash_password,
+    new_opaque_secret,
+    sha256_hex,
+    verify_password,
+)
+from timetodo.core.settings import Settings
+
+log = logging.getLogger("timetodo.auth")
+LOGIN_WINDOW_SECONDS = 60
+
+
+async def create_user(
+    session: AsyncSession,
+    email: str,
+    password: str,
+    *,
+    timezone: str = "UTC",
+    locale: str = "en",
+    is_admin: bool = False,
+) -> User:
+    email = email.strip().lower()
+    if await repository.get_user_by_email(session, email) is not None:
+        raise Conflict("An account with this e-mail already exists", code=ErrorCode.email_taken)
+    password_hash = await asyncio.to_thread(hash_password, password)
+    user = User(email=email, password_hash=password_hash, timezone=timezone, locale=locale, is_admin=is_admin)
+    try:
+        await repository.add(session, user)
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise Conflict("An account with this e-mail already exists", code=ErrorCode.email_taken) from exc
+    return user
+
+
+async def register(session: AsyncSession, data: RegisterIn) -> User:
+    return await create_user(session, data.email, data.password, timezone=data.timezone, locale=data.locale)
+
+
+async def check_login_rate(cache: Cache, settings: Settings, email: str, client_ip: str) -> None:
+    """At most N attempts per minute per client IP and per account (shared by every instance through Redis)."""
+    limit = settings.LOGIN_ATTEMPTS_PER_MINUTE
+    retry_after = 0.0
+    for key in (f"rl:login:ip:{client_ip}", f"rl:login:acct:{sha256_hex(email.strip().lower())}"):
+        count, reset_in = await cache.hit(key, LOGIN_WINDOW_SECONDS)
+        if count > limit:
+            retry_after = max(retry_after, reset_in)
+    if retry_after:
+        log.warning("login rate limit hit", extra={"client_ip": client_ip})
+        raise RateLimited(int(retry_after + 0.999), "Too many login attempts; wait before trying again")
+
+
+def _access_token(settings: Settings, user_id: int, is_admin: bool) -> tuple[str, int]:
+    ttl = timedelta(minutes=settings.ACCESS_TOKEN_TTL_MINUTES)
+    token = create_access_token(settings.SECRET_KEY.get_secret_value(), user_id, ttl, is_admin=is_admin)
+    return token, int(ttl.total_seconds())
+
+
+async def _issue_refresh_token(
+    session: AsyncSession, settings: Settings, user_id: int, family_id: str | None = None
+) -> str:
+    secret = new_opaque_secret()
+    row = RefreshToken(
+        user_id=user_id,
+        family_id=family_id or secrets.token_hex(16),
+        token_hash=sha256_hex(secret),
+        expires_at=utcnow() + timedelta(days=settings.REFRESH_TOKEN_TTL_DAYS),
+    )
+    await repository.add(session, row)
+    return f"{row.id}.{secret}"
+
+
+async def login(session: AsyncSession, settings: Settings, email: str, password: str) -> TokenPair:
+    user = await repository.get_user_by_email(session, email.strip())
+    password_ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else None)
+    if user is None or not password_ok or not user.is_active:
+        raise Unauthorized("Wrong e-mail or password", code=ErrorCode.invalid_credentials)
+    refresh = await _issue_refresh_token(session, settings, user.id)
+    await session.commit()
+    access, expires_in = _access_token(settings, user.id, user.is_admin)
+    return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
+
+
+async def _load_refresh_token(session: AsyncSession, token: str) -> tuple[RefreshToken, User]:
+    invalid = Unauthorized("The refresh token is invalid", code=ErrorCode.invalid_token)
+    token_id_text, _, secret = token.partition(".")
+    if not token_id_text.isdigit() or not secret:
+        raise invalid
+    row = await repository.get_refresh_token(session, int(token_id_text))
+    if row is None or not hmac.compare_digest(row.token_hash, sha256_hex(secret)):
+        raise invalid
+    user = await repository.get_user(session, row.user_id)
+    if user is None or not user.is_active or row.revoked_at is not None:
+        raise invalid
+    if row.expires_at <= utcnow():
+        raise Unauthorized("The refresh token has expired; log in again", code=ErrorCode.token_expired)
+    return row, user
+
+
+async def refresh(session: AsyncSession, settings: Settings, token: str) -> TokenPair:
+    """Rotate: the presented token is consumed and a new one of the same family issued.
+
+    Presenting an already-consumed token means it leaked: the whole family is revoked. In maintenance mode the
+    database is read-only, so the same refresh token is handed back with a fresh access token (no rotation).
+    """
+    row, user = await _load_refresh_token(session, token)
+    now = utcnow()
+    if (await maintenance_status(session)).enabled:
+        if row.used_at is not None:
+            raise Unauthorized("This refresh token was already used", code=ErrorCode.refresh_token_reused)
+        access, expires_in = _access_token(settings, user.id, user.is_admin)
+        return TokenPair(access_token=access, refresh_token=token, expires_in=expires_in)
+    if row.used_at is not None or not await repository.mark_refresh_token_used(session, row.id, now):
+        await repository.revoke_family(session, row.family_id, now)
+        await session.commit()
+        log.warning("refresh token reused; family revoked", extra={"user_id": user.id})
+        raise Unauthorized(
+            "This refresh token was already used; every session of this login is now revoked",
+            code=ErrorCode.refresh_token_reused,
+        )
+    new_refresh = await _issue_refresh_token(session, settings, user.id, row.family_id)
+    await session.commit()
+    access, expires_in = _access_token(settings, user.id, user.is_admin)
+    return TokenPair(access_token=access, refresh_token=new_refresh, expires_in=expires_in)
+
+
+async def logout(session: AsyncSession, token: str) -> None:
+    row, _user = await _load_refresh_token(session, token)
+    await repository.revoke_family(session, row.family_id, utcnow())
+    await session.commit()
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User:
+    user = await repository.get_user(session, user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("The user of this token no longer exists", code=ErrorCode.invalid_token)
+    return user
+
+
+async def update_me(session: AsyncSession, user_id: int, data: UserUpdate) -> User:
+    user = await get_user(session, user_id)
+    for field in data.model_fields_set:
+        value = getattr(data, field)
+        if value is None:
+            continue
+        setattr(user, field, value)
+    await session.commit()
+    return user
+
+
+async def set_admin(session: AsyncSession, email: str, is_admin: bool) -> User:
+    user = await repository.get_user_by_email(session, email)
+    if user is None:
+        raise NotFound(f"No user with e-mail {email}")
+    user.is_admin = is_admin
+    await session.commit()
+    return user

@@ -1,0 +1,145 @@
+"""SQLAlchemy 2 async engine, sessions and the declarative base."""
+
+from __future__ import annotations
+
+import ssl
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+from timetodo.core.settings import Settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL; INTEGER on SQLite so that it is the rowid alias and autoincrements.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False)
+
+
+def _asyncpg_url_and_args(url: str) -> tuple[str, dict[str, Any]]:
+    """asyncpg does not understand libpq's sslmode/sslrootcert; translate them into connect_args."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    connect_args: dict[str, Any] = {}
+    sslmode = query.pop("sslmode", None)
+    rootcert = query.pop("sslrootcert", None)
+    if sslmode in ("require", "prefer", "allow"):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        connect_args["ssl"] = ctx
+    elif sslmode in ("verify-ca", "verify-full"):
+        ctx = ssl.create_default_context(cafile=rootcert)
+        ctx.check_hostname = sslmode == "verify-full"
+        connect_args["ssl"] = ctx
+    elif sslmode == "disable":
+        connect_args["ssl"] = False
+    clean = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+    return clean, connect_args
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    url = settings.DATABASE_URL
+    if settings.is_sqlite:
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    clean, connect_args = _asyncpg_url_and_args(url)
+    if not pooled:
+        return create_async_engine(clean, connect_args=connect_args, poolclass=NullPool)
+    return create_async_engine(
+        clean,
+        connect_args=connect_args,
+        pool_size=settings.DATABASE_POOL_SIZE,
+        max_overflow=settings.DATABASE_MAX_OVERFLOW,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def pool_stats(engine: AsyncEngine) -> dict[str, int]:
+    """Checked-out / idle / overflow connections of a QueuePool (zeros for other pools)."""
+    pool: Any = engine.sync_engine.pool
+    stats = {"size": 0, "checked_out": 0, "idle": 0, "overflow": 0}
+    for key, attr in (("size", "size"), ("checked_out", "checkedout"), ("idle", "checkedin")):
+        fn = getattr(pool, attr, None)
+        if callable(fn):
+            stats[key] = int(fn())
+    fn = getattr(pool, "overflow", None)
+    if callable(fn):
+        stats["overflow"] = max(0, int(fn()))
+    return stats
+
+
+__all__ = [
+    "Base",
+    "BigIntPK",
+    "TimestampMixin",
+    "UTCDateTime",
+    "create_engine",
+    "create_sessionmaker",
+    "pool_stats",
+    "utcnow",
+]

@@ -1,0 +1,64 @@
+"""FastAPI dependencies shared by every domain: settings, sessions, the current user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from timetodo.admin.service import guard_write
+from timetodo.core.cache import Cache
+from timetodo.core.errors import ErrorCode, Unauthorized
+from timetodo.core.security import decode_access_token
+from timetodo.core.settings import Settings
+
+API_PREFIX = "/api/v1"
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_cache(request: Request) -> Cache:
+    cache: Cache = request.app.state.cache
+    return cache
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+async def get_write_session(
+    session: Annotated[AsyncSession, Depends(get_session)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> AsyncSession:
+    """A session whose transaction has passed the maintenance guard: use it for every write."""
+    await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
+    return session
+
+
+def current_user_id(
+    request: Request,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> int:
+    """The user id from the bearer token; no database round trip."""
+    if not token:
+        raise Unauthorized("Send an access token: Authorization: Bearer <token>")
+    payload = decode_access_token(request.app.state.settings.SECRET_KEY.get_secret_value(), token)
+    try:
+        return int(payload["sub"])
+    except (TypeError, ValueError) as exc:
+        raise Unauthorized("The access token is invalid", code=ErrorCode.invalid_token) from exc
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
+UserIdDep = Annotated[int, Depends(current_user_id)]

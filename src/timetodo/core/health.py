@@ -1,0 +1,108 @@
+"""`/health` (liveness, no I/O) and `/health/detailed` (every dependency; 503 when one is down)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import text
+
+from timetodo import __version__
+from timetodo.admin.service import get_status as maintenance_status
+from timetodo.core.metrics import render_latest
+from timetodo.core.migrations import current_revision, head_revision
+
+router = APIRouter(tags=["operations"])
+MIN_FREE_BYTES = 200 * 1024 * 1024
+CHECK_TIMEOUT = 5.0
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers. Cheap enough for a load balancer to call every second."""
+    return {"status": "ok", "version": __version__}
+
+
+async def _timed(coro: Any) -> tuple[bool, float, Any]:
+    start = time.perf_counter()
+    try:
+        value = await asyncio.wait_for(coro, CHECK_TIMEOUT)
+        return True, (time.perf_counter() - start) * 1000, value
+    except Exception as exc:  # reported in the body, never raised
+        return False, (time.perf_counter() - start) * 1000, f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def detailed_report(app: Any) -> tuple[bool, dict[str, Any]]:
+    state = app.state
+    settings = state.settings
+    checks: dict[str, Any] = {}
+
+    async def db_roundtrip() -> None:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    ok, ms, value = await _timed(db_roundtrip())
+    checks["database"] = {"ok": ok, "latency_ms": round(ms, 2), "dialect": state.engine.dialect.name}
+    if not ok:
+        checks["database"]["error"] = value
+
+    if state.cache.kind == "redis":
+        ok, ms, value = await _timed(state.cache.ping())
+        checks["redis"] = {"ok": ok, "latency_ms": round(ms, 2)}
+        if not ok:
+            checks["redis"]["error"] = value
+    else:
+        checks["redis"] = {
+            "ok": True,
+            "configured": False,
+            "note": "in-process fallback, single process only",
+        }
+
+    disks = {}
+    for name, path in (("data_dir", settings.DATA_DIR), ("upload_dir", settings.UPLOAD_DIR)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(path).free
+            disks[name] = {"ok": free >= MIN_FREE_BYTES, "path": str(path), "free_bytes": free}
+        except OSError as exc:
+            disks[name] = {"ok": False, "path": str(path), "error": str(exc)}
+    checks["disk"] = {"ok": all(d["ok"] for d in disks.values()), **disks}
+
+    ok, _ms, value = await _timed(current_revision(state.engine))
+    head = head_revision()
+    checks["migrations"] = {"ok": ok and value == head, "current": value if ok else None, "head": head}
+    if not ok:
+        checks["migrations"]["error"] = value
+
+    async def read_flag() -> bool:
+        async with state.sessionmaker() as session:
+            return (await maintenance_status(session)).enabled
+
+    ok, _ms, value = await _timed(read_flag())
+    checks["maintenance"] = {"ok": ok, "enabled": bool(value) if ok else None}
+
+    healthy = all(c["ok"] for c in checks.values())
+    return healthy, {
+        "status": "ok" if healthy else "unhealthy",
+        "version": __version__,
+        "maintenance": checks["maintenance"].get("enabled"),
+        "checks": checks,
+    }
+
+
+@router.get("/health/detailed")
+async def health_detailed(request: Request, response: Response) -> dict[str, Any]:
+    """Database round trip, Redis ping, free disk, migrations at head, maintenance flag. 503 when any is down."""
+    healthy, report = await detailed_report(request.app)
+    if not healthy:
+        response.status_code = 503
+    return report
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    body, content_type = render_latest()
+    return Response(body, media_type=content_type)

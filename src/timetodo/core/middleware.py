@@ -1,0 +1,120 @@
+"""One pure-ASGI middleware for every request: request id, security headers, early maintenance 503,
+metrics by route template, and one JSON access-log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from timetodo.core.errors import ErrorCode, error_response
+from timetodo.core.logging import request_id_var
+from timetodo.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+access_log = logging.getLogger("timetodo.access")
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Writes that stay possible in maintenance mode (they write nothing to the database then, or turn it off).
+MAINTENANCE_EXEMPT = ("/api/v1/admin/maintenance", "/api/v1/auth/refresh")
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, force_https: bool = False) -> None:
+        self.app = app
+        self.force_https = force_https
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        if scope["type"] == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                request_id_var.reset(token)
+            return
+
+        method: str = scope["method"]
+        https = self.force_https or scope.get("scheme") == "https"
+        status = 500
+        start = time.perf_counter()
+        extra_headers = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
+        if https:
+            extra_headers.append(HSTS)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + extra_headers
+            await send(message)
+
+        try:
+            if method in WRITE_METHODS and await self._maintenance_blocks(scope):
+                retry = str(scope["app"].state.settings.MAINTENANCE_RETRY_AFTER)
+                response = error_response(
+                    503,
+                    ErrorCode.maintenance,
+                    "The service is in read-only maintenance mode; writes are refused for now",
+                    {"Retry-After": retry},
+                )
+                await response(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = route_template(scope)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(elapsed)
+            access_log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
+            request_id_var.reset(token)
+
+    @staticmethod
+    async def _maintenance_blocks(scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        if not path.startswith("/api/") or path.startswith(MAINTENANCE_EXEMPT):
+            return False
+        flag: Any = getattr(scope["app"].state, "maintenance_cache", None)
+        return bool(flag is not None and await flag.enabled())
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None

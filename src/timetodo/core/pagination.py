@@ -1,0 +1,55 @@
+"""Opaque cursors for keyset pagination: `?limit=1..200&cursor=` → `{results, next_cursor}`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Generic, TypeVar
+
+import orjson
+from fastapi import Query
+from pydantic import BaseModel
+
+from timetodo.core.errors import ErrorCode, InvalidInput
+
+T = TypeVar("T")
+
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size, 1–200")]
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=200, description="`next_cursor` of the previous page; omit for the first page"),
+]
+
+
+class Page(BaseModel, Generic[T]):
+    results: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"after": last_id})).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+        after = data["after"]
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ValueError(after)
+        return after
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise InvalidInput(
+            "The cursor is not valid: pass back next_cursor from the previous page unchanged",
+            code=ErrorCode.invalid_cursor,
+        ) from exc
+
+
+def next_cursor(rows: list[T], limit: int, id_of: str = "id") -> tuple[list[T], str | None]:
+    """Rows were fetched with limit + 1: trim the extra one and say where the next page starts."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(int(getattr(rows[-1], id_of)))

@@ -1,0 +1,65 @@
+"""Password hashing (argon2 via pwdlib) and JWT access tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from timetodo.core.errors import ErrorCode, Unauthorized
+
+_hasher = PasswordHash((Argon2Hasher(),))
+# Verified against when the e-mail is unknown, so that unknown and known accounts take the same time.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+JWT_ALGORITHM = "HS256"
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    if password_hash is None:
+        _hasher.verify(password, _DUMMY_HASH)
+        return False
+    return bool(_hasher.verify(password, password_hash))
+
+
+def create_access_token(secret: str, user_id: int, ttl: timedelta, *, is_admin: bool = False) -> str:
+    now = datetime.now(UTC)
+    payload = {
+        "sub": str(user_id),
+        "type": "access",
+        "adm": is_admin,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(payload, secret, algorithm=JWT_ALGORITHM)
+
+
+def decode_access_token(secret: str, token: str) -> dict[str, Any]:
+    try:
+        payload: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]}
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("The access token has expired; refresh it", code=ErrorCode.token_expired) from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("The access token is invalid", code=ErrorCode.invalid_token) from exc
+    if payload.get("type") != "access":
+        raise Unauthorized("Not an access token", code=ErrorCode.invalid_token)
+    return payload
+
+
+def new_opaque_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

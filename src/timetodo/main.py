@@ -1,0 +1,104 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from timetodo import __version__
+from timetodo.admin.router import router as admin_router
+from timetodo.admin.service import MaintenanceFlagCache
+from timetodo.auth.router import router as auth_router
+from timetodo.core.cache import create_cache
+from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
+from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
+from timetodo.core.health import router as health_router
+from timetodo.core.logging import configure_logging
+from timetodo.core.metrics import DB_POOL, mark_worker_dead
+from timetodo.core.middleware import RequestContextMiddleware
+from timetodo.core.settings import Settings
+from timetodo.tasks.router import router as tasks_router
+
+log = logging.getLogger("timetodo")
+POOL_GAUGE_INTERVAL = 2.0
+
+
+async def _export_pool_gauges(app: FastAPI) -> None:
+    while True:
+        for state, value in pool_stats(app.state.engine).items():
+            DB_POOL.labels(state).set(value)
+        await asyncio.sleep(POOL_GAUGE_INTERVAL)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    gauges = asyncio.create_task(_export_pool_gauges(app))
+    log.info(
+        "Time to DO started",
+        extra={
+            "database": app.state.engine.dialect.name,
+            "cache": app.state.cache.kind,
+            "version": __version__,
+        },
+    )
+    try:
+        yield
+    finally:
+        gauges.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gauges
+        await app.state.cache.close()
+        await app.state.engine.dispose()
+        mark_worker_dead(os.getpid())
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    if configure_logs:
+        configure_logging(settings.LOG_LEVEL, settings.LOG_FILE)
+    app = FastAPI(
+        title="Time to DO",
+        version=__version__,
+        description="Tasks, time tracking and reminders. Errors always come as `{error, detail}`.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.engine = create_engine(settings)
+    app.state.sessionmaker = create_sessionmaker(app.state.engine)
+    app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
+    app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
+
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    app.include_router(tasks_router)
+    app.include_router(admin_router)
+
+    if settings.CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    if settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
+    app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for `uvicorn --factory timetodo.main:create_app_from_env` (and every worker of `serve`)."""
+    return create_app(Settings())

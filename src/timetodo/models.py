@@ -1,0 +1,8 @@
+"""Every ORM model, imported in one place so that Alembic and metadata.create_all see all tables."""
+
+from timetodo.admin.models import AppState
+from timetodo.auth.models import RefreshToken, User
+from timetodo.core.database import Base
+from timetodo.tasks.models import Project, Task
+
+__all__ = ["AppState", "Base", "Project", "RefreshToken", "Task", "User"]

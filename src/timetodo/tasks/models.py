@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime
+
+TITLE_MAX = 500
+DESCRIPTION_MAX = 20000
+PROJECT_NAME_MAX = 200
+LABEL_MAX = 64
+LABELS_MAX = 50
+
+
+class Project(TimestampMixin, Base):
+    __tablename__ = "projects"
+    __table_args__ = (Index("ix_projects_owner_id_id", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(PROJECT_NAME_MAX), nullable=False)
+    color: Mapped[str | None] = mapped_column(String(7), nullable=True)
+    archived: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Task(TimestampMixin, Base):
+    """A task. `due_*` hold a date, or a wall-clock datetime with an IANA zone (None = floating).
+
+    `due_utc` is derived (None for a date or a floating datetime) and serves filters and ordering.
+    Recurrence, completions, reminders and time entries hang off this row in later migrations.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint("priority BETWEEN 1 AND 4", name="priority_range"),
+        Index("ix_tasks_owner_id_id", "owner_id", "id"),
+        Index("ix_tasks_owner_id_project_id", "owner_id", "project_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), nullable=True)
+    title: Mapped[str] = mapped_column(String(TITLE_MAX), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=4)
+    labels: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    position: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    estimate_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    due_datetime: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
+    due_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    due_string: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    due_utc: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    recurrence_rule: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    recurrence_mode: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    done: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def due_payload(self) -> dict[str, Any] | None:
+        if self.due_date is None and self.due_datetime is None:
+            return None
+        due: dict[str, Any] = {}
+        if self.due_datetime is not None:
+            due["datetime"] = self.due_datetime.isoformat()
+            due["timezone"] = self.due_timezone
+        else:
+            due["date"] = self.due_date.isoformat() if self.due_date else None
+        if self.due_string:
+            due["string"] = self.due_string
+        if self.recurrence_rule:
+            due["recurrence"] = {"rule": self.recurrence_rule, "mode": self.recurrence_mode}
+        return due

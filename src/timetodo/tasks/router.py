@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from timetodo.core.deps import API_PREFIX, SessionDep, UserIdDep, WriteSessionDep
+from timetodo.core.pagination import CursorQuery, LimitQuery, Page
+from timetodo.tasks import service
+from timetodo.tasks.schemas import ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
+
+router = APIRouter(prefix=API_PREFIX)
+
+
+@router.get("/projects", response_model=Page[ProjectOut], tags=["projects"])
+async def list_projects(
+    user_id: UserIdDep,
+    session: SessionDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    archived: bool | None = None,
+) -> Page[ProjectOut]:
+    rows, nxt = await service.list_projects(session, user_id, cursor, limit, archived)
+    return Page[ProjectOut](results=[ProjectOut.model_validate(r) for r in rows], next_cursor=nxt)
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectOut, tags=["projects"])
+async def create_project(data: ProjectIn, user_id: UserIdDep, session: WriteSessionDep) -> object:
+    return await service.create_project(session, user_id, data)
+
+
+@router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
+async def get_project(project_id: int, user_id: UserIdDep, session: SessionDep) -> object:
+    return await service.get_project(session, user_id, project_id)
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
+async def update_project(project_id: int, data: ProjectUpdate, user_id: UserIdDep, session: WriteSessionDep) -> object:
+    return await service.update_project(session, user_id, project_id, data)
+
+
+@router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["projects"])
+async def delete_project(project_id: int, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+    """Soft-delete the project and its tasks."""
+    await service.delete_project(session, user_id, project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/tasks", response_model=Page[TaskOut], tags=["tasks"])
+async def list_tasks(
+    user_id: UserIdDep,
+    session: SessionDep,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+    project_id: int | None = None,
+    parent_id: int | None = None,
+    done: bool | None = None,
+    q: Annotated[str | None, Query(max_length=200, description="Search in title and description")] = None,
+) -> Page[TaskOut]:
+    rows, nxt = await service.list_tasks(
+        session, user_id, cursor, limit, project_id=project_id, parent_id=parent_id, done=done, q=q
+    )
+    return Page[TaskOut](results=[TaskOut.from_row(r) for r in rows], next_cursor=nxt)
+
+
+@router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut, tags=["tasks"])
+async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+    return TaskOut.from_row(await service.create_task(session, user_id, data))
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
+async def get_task(task_id: int, user_id: UserIdDep, session: SessionDep) -> TaskOut:
+    return TaskOut.from_row(await service.get_task(session, user_id, task_id))
+
+
+@router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
+async def update_task(task_id: int, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+    return TaskOut.from_row(await service.update_task(session, user_id, task_id, data))
+
+
+@router.post("/tasks/{task_id}/complete", response_model=TaskOut, tags=["tasks"])
+async def complete_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+    return TaskOut.from_row(await service.set_done(session, user_id, task_id, True))
+
+
+@router.post("/tasks/{task_id}/reopen", response_model=TaskOut, tags=["tasks"])
+async def reopen_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+    return TaskOut.from_row(await service.set_done(session, user_id, task_id, False))
+
+
+@router.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"])
+async def delete_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+    """Soft-delete the task and its subtasks (kept as tombstones for sync)."""
+    await service.delete_task(session, user_id, task_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

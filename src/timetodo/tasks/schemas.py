@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from timetodo.core.validators import TimeZoneName
+from timetodo.tasks.models import DESCRIPTION_MAX, LABEL_MAX, LABELS_MAX, PROJECT_NAME_MAX, TITLE_MAX
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
+ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROJECT_NAME_MAX)]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=LABEL_MAX)]
+Color = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
+Priority = Annotated[int, Field(ge=1, le=4, description="1 (highest) … 4 (lowest, default)")]
+Position = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Estimate = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class ProjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProjectName
+    color: Color | None = None
+    archived: bool = False
+
+
+class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProjectName | None = None
+    color: Color | None = None
+    archived: bool | None = None
+
+
+class ProjectOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    color: str | None
+    archived: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class Due(BaseModel):
+    """A date (`{"date": "2026-11-23"}`) or a wall-clock datetime with a time zone (null = floating)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    date: dt.date | None = None
+    datetime: dt.datetime | None = None
+    timezone: TimeZoneName | None = None
+    string: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Due:
+        if (self.date is None) == (self.datetime is None):
+            raise ValueError("give exactly one of 'date' or 'datetime'")
+        if self.date is not None and self.timezone is not None:
+            raise ValueError("'timezone' goes with 'datetime', not with 'date'")
+        if self.datetime is not None and self.datetime.tzinfo is not None:
+            # An offset was given: keep the instant, expressed as wall-clock time in the named zone (or UTC).
+            from zoneinfo import ZoneInfo
+
+            zone = ZoneInfo(self.timezone or "UTC")
+            self.datetime = self.datetime.astimezone(zone).replace(tzinfo=None)
+            self.timezone = self.timezone or "UTC"
+        return self
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    description: Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)] = ""
+    project_id: int | None = None
+    parent_id: int | None = None
+    priority: Priority = 4
+    labels: Annotated[list[Label], Field(max_length=LABELS_MAX)] = []
+    position: Position = 0
+    estimate_minutes: Estimate | None = None
+    due: Due | None = None
+
+
+class TaskUpdate(BaseModel):
+    """Only the fields sent are changed; send `null` to clear `due`, `project_id`, `parent_id`, `estimate_minutes`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title | None = None
+    description: Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)] | None = None
+    project_id: int | None = None
+    parent_id: int | None = None
+    priority: Priority | None = None
+    labels: Annotated[list[Label], Field(max_length=LABELS_MAX)] | None = None
+    position: Position | None = None
+    estimate_minutes: Estimate | None = None
+    due: Due | None = None
+
+    @model_validator(mode="after")
+    def _not_null(self) -> TaskUpdate:
+        for name in ("title", "description", "priority", "labels", "position"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"'{name}' cannot be null")
+        return self
+
+
+class TaskOut(BaseModel):
+    id: int
+    title: str
+    description: str
+    project_id: int | None
+    parent_id: int | None
+    priority: int
+    labels: list[str]
+    position: int
+    estimate_minutes: int | None
+    due: dict[str, Any] | None
+    done: bool
+    done_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, task: Any) -> TaskOut:
+        return cls(
+            id=task.id,
+            title=task.title,
+            description=task.description,
+            project_id=task.project_id,
+            parent_id=task.parent_id,
+            priority=task.priority,
+            labels=list(task.labels or []),
+            position=task.position,
+            estimate_minutes=task.estimate_minutes,
+            due=task.due_payload(),
+            done=task.done,
+            done_at=task.done_at,
+            created_at=task.created_at,
+            updated_at=task.updated_at,
+        )
