@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,7 @@ from timetodo.core.cache import Cache
 from timetodo.core.errors import ErrorCode, Unauthorized
 from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
+from timetodo.core.validators import MAX_ID
 
 API_PREFIX = "/api/v1"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)
@@ -62,3 +63,4 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 UserIdDep = Annotated[int, Depends(current_user_id)]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

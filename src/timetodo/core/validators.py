@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 
 @lru_cache(maxsize=1)
@@ -25,3 +25,5 @@ def check_timezone(name: str) -> str:
 
 
 TimeZoneName = Annotated[str, AfterValidator(check_timezone)]
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]

@@ -4,8 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from timetodo.core.deps import API_PREFIX, SessionDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import API_PREFIX, IdPath, SessionDep, UserIdDep, WriteSessionDep
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
+from timetodo.core.validators import MAX_ID
 from timetodo.tasks import service
 from timetodo.tasks.schemas import ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
 
@@ -30,17 +31,19 @@ async def create_project(data: ProjectIn, user_id: UserIdDep, session: WriteSess
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
-async def get_project(project_id: int, user_id: UserIdDep, session: SessionDep) -> object:
+async def get_project(project_id: IdPath, user_id: UserIdDep, session: SessionDep) -> object:
     return await service.get_project(session, user_id, project_id)
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
-async def update_project(project_id: int, data: ProjectUpdate, user_id: UserIdDep, session: WriteSessionDep) -> object:
+async def update_project(
+    project_id: IdPath, data: ProjectUpdate, user_id: UserIdDep, session: WriteSessionDep
+) -> object:
     return await service.update_project(session, user_id, project_id, data)
 
 
 @router.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["projects"])
-async def delete_project(project_id: int, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+async def delete_project(project_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> Response:
     """Soft-delete the project and its tasks."""
     await service.delete_project(session, user_id, project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -52,8 +55,8 @@ async def list_tasks(
     session: SessionDep,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    project_id: int | None = None,
-    parent_id: int | None = None,
+    project_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    parent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     done: bool | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Search in title and description")] = None,
 ) -> Page[TaskOut]:
@@ -69,27 +72,27 @@ async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
-async def get_task(task_id: int, user_id: UserIdDep, session: SessionDep) -> TaskOut:
+async def get_task(task_id: IdPath, user_id: UserIdDep, session: SessionDep) -> TaskOut:
     return TaskOut.from_row(await service.get_task(session, user_id, task_id))
 
 
 @router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
-async def update_task(task_id: int, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+async def update_task(task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
     return TaskOut.from_row(await service.update_task(session, user_id, task_id, data))
 
 
 @router.post("/tasks/{task_id}/complete", response_model=TaskOut, tags=["tasks"])
-async def complete_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+async def complete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
     return TaskOut.from_row(await service.set_done(session, user_id, task_id, True))
 
 
 @router.post("/tasks/{task_id}/reopen", response_model=TaskOut, tags=["tasks"])
-async def reopen_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
+async def reopen_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
     return TaskOut.from_row(await service.set_done(session, user_id, task_id, False))
 
 
 @router.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"])
-async def delete_task(task_id: int, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+async def delete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> Response:
     """Soft-delete the task and its subtasks (kept as tombstones for sync)."""
     await service.delete_task(session, user_id, task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

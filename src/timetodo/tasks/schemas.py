@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from timetodo.core.validators import TimeZoneName
+from timetodo.core.validators import Id, TimeZoneName
 from timetodo.tasks.models import DESCRIPTION_MAX, LABEL_MAX, LABELS_MAX, PROJECT_NAME_MAX, TITLE_MAX
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
@@ -75,8 +75,8 @@ class TaskIn(BaseModel):
 
     title: Title
     description: Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)] = ""
-    project_id: int | None = None
-    parent_id: int | None = None
+    project_id: Id | None = None
+    parent_id: Id | None = None
     priority: Priority = 4
     labels: Annotated[list[Label], Field(max_length=LABELS_MAX)] = []
     position: Position = 0
@@ -91,8 +91,8 @@ class TaskUpdate(BaseModel):
 
     title: Title | None = None
     description: Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)] | None = None
-    project_id: int | None = None
-    parent_id: int | None = None
+    project_id: Id | None = None
+    parent_id: Id | None = None
     priority: Priority | None = None
     labels: Annotated[list[Label], Field(max_length=LABELS_MAX)] | None = None
     position: Position | None = None
@@ -111,7 +111,7 @@ class TaskOut(BaseModel):
     id: int
     title: str
     description: str
-    project_id: int | None
+    project_id: Id | None
     parent_id: int | None
     priority: int
     labels: list[str]

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from tests.conftest import backend_settings
+from timetodo.core.database import create_engine
+from timetodo.core.migrations import current_revision, downgrade_async, head_revision, upgrade_async
+from timetodo.models import Base
+
+
+async def _tables(settings: object) -> set[str]:
+    engine = create_engine(settings, pooled=False)  # type: ignore[arg-type]
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_up_down_up(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = await backend_settings(backend, tmp_path, lambda: request.getfixturevalue("services"))
+    expected = set(Base.metadata.tables)
+    assert expected <= await _tables(settings)
+    engine = create_engine(settings, pooled=False)
+    assert await current_revision(engine) == head_revision()
+    await engine.dispose()
+
+    await downgrade_async(settings.DATABASE_URL, "base")
+    assert not (expected & await _tables(settings))
+    await upgrade_async(settings.DATABASE_URL)
+    assert expected <= await _tables(settings)
