@@ -136,7 +136,9 @@ async def test_expired_and_tampered_access_tokens(client: httpx.AsyncClient, set
     assert resp.status_code == 401 and resp.json()["error"] == "token_expired"
     assert resp.headers["WWW-Authenticate"] == "Bearer"
 
-    forged = jwt.encode({"sub": str(user_id), "type": "access", "exp": 4102444800}, "another-key-of-the-same-length-0123456789", "HS256")
+    forged = jwt.encode(
+        {"sub": str(user_id), "type": "access", "exp": 4102444800}, "another-key-of-the-same-length-0123456789", "HS256"
+    )
     resp = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {forged}"})
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_token"
 
