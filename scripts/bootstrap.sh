@@ -7,4 +7,4 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 cd "$ROOT"
-uv sync --frozen --quiet >&2
+uv sync --frozen --compile-bytecode --quiet >&2

@@ -20,12 +20,12 @@ API_PREFIX = "/api/v1"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
 
@@ -44,7 +44,7 @@ async def get_write_session(
     return session
 
 
-def current_user_id(
+async def current_user_id(
     request: Request,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> int:

@@ -73,17 +73,39 @@ class Task(TimestampMixin, Base):
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
-    def due_payload(self) -> dict[str, Any] | None:
-        if self.due_date is None and self.due_datetime is None:
-            return None
-        due: dict[str, Any] = {}
-        if self.due_datetime is not None:
-            due["datetime"] = self.due_datetime.isoformat()
-            due["timezone"] = self.due_timezone
-        else:
-            due["date"] = self.due_date.isoformat() if self.due_date else None
-        if self.due_string:
-            due["string"] = self.due_string
-        if self.recurrence_rule:
-            due["recurrence"] = {"rule": self.recurrence_rule, "mode": self.recurrence_mode}
-        return due
+
+def due_payload(task: Any) -> dict[str, Any] | None:
+    """The API's `due` object from a Task or a Core row of the tasks table."""
+    if task.due_date is None and task.due_datetime is None:
+        return None
+    due: dict[str, Any] = {}
+    if task.due_datetime is not None:
+        due["datetime"] = task.due_datetime.isoformat()
+        due["timezone"] = task.due_timezone
+    else:
+        due["date"] = task.due_date.isoformat()
+    if task.due_string:
+        due["string"] = task.due_string
+    if task.recurrence_rule:
+        due["recurrence"] = {"rule": task.recurrence_rule, "mode": task.recurrence_mode}
+    return due
+
+
+def task_to_dict(task: Any) -> dict[str, Any]:
+    """The API representation of a task (an ORM object or a Core row); the hot list path skips pydantic."""
+    return {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "project_id": task.project_id,
+        "parent_id": task.parent_id,
+        "priority": task.priority,
+        "labels": list(task.labels or ()),
+        "position": task.position,
+        "estimate_minutes": task.estimate_minutes,
+        "due": due_payload(task),
+        "done": task.done,
+        "done_at": task.done_at,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+    }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Row, Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.tasks.models import Project, Task
@@ -49,8 +50,8 @@ def task_list_query(
     done: bool | None = None,
     q: str | None = None,
     parent_id: int | None = None,
-) -> Select[Task]:
-    stmt = select(Task).where(Task.owner_id == owner_id, Task.deleted_at.is_(None))
+) -> Select[Any]:
+    stmt = select(*Task.__table__.columns).where(Task.owner_id == owner_id, Task.deleted_at.is_(None))
     if project_id is not None:
         stmt = stmt.where(Task.project_id == project_id)
     if done is not None:
@@ -65,9 +66,11 @@ def task_list_query(
     return stmt.order_by(Task.id)
 
 
-async def list_tasks(session: AsyncSession, stmt: Select[Task], limit: int) -> Sequence[Task]:
+async def list_task_rows(session: AsyncSession, stmt: Select[Any], limit: int) -> Sequence[Row[Any]]:
+    """Plain rows (no ORM instances): the list endpoint serialises them directly."""
     result = await session.execute(stmt.limit(limit + 1))
-    return result.scalars().all()
+    rows: Sequence[Row[Any]] = result.all()
+    return rows
 
 
 async def has_children(session: AsyncSession, owner_id: int, task_id: int) -> bool:

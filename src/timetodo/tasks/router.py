@@ -6,11 +6,17 @@ from fastapi import APIRouter, Query, Response, status
 
 from timetodo.core.deps import API_PREFIX, IdPath, SessionDep, UserIdDep, WriteSessionDep
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
+from timetodo.core.responses import json_response
 from timetodo.core.validators import MAX_ID
 from timetodo.tasks import service
+from timetodo.tasks.models import Task, task_to_dict
 from timetodo.tasks.schemas import ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
 
 router = APIRouter(prefix=API_PREFIX)
+
+
+def task_out(task: Task) -> TaskOut:
+    return TaskOut.model_validate(task_to_dict(task))
 
 
 @router.get("/projects", response_model=Page[ProjectOut], tags=["projects"])
@@ -59,36 +65,36 @@ async def list_tasks(
     parent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     done: bool | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Search in title and description")] = None,
-) -> Page[TaskOut]:
+) -> Response:
     rows, nxt = await service.list_tasks(
         session, user_id, cursor, limit, project_id=project_id, parent_id=parent_id, done=done, q=q
     )
-    return Page[TaskOut](results=[TaskOut.from_row(r) for r in rows], next_cursor=nxt)
+    return json_response({"results": [task_to_dict(r) for r in rows], "next_cursor": nxt})
 
 
 @router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut, tags=["tasks"])
 async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return TaskOut.from_row(await service.create_task(session, user_id, data))
+    return task_out(await service.create_task(session, user_id, data))
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
 async def get_task(task_id: IdPath, user_id: UserIdDep, session: SessionDep) -> TaskOut:
-    return TaskOut.from_row(await service.get_task(session, user_id, task_id))
+    return task_out(await service.get_task(session, user_id, task_id))
 
 
 @router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
 async def update_task(task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return TaskOut.from_row(await service.update_task(session, user_id, task_id, data))
+    return task_out(await service.update_task(session, user_id, task_id, data))
 
 
 @router.post("/tasks/{task_id}/complete", response_model=TaskOut, tags=["tasks"])
 async def complete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return TaskOut.from_row(await service.set_done(session, user_id, task_id, True))
+    return task_out(await service.set_done(session, user_id, task_id, True))
 
 
 @router.post("/tasks/{task_id}/reopen", response_model=TaskOut, tags=["tasks"])
 async def reopen_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return TaskOut.from_row(await service.set_done(session, user_id, task_id, False))
+    return task_out(await service.set_done(session, user_id, task_id, False))
 
 
 @router.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"])

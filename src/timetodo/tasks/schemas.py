@@ -122,22 +122,3 @@ class TaskOut(BaseModel):
     done_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
-
-    @classmethod
-    def from_row(cls, task: Any) -> TaskOut:
-        return cls(
-            id=task.id,
-            title=task.title,
-            description=task.description,
-            project_id=task.project_id,
-            parent_id=task.parent_id,
-            priority=task.priority,
-            labels=list(task.labels or []),
-            position=task.position,
-            estimate_minutes=task.estimate_minutes,
-            due=task.due_payload(),
-            done=task.done,
-            done_at=task.done_at,
-            created_at=task.created_at,
-            updated_at=task.updated_at,
-        )

@@ -130,9 +130,9 @@ async def get_task(session: AsyncSession, owner_id: int, task_id: int) -> Task:
 
 async def list_tasks(
     session: AsyncSession, owner_id: int, cursor: str | None, limit: int, **filters: Any
-) -> tuple[Sequence[Task], str | None]:
+) -> tuple[Sequence[Any], str | None]:
     stmt = repository.task_list_query(owner_id, after=decode_cursor(cursor), **filters)
-    rows = await repository.list_tasks(session, stmt, limit)
+    rows = await repository.list_task_rows(session, stmt, limit)
     return next_cursor(list(rows), limit)
 
 
