@@ -25,6 +25,7 @@ from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.tasks.router import router as tasks_router
+from timetodo.timer.router import router as timer_router
 
 log = logging.getLogger("timetodo")
 POOL_GAUGE_INTERVAL = 2.0
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(tasks_router)
+    app.include_router(timer_router)
     app.include_router(admin_router)
 
     if settings.CORS_ORIGINS:

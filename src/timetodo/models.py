@@ -4,5 +4,6 @@ from timetodo.admin.models import AppState
 from timetodo.auth.models import RefreshToken, User
 from timetodo.core.database import Base
 from timetodo.tasks.models import Project, Task
+from timetodo.timer.models import TimeEntry
 
-__all__ = ["AppState", "Base", "Project", "RefreshToken", "Task", "User"]
+__all__ = ["AppState", "Base", "Project", "RefreshToken", "Task", "TimeEntry", "User"]

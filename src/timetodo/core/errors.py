@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     rate_limited = "rate_limited"
     maintenance = "maintenance"
     idempotency_conflict = "idempotency_conflict"
+    timer_not_running = "timer_not_running"
+    time_entry_overlap = "time_entry_overlap"
     service_unavailable = "service_unavailable"
     internal_error = "internal_error"
     http_error = "http_error"
