@@ -24,6 +24,9 @@ from timetodo.core.logging import configure_logging
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
+from timetodo.realtime.hub import EventHub
+from timetodo.realtime.router import close_all
+from timetodo.realtime.router import router as realtime_router
 from timetodo.tasks.router import router as tasks_router
 from timetodo.timer.router import router as timer_router
 
@@ -43,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     gauges = asyncio.create_task(_export_pool_gauges(app))
+    await app.state.events.start()
     log.info(
         "Time to DO started",
         extra={
@@ -54,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await close_all(app.state.events)
+        await app.state.events.stop()
         gauges.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
@@ -77,6 +83,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.engine = create_engine(settings)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
+    app.state.events = EventHub(app.state.cache)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
 
     install_error_handlers(app)
@@ -84,6 +91,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(auth_router)
     app.include_router(tasks_router)
     app.include_router(timer_router)
+    app.include_router(realtime_router)
     app.include_router(admin_router)
 
     if settings.CORS_ORIGINS:

@@ -70,6 +70,8 @@ def server_env(database_url: str, redis_url: str | None, data_dir: Path) -> dict
         "ENVIRONMENT": "test",
         "LOG_LEVEL": "INFO",
         "MAINTENANCE_CACHE_SECONDS": "1",
+        "WS_AUTH_TIMEOUT_SECONDS": "1",
+        "WS_PING_SECONDS": "1",
     }
     if redis_url:
         env["REDIS_URL"] = redis_url

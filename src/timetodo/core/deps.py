@@ -15,6 +15,7 @@ from timetodo.core.errors import ErrorCode, Unauthorized
 from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
 from timetodo.core.validators import MAX_ID
+from timetodo.realtime.hub import EventHub
 
 API_PREFIX = "/api/v1"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)
@@ -28,6 +29,11 @@ async def get_settings(request: Request) -> Settings:
 async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
+
+
+async def get_events(request: Request) -> EventHub:
+    hub: EventHub = request.app.state.events
+    return hub
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -63,4 +69,5 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 UserIdDep = Annotated[int, Depends(current_user_id)]
+EventsDep = Annotated[EventHub, Depends(get_events)]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

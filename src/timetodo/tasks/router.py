@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from timetodo.core.deps import API_PREFIX, IdPath, SessionDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import API_PREFIX, EventsDep, IdPath, SessionDep, UserIdDep, WriteSessionDep
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
 from timetodo.core.responses import json_response
 from timetodo.core.validators import MAX_ID
@@ -73,8 +73,10 @@ async def list_tasks(
 
 
 @router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut, tags=["tasks"])
-async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return task_out(await service.create_task(session, user_id, data))
+async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
+    out = task_out(await service.create_task(session, user_id, data))
+    await events.publish(user_id, "task.created", out.model_dump(mode="json"))
+    return out
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
@@ -83,22 +85,31 @@ async def get_task(task_id: IdPath, user_id: UserIdDep, session: SessionDep) -> 
 
 
 @router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
-async def update_task(task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return task_out(await service.update_task(session, user_id, task_id, data))
+async def update_task(
+    task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep
+) -> TaskOut:
+    out = task_out(await service.update_task(session, user_id, task_id, data))
+    await events.publish(user_id, "task.updated", out.model_dump(mode="json"))
+    return out
 
 
 @router.post("/tasks/{task_id}/complete", response_model=TaskOut, tags=["tasks"])
-async def complete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return task_out(await service.set_done(session, user_id, task_id, True))
+async def complete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
+    out = task_out(await service.set_done(session, user_id, task_id, True))
+    await events.publish(user_id, "task.completed", out.model_dump(mode="json"))
+    return out
 
 
 @router.post("/tasks/{task_id}/reopen", response_model=TaskOut, tags=["tasks"])
-async def reopen_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> TaskOut:
-    return task_out(await service.set_done(session, user_id, task_id, False))
+async def reopen_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
+    out = task_out(await service.set_done(session, user_id, task_id, False))
+    await events.publish(user_id, "task.updated", out.model_dump(mode="json"))
+    return out
 
 
 @router.delete("/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["tasks"])
-async def delete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+async def delete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> Response:
     """Soft-delete the task and its subtasks (kept as tombstones for sync)."""
     await service.delete_task(session, user_id, task_id)
+    await events.publish(user_id, "task.deleted", {"id": task_id})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from timetodo.core.deps import API_PREFIX, IdPath, SessionDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import API_PREFIX, EventsDep, IdPath, SessionDep, UserIdDep, WriteSessionDep
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
 from timetodo.timer import service
 from timetodo.timer.schemas import (
@@ -28,16 +28,24 @@ async def get_timer(user_id: UserIdDep, session: SessionDep) -> TimerOut:
 
 
 @router.post("/timer/start", status_code=status.HTTP_201_CREATED, response_model=TimeEntryOut)
-async def start_timer(data: TimerStart, user_id: UserIdDep, session: WriteSessionDep) -> TimeEntryOut:
+async def start_timer(
+    data: TimerStart, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep
+) -> TimeEntryOut:
     """Start tracking (optionally on a task or project). A running timer is stopped first."""
-    entry, _stopped = await service.start_timer(session, user_id, data.task_id, data.project_id, data.note)
-    return service.entry_out(entry)
+    entry, stopped = await service.start_timer(session, user_id, data.task_id, data.project_id, data.note)
+    if stopped is not None:
+        await events.publish(user_id, "time_entry.stopped", service.entry_out(stopped).model_dump(mode="json"))
+    out = service.entry_out(entry)
+    await events.publish(user_id, "time_entry.started", out.model_dump(mode="json"))
+    return out
 
 
 @router.post("/timer/stop", response_model=TimeEntryOut)
-async def stop_timer(user_id: UserIdDep, session: WriteSessionDep) -> TimeEntryOut:
+async def stop_timer(user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TimeEntryOut:
     """Stop the running timer (409 `timer_not_running` when there is none)."""
-    return service.entry_out(await service.stop_timer(session, user_id))
+    out = service.entry_out(await service.stop_timer(session, user_id))
+    await events.publish(user_id, "time_entry.stopped", out.model_dump(mode="json"))
+    return out
 
 
 @router.get("/time-entries", response_model=Page[TimeEntryOut])
