@@ -24,6 +24,7 @@ from timetodo.core.logging import configure_logging
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
+from timetodo.files.router import router as files_router
 from timetodo.realtime.hub import EventHub
 from timetodo.realtime.router import close_all
 from timetodo.realtime.router import router as realtime_router
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(auth_router)
     app.include_router(tasks_router)
     app.include_router(timer_router)
+    app.include_router(files_router)
     app.include_router(realtime_router)
     app.include_router(admin_router)
 

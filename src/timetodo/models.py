@@ -3,7 +3,8 @@
 from timetodo.admin.models import AppState
 from timetodo.auth.models import RefreshToken, User
 from timetodo.core.database import Base
+from timetodo.files.models import Attachment
 from timetodo.tasks.models import Project, Task
 from timetodo.timer.models import TimeEntry
 
-__all__ = ["AppState", "Base", "Project", "RefreshToken", "Task", "TimeEntry", "User"]
+__all__ = ["AppState", "Attachment", "Base", "Project", "RefreshToken", "Task", "TimeEntry", "User"]

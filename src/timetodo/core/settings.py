@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     GRACEFUL_SHUTDOWN_SECONDS: int = Field(20, ge=1, le=600)
     UPLOAD_DIR: Path = Path("")
     MAX_UPLOAD_MB: int = Field(25, ge=1, le=10240)
+    USER_QUOTA_MB: int = Field(1024, ge=1, le=10_000_000)
     TELEGRAM_BOT_TOKEN: SecretStr | None = None
     TELEGRAM_API_BASE: str = "https://api.telegram.org"
     TELEGRAM_WEBHOOK_SECRET: SecretStr | None = None
