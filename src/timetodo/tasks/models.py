@@ -69,9 +69,24 @@ class Task(TimestampMixin, Base):
     due_utc: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     recurrence_rule: Mapped[str | None] = mapped_column(String(500), nullable=True)
     recurrence_mode: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    recurrence_anchor: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
     done: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class TaskCompletion(Base):
+    """One completion of a task; a recurring task gets one per occurrence."""
+
+    __tablename__ = "task_completions"
+    __table_args__ = (Index("ix_task_completions_task_id", "task_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    completed_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    due_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    due_datetime: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
 
 
 def due_payload(task: Any) -> dict[str, Any] | None:

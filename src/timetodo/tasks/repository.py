@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, or_, select, update
+from sqlalchemy import Row, Select, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.tasks.models import Project, Task
+from timetodo.auth.models import User
+from timetodo.tasks.models import Project, Task, TaskCompletion
 
 
 async def get_project(session: AsyncSession, owner_id: int, project_id: int) -> Project | None:
@@ -50,7 +51,15 @@ def task_list_query(
     done: bool | None = None,
     q: str | None = None,
     parent_id: int | None = None,
+    label: str | None = None,
+    due_before: date | None = None,
+    due_after: date | None = None,
+    overdue_at: tuple[datetime, date, datetime] | None = None,
+    today: tuple[date, datetime, datetime] | None = None,
+    dialect: str = "postgresql",
 ) -> Select[Any]:
+    """`overdue_at` = (now UTC, today's local date, now as local wall clock); `today` = (local date, its start and
+    end as UTC instants)."""
     stmt = select(*Task.__table__.columns).where(Task.owner_id == owner_id, Task.deleted_at.is_(None))
     if project_id is not None:
         stmt = stmt.where(Task.project_id == project_id)
@@ -61,6 +70,34 @@ def task_list_query(
     if q:
         pattern = f"%{_escape_like(q)}%"
         stmt = stmt.where(or_(Task.title.ilike(pattern, escape="\\"), Task.description.ilike(pattern, escape="\\")))
+    if label is not None:
+        if dialect == "sqlite":
+            stmt = stmt.where(text("EXISTS (SELECT 1 FROM json_each(tasks.labels) WHERE json_each.value = :label)"))
+        else:
+            stmt = stmt.where(text("(tasks.labels)::jsonb ? :label"))
+        stmt = stmt.params(label=label)
+    if due_before is not None:
+        stmt = stmt.where(Task.due_date <= due_before)
+    if due_after is not None:
+        stmt = stmt.where(Task.due_date >= due_after)
+    if overdue_at is not None:
+        now, local_today, local_now = overdue_at
+        stmt = stmt.where(
+            Task.done.is_(False),
+            or_(
+                and_(Task.due_utc.is_not(None), Task.due_utc < now),
+                and_(Task.due_utc.is_(None), Task.due_datetime.is_not(None), Task.due_datetime < local_now),
+                and_(Task.due_utc.is_(None), Task.due_datetime.is_(None), Task.due_date < local_today),
+            ),
+        )
+    if today is not None:
+        local_today, start, end = today
+        stmt = stmt.where(
+            or_(
+                and_(Task.due_utc.is_not(None), Task.due_utc >= start, Task.due_utc < end),
+                and_(Task.due_utc.is_(None), Task.due_date == local_today),
+            )
+        )
     if after is not None:
         stmt = stmt.where(Task.id > after)
     return stmt.order_by(Task.id)
@@ -94,3 +131,17 @@ async def soft_delete_subtasks(session: AsyncSession, owner_id: int, parent_id: 
         .where(Task.owner_id == owner_id, Task.parent_id == parent_id, Task.deleted_at.is_(None))
         .values(deleted_at=now, updated_at=now)
     )
+
+
+async def owner_timezone(session: AsyncSession, owner_id: int) -> str:
+    result = await session.execute(select(User.timezone).where(User.id == owner_id))
+    return str(result.scalar_one_or_none() or "UTC")
+
+
+async def list_completions(session: AsyncSession, owner_id: int, task_id: int) -> Sequence[TaskCompletion]:
+    result = await session.execute(
+        select(TaskCompletion)
+        .where(TaskCompletion.owner_id == owner_id, TaskCompletion.task_id == task_id)
+        .order_by(TaskCompletion.id)
+    )
+    return result.scalars().all()

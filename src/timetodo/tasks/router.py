@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -10,7 +11,7 @@ from timetodo.core.responses import json_response
 from timetodo.core.validators import MAX_ID
 from timetodo.tasks import service
 from timetodo.tasks.models import Task, task_to_dict
-from timetodo.tasks.schemas import ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
+from timetodo.tasks.schemas import CompletionOut, ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -65,9 +66,27 @@ async def list_tasks(
     parent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     done: bool | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Search in title and description")] = None,
+    label: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    due_before: Annotated[date | None, Query(description="Due on or before this date")] = None,
+    due_after: Annotated[date | None, Query(description="Due on or after this date")] = None,
+    overdue: Annotated[bool, Query(description="Open tasks past due, in your time zone")] = False,
+    today: Annotated[bool, Query(description="Due today in your time zone")] = False,
 ) -> Response:
+    """Filters combine (AND) and work with cursor pagination."""
     rows, nxt = await service.list_tasks(
-        session, user_id, cursor, limit, project_id=project_id, parent_id=parent_id, done=done, q=q
+        session,
+        user_id,
+        cursor,
+        limit,
+        project_id=project_id,
+        parent_id=parent_id,
+        done=done,
+        q=q,
+        label=label,
+        due_before=due_before,
+        due_after=due_after,
+        overdue=overdue,
+        today=today,
     )
     return json_response({"results": [task_to_dict(r) for r in rows], "next_cursor": nxt})
 
@@ -113,3 +132,9 @@ async def delete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSession
     await service.delete_task(session, user_id, task_id)
     await events.publish(user_id, "task.deleted", {"id": task_id})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/tasks/{task_id}/completions", response_model=list[CompletionOut], tags=["tasks"])
+async def list_completions(task_id: IdPath, user_id: UserIdDep, session: SessionDep) -> list[CompletionOut]:
+    """Every completion of the task, oldest first (a recurring task has one per completed occurrence)."""
+    return [CompletionOut.model_validate(c) for c in await service.list_completions(session, user_id, task_id)]

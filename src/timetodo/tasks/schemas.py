@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from timetodo.core.validators import Id, TimeZoneName
 from timetodo.tasks.models import DESCRIPTION_MAX, LABEL_MAX, LABELS_MAX, PROJECT_NAME_MAX, TITLE_MAX
@@ -44,6 +44,26 @@ class ProjectOut(BaseModel):
     updated_at: dt.datetime
 
 
+class Recurrence(BaseModel):
+    """An RRULE subset: FREQ=DAILY|WEEKLY(+BYDAY)|MONTHLY(+BYMONTHDAY)|YEARLY, INTERVAL, UNTIL or COUNT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    mode: Literal["from_due", "from_completion"] = "from_due"
+
+    @field_validator("rule")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        from timetodo.tasks.recurrence import RuleError, parse_rule
+
+        try:
+            parse_rule(value)
+        except RuleError as exc:
+            raise ValueError(f"invalid recurrence rule: {exc}") from exc
+        return value.strip().removeprefix("RRULE:").upper()
+
+
 class Due(BaseModel):
     """A date (`{"date": "2026-11-23"}`) or a wall-clock datetime with a time zone (null = floating)."""
 
@@ -53,6 +73,7 @@ class Due(BaseModel):
     datetime: dt.datetime | None = None
     timezone: TimeZoneName | None = None
     string: Annotated[str, StringConstraints(max_length=200)] | None = None
+    recurrence: Recurrence | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> Due:
@@ -122,3 +143,12 @@ class TaskOut(BaseModel):
     done_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class CompletionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    completed_at: dt.datetime
+    due_date: dt.date | None
+    due_datetime: dt.datetime | None

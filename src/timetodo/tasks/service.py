@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,7 +13,8 @@ from timetodo.core.database import utcnow
 from timetodo.core.errors import InvalidInput, NotFound
 from timetodo.core.pagination import decode_cursor, next_cursor
 from timetodo.tasks import repository
-from timetodo.tasks.models import Project, Task
+from timetodo.tasks.models import Project, Task, TaskCompletion
+from timetodo.tasks.recurrence import Mode, as_datetime, next_occurrence, parse_rule
 from timetodo.tasks.schemas import Due, ProjectIn, ProjectUpdate, TaskIn, TaskUpdate
 
 
@@ -67,21 +68,31 @@ async def delete_project(session: AsyncSession, owner_id: int, project_id: int) 
 # Tasks --------------------------------------------------------------------------------------------------------
 
 
+def _set_due_moment(task: Task, due_date: date | None, due_datetime: datetime | None, zone: str | None) -> None:
+    """Set the due date or wall-clock datetime and the derived columns (local date, UTC instant)."""
+    task.due_datetime = due_datetime
+    task.due_timezone = zone if due_datetime is not None else None
+    task.due_date = due_datetime.date() if due_datetime is not None else due_date
+    task.due_utc = None
+    if due_datetime is not None and zone is not None:
+        task.due_utc = due_datetime.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
 def _apply_due(task: Task, due: Due | None) -> None:
     if due is None:
-        task.due_date = task.due_datetime = task.due_timezone = task.due_string = task.due_utc = None
+        _set_due_moment(task, None, None, None)
+        task.due_string = task.recurrence_rule = task.recurrence_mode = None
+        task.recurrence_anchor = None
         return
-    task.due_date = due.date
-    task.due_datetime = due.datetime
-    task.due_timezone = due.timezone if due.datetime is not None else None
+    _set_due_moment(task, due.date, due.datetime, due.timezone)
     task.due_string = due.string
-    task.due_utc = None
-    if due.date is not None:
-        task.due_date = due.date
-    elif due.datetime is not None:
-        task.due_date = due.datetime.date()
-        if due.timezone is not None:
-            task.due_utc = due.datetime.replace(tzinfo=ZoneInfo(due.timezone)).astimezone(UTC)
+    if due.recurrence is not None:
+        task.recurrence_rule = due.recurrence.rule
+        task.recurrence_mode = due.recurrence.mode
+        task.recurrence_anchor = as_datetime(due.datetime or due.date)  # type: ignore[arg-type]
+    else:
+        task.recurrence_rule = task.recurrence_mode = None
+        task.recurrence_anchor = None
 
 
 async def _check_refs(
@@ -131,6 +142,19 @@ async def get_task(session: AsyncSession, owner_id: int, task_id: int) -> Task:
 async def list_tasks(
     session: AsyncSession, owner_id: int, cursor: str | None, limit: int, **filters: Any
 ) -> tuple[Sequence[Any], str | None]:
+    overdue, today = filters.pop("overdue", None), filters.pop("today", None)
+    if overdue or today:
+        zone = ZoneInfo(await repository.owner_timezone(session, owner_id))
+        now = utcnow()
+        local_now = now.astimezone(zone)
+        if overdue:
+            filters["overdue_at"] = (now, local_now.date(), local_now.replace(tzinfo=None))
+        if today:
+            day = local_now.date()
+            start = datetime.combine(day, time(0), zone).astimezone(UTC)
+            end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
+            filters["today"] = (day, start, end)
+    filters["dialect"] = session.get_bind().dialect.name
     stmt = repository.task_list_query(owner_id, after=decode_cursor(cursor), **filters)
     rows = await repository.list_task_rows(session, stmt, limit)
     return next_cursor(list(rows), limit)
@@ -159,13 +183,55 @@ async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: 
 
 
 async def set_done(session: AsyncSession, owner_id: int, task_id: int, done: bool) -> Task:
+    """Complete or reopen. Completing logs a completion; a recurring task moves to its next occurrence instead of
+    being closed (and is closed when its series has ended)."""
     task = await get_task(session, owner_id, task_id)
-    if task.done != done:
-        task.done = done
-        task.done_at = utcnow() if done else None
-        task.updated_at = utcnow()
-        await session.commit()
+    now = utcnow()
+    if not done:
+        if task.done:
+            task.done, task.done_at, task.updated_at = False, None, now
+            await session.commit()
+        return task
+    if task.done:
+        return task
+    session.add(
+        TaskCompletion(
+            task_id=task.id,
+            owner_id=owner_id,
+            completed_at=now,
+            due_date=task.due_date if task.due_datetime is None else None,
+            due_datetime=task.due_datetime,
+        )
+    )
+    nxt = await _next_due(session, task, owner_id, now) if task.recurrence_rule else None
+    if nxt is not None:
+        if task.due_datetime is not None:
+            _set_due_moment(task, None, nxt, task.due_timezone)
+        else:
+            _set_due_moment(task, nxt.date(), None, None)
+    else:
+        task.done, task.done_at = True, now
+    task.updated_at = now
+    await session.commit()
     return task
+
+
+async def _next_due(session: AsyncSession, task: Task, owner_id: int, now: datetime) -> datetime | None:
+    assert task.recurrence_rule is not None
+    current = task.due_datetime or (as_datetime(task.due_date) if task.due_date else None)
+    if current is None:
+        return None
+    zone_name = task.due_timezone or await repository.owner_timezone(session, owner_id)
+    completed_local = now.astimezone(ZoneInfo(zone_name)).replace(tzinfo=None)
+    mode: Mode = "from_completion" if task.recurrence_mode == "from_completion" else "from_due"
+    return next_occurrence(
+        parse_rule(task.recurrence_rule), task.recurrence_anchor or current, current, completed_local, mode
+    )
+
+
+async def list_completions(session: AsyncSession, owner_id: int, task_id: int) -> list[TaskCompletion]:
+    await get_task(session, owner_id, task_id)
+    return list(await repository.list_completions(session, owner_id, task_id))
 
 
 async def delete_task(session: AsyncSession, owner_id: int, task_id: int) -> None:
