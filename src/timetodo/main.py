@@ -20,6 +20,7 @@ from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.health import router as health_router
+from timetodo.core.idempotency import IdempotencyMiddleware
 from timetodo.core.logging import configure_logging
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         )
     if settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
     return app
 

@@ -3,8 +3,20 @@
 from timetodo.admin.models import AppState
 from timetodo.auth.models import RefreshToken, User
 from timetodo.core.database import Base
+from timetodo.core.idempotency import IdempotencyRecord
 from timetodo.files.models import Attachment
 from timetodo.tasks.models import Project, Task, TaskCompletion
 from timetodo.timer.models import TimeEntry
 
-__all__ = ["AppState", "Attachment", "Base", "Project", "RefreshToken", "Task", "TaskCompletion", "TimeEntry", "User"]
+__all__ = [
+    "AppState",
+    "Attachment",
+    "Base",
+    "IdempotencyRecord",
+    "Project",
+    "RefreshToken",
+    "Task",
+    "TaskCompletion",
+    "TimeEntry",
+    "User",
+]
