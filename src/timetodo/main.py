@@ -29,6 +29,8 @@ from timetodo.files.router import router as files_router
 from timetodo.realtime.hub import EventHub
 from timetodo.realtime.router import close_all
 from timetodo.realtime.router import router as realtime_router
+from timetodo.reminders.router import router as reminders_router
+from timetodo.reminders.service import scheduler_running
 from timetodo.tasks.router import router as tasks_router
 from timetodo.timer.router import router as timer_router
 
@@ -58,7 +60,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         },
     )
     try:
-        yield
+        async with scheduler_running(
+            app.state.sessionmaker,
+            app.state.events.publish,
+            settings.REMINDER_POLL_SECONDS,
+            settings.MAINTENANCE_RETRY_AFTER,
+        ):
+            yield
     finally:
         await close_all(app.state.events)
         await app.state.events.stop()
@@ -94,6 +102,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(tasks_router)
     app.include_router(timer_router)
     app.include_router(files_router)
+    app.include_router(reminders_router)
     app.include_router(realtime_router)
     app.include_router(admin_router)
 

@@ -5,6 +5,7 @@ from timetodo.auth.models import RefreshToken, User
 from timetodo.core.database import Base
 from timetodo.core.idempotency import IdempotencyRecord
 from timetodo.files.models import Attachment
+from timetodo.reminders.models import Reminder
 from timetodo.tasks.models import Project, Task, TaskCompletion
 from timetodo.timer.models import TimeEntry
 
@@ -15,6 +16,7 @@ __all__ = [
     "IdempotencyRecord",
     "Project",
     "RefreshToken",
+    "Reminder",
     "Task",
     "TaskCompletion",
     "TimeEntry",

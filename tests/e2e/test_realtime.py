@@ -38,9 +38,11 @@ async def authed(server: ServerProcess, token: str) -> ClientConnection:
 
 
 async def next_event(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
-    """The next message that is not a ping."""
+    """The next message that is not a ping, within `timeout` seconds overall (pings do not extend it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        message = json.loads(await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time())))
         if message["type"] == "ping":
             await ws.send('{"type":"pong"}')
             continue
@@ -138,3 +140,51 @@ def test_events_in_process_without_redis(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_two_instances_fire_each_reminder_exactly_once(two_servers: list[ServerProcess]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    alice = make_user(two_servers[0])
+    headers = {"Authorization": alice["Authorization"]}
+
+    async def scenario() -> None:
+        sockets = [await authed(server, alice["token"]) for server in two_servers]
+        async with httpx.AsyncClient(base_url=two_servers[1].url, headers=headers) as c:
+            task = (await c.post("/api/v1/tasks", json={"title": "remind me", "due": {"date": "2099-01-01"}})).json()
+            soon = datetime.now(UTC) + timedelta(seconds=2)
+            ids = set()
+            for i in range(12):
+                resp = await c.post(
+                    f"/api/v1/tasks/{task['id']}/reminders",
+                    json={"remind_at": (soon + timedelta(milliseconds=50 * i)).isoformat()},
+                )
+                ids.add(resp.json()["id"])
+        loop = asyncio.get_running_loop()
+
+        async def collect(ws: ClientConnection) -> list[int]:
+            """reminder.fired ids on one socket; once all arrived, listen 1.5 s more to catch a duplicate."""
+            seen: list[int] = []
+            until = loop.time() + 10
+            while loop.time() < until:
+                try:
+                    event = await next_event(ws, timeout=until - loop.time())
+                except TimeoutError:
+                    break
+                if event["type"] == "reminder.fired":
+                    seen.append(event["data"]["id"])
+                    if len(seen) == len(ids):
+                        until = loop.time() + 1.5
+            return seen
+
+        # sockets are read concurrently so that each answers its pings
+        for seen in await asyncio.gather(*(collect(ws) for ws in sockets)):
+            # every reminder arrives once on every socket: fired once in total, fanned out through Redis
+            assert sorted(seen) == sorted(ids), seen
+        async with httpx.AsyncClient(base_url=two_servers[0].url, headers=headers) as c:
+            states = {r["state"] for r in (await c.get(f"/api/v1/tasks/{task['id']}/reminders")).json()}
+        assert states == {"sent"}
+        for ws in sockets:
+            await ws.close()
+
+    asyncio.run(scenario())

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -123,8 +124,13 @@ def test_no_write_commits_after_maintenance_on_returns(
     assert after.get(503, 0) > 0, after
     assert final == frozen, (frozen, final, before, after)
     assert set(after) <= {201, 503}, after  # a 201 after `on` is one that committed before it (counted in frozen)
+    # writes resume once every instance's cached copy of the flag has expired (MAINTENANCE_CACHE_SECONDS=1)
     with httpx.Client(base_url=base, headers=headers) as c:
-        assert c.post("/api/v1/tasks", json={"title": "after"}).status_code == 201
+        deadline = time.monotonic() + 5
+        while (status := c.post("/api/v1/tasks", json={"title": "after"}).status_code) == 503:
+            assert time.monotonic() < deadline, "writes still refused 5 s after maintenance off"
+            time.sleep(0.2)
+        assert status == 201
 
 
 def test_cli_maintenance_and_db(pg_env: dict[str, str], two_servers: list[ServerProcess]) -> None:

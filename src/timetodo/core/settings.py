@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     LOGIN_ATTEMPTS_PER_MINUTE: int = Field(5, ge=1, le=1000)
     WS_AUTH_TIMEOUT_SECONDS: float = Field(10.0, gt=0, le=300)
     WS_PING_SECONDS: float = Field(20.0, gt=0, le=600)
+    REMINDER_POLL_SECONDS: float = Field(1.0, gt=0, le=300)
     MAINTENANCE_CACHE_SECONDS: float = Field(1.0, ge=0, le=60)
     MAINTENANCE_RETRY_AFTER: int = Field(30, ge=1, le=3600)
 

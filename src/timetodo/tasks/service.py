@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from timetodo.core.database import utcnow
 from timetodo.core.errors import InvalidInput, NotFound
 from timetodo.core.pagination import decode_cursor, next_cursor
+from timetodo.reminders.service import reschedule_relative
 from timetodo.tasks import repository
 from timetodo.tasks.models import Project, Task, TaskCompletion
 from timetodo.tasks.recurrence import Mode, as_datetime, next_occurrence, parse_rule
@@ -173,6 +174,8 @@ async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: 
     for field in fields:
         if field == "due":
             _apply_due(task, data.due)
+            await session.flush()
+            await reschedule_relative(session, task)
         elif field == "labels":
             task.labels = list(dict.fromkeys(data.labels or []))
         else:
@@ -209,6 +212,7 @@ async def set_done(session: AsyncSession, owner_id: int, task_id: int, done: boo
             _set_due_moment(task, None, nxt, task.due_timezone)
         else:
             _set_due_moment(task, nxt.date(), None, None)
+        await reschedule_relative(session, task)
     else:
         task.done, task.done_at = True, now
     task.updated_at = now
