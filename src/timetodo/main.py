@@ -31,6 +31,7 @@ from timetodo.realtime.router import close_all
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router
 from timetodo.reminders.service import scheduler_running
+from timetodo.sync.router import router as sync_router
 from timetodo.tasks.router import router as tasks_router
 from timetodo.timer.router import router as timer_router
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(timer_router)
     app.include_router(files_router)
     app.include_router(reminders_router)
+    app.include_router(sync_router)
     app.include_router(realtime_router)
     app.include_router(admin_router)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime, utcnow
@@ -22,6 +22,8 @@ class User(TimestampMixin, Base):
     locale: Mapped[str] = mapped_column(String(8), nullable=False, default="en")
     is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # the last change number handed out to this user's projects/tasks/time entries (see timetodo.sync.tracking)
+    sync_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 
 class RefreshToken(Base):

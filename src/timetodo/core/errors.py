@@ -22,6 +22,8 @@ class ErrorCode(StrEnum):
     validation_error = "validation_error"
     malformed_json = "malformed_json"
     invalid_cursor = "invalid_cursor"
+    invalid_sync_token = "invalid_sync_token"
+    sync_reset_required = "sync_reset_required"
     not_authenticated = "not_authenticated"
     invalid_token = "invalid_token"
     token_expired = "token_expired"

@@ -18,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime
+from timetodo.sync.tracking import SyncTracked
 
 TITLE_MAX = 500
 DESCRIPTION_MAX = 20000
@@ -26,9 +27,12 @@ LABEL_MAX = 64
 LABELS_MAX = 50
 
 
-class Project(TimestampMixin, Base):
+class Project(SyncTracked, TimestampMixin, Base):
     __tablename__ = "projects"
-    __table_args__ = (Index("ix_projects_owner_id_id", "owner_id", "id"),)
+    __table_args__ = (
+        Index("ix_projects_owner_id_id", "owner_id", "id"),
+        Index("ix_projects_owner_id_sync_version", "owner_id", "sync_version"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
@@ -38,7 +42,7 @@ class Project(TimestampMixin, Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class Task(TimestampMixin, Base):
+class Task(SyncTracked, TimestampMixin, Base):
     """A task. `due_*` hold a date, or a wall-clock datetime with an IANA zone (None = floating).
 
     `due_utc` is derived (None for a date or a floating datetime) and serves filters and ordering.
@@ -50,6 +54,7 @@ class Task(TimestampMixin, Base):
         CheckConstraint("priority BETWEEN 1 AND 4", name="priority_range"),
         Index("ix_tasks_owner_id_id", "owner_id", "id"),
         Index("ix_tasks_owner_id_project_id", "owner_id", "project_id"),
+        Index("ix_tasks_owner_id_sync_version", "owner_id", "sync_version"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -10,6 +10,7 @@ from sqlalchemy import Row, Select, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.auth.models import User
+from timetodo.sync.tracking import next_version
 from timetodo.tasks.models import Project, Task, TaskCompletion
 
 
@@ -121,7 +122,7 @@ async def soft_delete_tasks_of_project(session: AsyncSession, owner_id: int, pro
     await session.execute(
         update(Task)
         .where(Task.owner_id == owner_id, Task.project_id == project_id, Task.deleted_at.is_(None))
-        .values(deleted_at=now, updated_at=now)
+        .values(deleted_at=now, updated_at=now, sync_version=await next_version(session, owner_id))
     )
 
 
@@ -129,7 +130,7 @@ async def soft_delete_subtasks(session: AsyncSession, owner_id: int, parent_id: 
     await session.execute(
         update(Task)
         .where(Task.owner_id == owner_id, Task.parent_id == parent_id, Task.deleted_at.is_(None))
-        .values(deleted_at=now, updated_at=now)
+        .values(deleted_at=now, updated_at=now, sync_version=await next_version(session, owner_id))
     )
 
 

@@ -6,16 +6,18 @@ from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime
+from timetodo.sync.tracking import SyncTracked
 
 NOTE_MAX = 1000
 
 
-class TimeEntry(TimestampMixin, Base):
+class TimeEntry(SyncTracked, TimestampMixin, Base):
     """A span of tracked time; `ended_at` is None while the timer runs (at most one running entry per user)."""
 
     __tablename__ = "time_entries"
     __table_args__ = (
         Index("ix_time_entries_owner_id_started_at", "owner_id", "started_at"),
+        Index("ix_time_entries_owner_id_sync_version", "owner_id", "sync_version"),
         Index(
             "uq_time_entries_one_running",
             "owner_id",
