@@ -1,0 +1,108 @@
+"""migration.toml: the example loads; every mistake names its key; secrets only through the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from timetodo.ops.config import ConfigError, load_config, load_secrets
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "migration.example.toml"
+ENV = {
+    "SOURCE_ADMIN_TOKEN": "admin-token-value",
+    "SOURCE_DATABASE_URL": "postgresql://app:s3cret-pw@db.example.com:5432/app?sslmode=require",
+    "SOURCE_REDIS_URL": "rediss://:redis-pw@redis.example.com:6380/0",
+    "TARGET_DATABASE_URL": "postgresql://timetodo:target-pw@127.0.0.1:5432/timetodo",
+    "TARGET_REDIS_URL": "redis://:target-redis-pw@127.0.0.1:6379/0",
+    "TELEGRAM_BOT_TOKEN": "123:abc",
+    "TELEGRAM_WEBHOOK_SECRET": "hook-secret",
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "migration.toml"
+    path.write_text(text)
+    return path
+
+
+def edited(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_the_example_loads_with_defaults() -> None:
+    config = load_config(EXAMPLE)
+    assert config.app_dir == "/opt/timetodo"
+    assert config.downtime_budget_minutes == 30
+    assert config.target.key_file == Path("~/.ssh/id_ed25519").expanduser()
+    assert config.source.api_url == "https://timetodo.onrender.com"
+    secrets = load_secrets(config, ENV)
+    assert secrets.source_redis_url and secrets.source_redis_url.startswith("rediss://")
+    masked = secrets.all()
+    assert "s3cret-pw" in masked and "admin-token-value" in masked and "123:abc" in masked
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("port = 22\n", 'port = "twenty-two"\n', "target.port"),
+        ("port = 22\n", "port = 70000\n", "target.port"),
+        ('public_url = "https://api.example.com"', 'public_url = "api.example.com"', "target.public_url"),
+        ("downtime_budget_minutes = 30", "downtime_budget_minutes = -1", "downtime_budget_minutes"),
+        ('strategy = "dump"', 'strategy = "teleport"', "strategy"),
+        ('admin_token_env = "SOURCE_ADMIN_TOKEN"', 'admin_token_env = "not an env name"', "source.admin_token_env"),
+        ('app_name = "timetodo"', 'app_name = "../etc"', "app_name"),
+        ('runtime = "compose"', 'runtime = "k8s"', "target.runtime"),
+        ('host = "203.0.113.10"\n', "", "target.host"),
+        (
+            'api_url = "https://timetodo.onrender.com"',
+            'api_url = "https://timetodo.onrender.com"\napi_urll = "x"',
+            "source.api_urll",
+        ),
+    ],
+)
+def test_a_bad_value_names_its_key(tmp_path: Path, old: str, new: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, edited(old, new)))
+    assert caught.value.key == key, str(caught.value)
+
+
+def test_inline_secrets_are_refused(tmp_path: Path) -> None:
+    text = edited(
+        'admin_token_env = "SOURCE_ADMIN_TOKEN"', 'admin_token_env = "SOURCE_ADMIN_TOKEN"\npassword = "hunter2"'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert caught.value.key == "source.password" and "inline" in caught.value.message
+    assert "hunter2" not in str(caught.value)
+    text = edited(
+        'api_url = "https://timetodo.onrender.com"', 'api_url = "https://admin:hunter2@timetodo.onrender.com"'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert caught.value.key == "source.api_url" and "hunter2" not in str(caught.value)
+
+
+def test_missing_or_wrong_environment_names_the_key() -> None:
+    config = load_config(EXAMPLE)
+    env = dict(ENV)
+    del env["SOURCE_DATABASE_URL"]
+    with pytest.raises(ConfigError) as caught:
+        load_secrets(config, env)
+    assert caught.value.key == "source.database_url_env" and "SOURCE_DATABASE_URL" in caught.value.message
+    with pytest.raises(ConfigError) as caught:
+        load_secrets(config, ENV | {"SOURCE_REDIS_URL": "http://nope"})
+    assert caught.value.key == "source.redis_url_env"
+    with pytest.raises(ConfigError) as caught:
+        load_secrets(config, {k: v for k, v in ENV.items() if k != "TARGET_REDIS_URL"})
+    assert caught.value.key == "target.redis_url_env"
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "source = [unclosed"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
