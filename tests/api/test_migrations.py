@@ -49,3 +49,25 @@ async def test_migrations_match_the_models(backend: str, tmp_path: Path, request
     finally:
         await engine.dispose()
     assert diff == [], diff
+
+
+async def test_concurrent_upgrades_of_a_fresh_postgres_database_do_not_race(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Several instances starting together on an empty database: one migrates, the others wait and find head."""
+    if backend != "postgres":
+        pytest.skip("PostgreSQL serialises migrations with an advisory lock; SQLite has one writer anyway")
+    import asyncio
+
+    from tests.support import create_database
+
+    services = request.getfixturevalue("services")
+    url = await create_database(services.postgres_url)
+    await asyncio.gather(*(upgrade_async(url) for _ in range(3)))
+    from timetodo.core.settings import Settings
+
+    engine = create_engine(Settings(DATABASE_URL=url), pooled=False)
+    try:
+        assert await current_revision(engine) == head_revision()
+    finally:
+        await engine.dispose()

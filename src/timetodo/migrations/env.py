@@ -12,6 +12,7 @@ from timetodo.core.settings import Settings
 from timetodo.models import Base
 
 config = context.config
+MIGRATION_LOCK_KEY = 0x7464_6D69  # "tdmi": any constant shared by every process of this app
 target_metadata = Base.metadata
 
 
@@ -23,6 +24,9 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # several instances starting at once: one migrates, the others wait here and then find the head applied
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
 
 
