@@ -27,7 +27,7 @@ from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.files.router import router as files_router
 from timetodo.realtime.hub import EventHub
-from timetodo.realtime.router import close_all
+from timetodo.realtime.router import close_all, going_away_on_signals
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router
 from timetodo.reminders.service import scheduler_running
@@ -67,7 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.REMINDER_POLL_SECONDS,
             settings.MAINTENANCE_RETRY_AFTER,
         ):
-            yield
+            with going_away_on_signals(app.state.events):
+                yield
     finally:
         await close_all(app.state.events)
         await app.state.events.stop()

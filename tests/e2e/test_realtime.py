@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,24 @@ def test_two_instances_fire_each_reminder_exactly_once(two_servers: list[ServerP
             await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_sigterm_closes_sockets_with_going_away(tmp_path: Path) -> None:
+    """A restarting instance tells its WebSocket clients 1001 so they reconnect elsewhere, then exits cleanly."""
+    from tests.e2e.server import server_env
+
+    env = server_env(f"sqlite:///{tmp_path / 'db.sqlite'}", None, tmp_path) | {"WS_PING_SECONDS": "30"}
+    server = ServerProcess(env, tmp_path)
+    try:
+        server.wait_ready()
+        alice = make_user(server)
+
+        async def scenario() -> tuple[int | None, str | None]:
+            ws = await authed(server, alice["token"])
+            server.proc.send_signal(signal.SIGTERM)
+            return await close_code(ws)
+
+        code, reason = asyncio.run(scenario())
+        assert code == 1001, (code, reason)
+    finally:
+        assert server.stop() == 0, server.log()

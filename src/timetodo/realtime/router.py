@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -102,3 +105,31 @@ async def close_all(hub: EventHub) -> None:
         *(_close(sock, CLOSE_GOING_AWAY, "server restarting") for sock in sockets if isinstance(sock, WebSocket)),
         return_exceptions=True,
     )
+
+
+@contextlib.contextmanager
+def going_away_on_signals(hub: EventHub) -> Iterator[None]:
+    """While serving under Uvicorn: on SIGTERM/SIGINT, close every socket with 1001 ("going away") *before* Uvicorn's
+    own shutdown, which would otherwise cut them with 1012. Uvicorn's handlers still run, right after ours."""
+    loop = asyncio.get_running_loop()
+    installed: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or previous is signal.default_int_handler:
+            continue  # not under Uvicorn's signal capture (tests, embedded use): nothing to chain to
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(close_all(hub)))
+            previous(signum, frame)
+
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            continue
+        installed[sig] = previous
+    try:
+        yield
+    finally:
+        for restored, previous_handler in installed.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(restored, previous_handler)
