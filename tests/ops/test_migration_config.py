@@ -11,7 +11,7 @@ from timetodo.ops.config import ConfigError, load_config, load_secrets
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "migration.example.toml"
 ENV = {
-    "SOURCE_ADMIN_TOKEN": "admin-token-value",
+    "SOURCE_ADMIN_PASSWORD": "admin-password-value",
     "SOURCE_DATABASE_URL": "postgresql://app:s3cret-pw@db.example.com:5432/app?sslmode=require",
     "SOURCE_REDIS_URL": "rediss://:redis-pw@redis.example.com:6380/0",
     "TARGET_DATABASE_URL": "postgresql://timetodo:target-pw@127.0.0.1:5432/timetodo",
@@ -42,7 +42,7 @@ def test_the_example_loads_with_defaults() -> None:
     secrets = load_secrets(config, ENV)
     assert secrets.source_redis_url and secrets.source_redis_url.startswith("rediss://")
     masked = secrets.all()
-    assert "s3cret-pw" in masked and "admin-token-value" in masked and "123:abc" in masked
+    assert "s3cret-pw" in masked and "admin-password-value" in masked and "123:abc" in masked
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,11 @@ def test_the_example_loads_with_defaults() -> None:
         ('public_url = "https://api.example.com"', 'public_url = "api.example.com"', "target.public_url"),
         ("downtime_budget_minutes = 30", "downtime_budget_minutes = -1", "downtime_budget_minutes"),
         ('strategy = "dump"', 'strategy = "teleport"', "strategy"),
-        ('admin_token_env = "SOURCE_ADMIN_TOKEN"', 'admin_token_env = "not an env name"', "source.admin_token_env"),
+        (
+            'admin_password_env = "SOURCE_ADMIN_PASSWORD"',
+            'admin_password_env = "not an env name"',
+            "source.admin_password_env",
+        ),
         ('app_name = "timetodo"', 'app_name = "../etc"', "app_name"),
         ('runtime = "compose"', 'runtime = "k8s"', "target.runtime"),
         ('host = "203.0.113.10"\n', "", "target.host"),
@@ -72,7 +76,7 @@ def test_a_bad_value_names_its_key(tmp_path: Path, old: str, new: str, key: str)
 
 def test_inline_secrets_are_refused(tmp_path: Path) -> None:
     text = edited(
-        'admin_token_env = "SOURCE_ADMIN_TOKEN"', 'admin_token_env = "SOURCE_ADMIN_TOKEN"\npassword = "hunter2"'
+        'admin_email = "admin@example.com"', 'admin_email = "admin@example.com"\npassword = "hunter2"'
     )
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))

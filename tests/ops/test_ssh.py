@@ -460,3 +460,29 @@ async def test_nothing_listening_is_a_quick_connect_error(sshd: Sshd) -> None:
     assert time.monotonic() - started < 5
     assert f"ssh://{sshd.target.user}@127.0.0.1:{port}" in str(unreachable.value)
     assert unreachable.value.hint
+
+
+async def test_forward_reaches_a_port_on_the_hosts_loopback(transport: Transport) -> None:
+    """A service listening only on the host's loopback is reached through the transport (an SSH tunnel)."""
+    import asyncio
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"pong:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        host, local_port = await transport.forward("127.0.0.1", port)
+        assert (await transport.forward("127.0.0.1", port)) == (host, local_port)  # one tunnel per destination
+        reader, writer = await asyncio.open_connection(host, local_port)
+        writer.write(b"ping\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b"pong:ping\n"
+        writer.close()
+        if transport.describe() != "local":
+            assert local_port != port
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -63,7 +63,11 @@ class Uploads(_Model):
 
 class Source(_Model):
     api_url: Annotated[str, Field(pattern=r"^https?://")]
-    admin_token_env: EnvName
+    # an admin account switches maintenance mode on the source: e-mail + password (the toolkit logs in, and again
+    # when its access token expires during a long migration) or a ready access token
+    admin_email: str | None = None
+    admin_password_env: EnvName | None = None
+    admin_token_env: EnvName | None = None
     database_url_env: EnvName
     redis_url_env: EnvName | None = None
     uploads: Uploads | None = None
@@ -73,11 +77,22 @@ class Source(_Model):
     def _no_inline_secret(cls, value: str) -> str:
         return _reject_inline_password(value).rstrip("/")
 
+    @model_validator(mode="after")
+    def _admin(self) -> Source:
+        if self.admin_token_env is None and (self.admin_email is None or self.admin_password_env is None):
+            raise ValueError("give admin_email + admin_password_env (or admin_token_env)")
+        return self
+
 
 class Target(SSHHost):
     public_url: Annotated[str, Field(pattern=r"^https?://")]
     app_dir: str | None = None
     runtime: Literal["compose", "process"] = "compose"
+    uploads_dir: str | None = Field(None, description="UPLOAD_DIR on the target (default <app_dir>/uploads)")
+    # runtime "process": the timetodo executable on the target and where the app listens (behind nginx)
+    timetodo_bin: str | None = None
+    app_host: str = "127.0.0.1"
+    app_port: Port = 8000
     # URLs as seen *on the target host* (e.g. postgresql://timetodo:...@127.0.0.1:5432/timetodo); the toolkit
     # reaches them through its SSH connection, so they never need a public port
     database_url_env: EnvName
@@ -123,12 +138,17 @@ class MigrationConfig(_Model):
     def app_dir(self) -> str:
         return self.target.app_dir or f"/opt/{self.app_name}"
 
+    @property
+    def target_uploads_dir(self) -> str:
+        return self.target.uploads_dir or f"{self.app_dir}/uploads"
+
 
 @dataclass(frozen=True)
 class Secrets:
     """The values behind the `*_env` names, read from the environment once."""
 
-    admin_token: str
+    admin_token: str | None
+    admin_password: str | None
     source_database_url: str
     source_redis_url: str | None
     target_database_url: str
@@ -138,7 +158,13 @@ class Secrets:
 
     def all(self) -> list[str]:
         """Every secret value, for masking logs and reports."""
-        values = [self.admin_token, self.source_database_url, self.source_redis_url, self.target_database_url]
+        values = [
+            self.admin_token,
+            self.admin_password,
+            self.source_database_url,
+            self.source_redis_url,
+            self.target_database_url,
+        ]
         values += [self.target_redis_url, self.telegram_token, self.webhook_secret]
         found: list[str] = []
         for value in values:
@@ -218,7 +244,10 @@ def load_secrets(config: MigrationConfig, environ: dict[str, str] | None = None)
         if config.telegram.webhook_secret_env:
             webhook_secret = _need(config.telegram.webhook_secret_env, "telegram.webhook_secret_env", env)
     return Secrets(
-        admin_token=_need(s.admin_token_env, "source.admin_token_env", env),
+        admin_token=_need(s.admin_token_env, "source.admin_token_env", env) if s.admin_token_env else None,
+        admin_password=(
+            _need(s.admin_password_env, "source.admin_password_env", env) if s.admin_password_env else None
+        ),
         source_database_url=db,
         source_redis_url=redis,
         target_database_url=target_db,

@@ -230,6 +230,11 @@ class Transport(Protocol):
         existing parent, so it can be asked before the directory is created)."""
         ...
 
+    async def forward(self, host: str, port: int) -> tuple[str, int]:
+        """A local address that reaches `host:port` as seen from this host (an SSH tunnel for remote hosts), so a
+        database or Redis listening only on the target's loopback is reachable without publishing a port."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -311,6 +316,9 @@ class _BaseTransport:
 
     async def close(self) -> None:
         return None
+
+    async def forward(self, host: str, port: int) -> tuple[str, int]:
+        return host, port
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -738,6 +746,7 @@ class SSHTransport(_BaseTransport):
     def __init__(self, target: SSHTarget, *, max_sessions: int = MAX_SESSIONS) -> None:
         self.target = target
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._forwards: dict[tuple[str, int], asyncssh.SSHListener] = {}
         self._sftp: asyncssh.SFTPClient | None = None
         self._connect_lock = asyncio.Lock()
         self._sftp_lock = asyncio.Lock()
@@ -860,7 +869,24 @@ class SSHTransport(_BaseTransport):
             extra={"transport": self.describe()},
         )
 
+    async def forward(self, host: str, port: int) -> tuple[str, int]:
+        key = (host, port)
+        if key not in self._forwards:
+            conn = await self.connect()
+            listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+            self._forwards[key] = listener
+            logger.info(
+                "forwarding",
+                extra={"transport": self.describe(), "to": f"{host}:{port}", "local_port": listener.get_port()},
+            )
+        return "127.0.0.1", self._forwards[key].get_port()
+
     async def close(self) -> None:
+        for listener in self._forwards.values():
+            listener.close()
+            with contextlib.suppress(Exception):
+                await listener.wait_closed()
+        self._forwards.clear()
         if self._sftp is not None:
             self._sftp.exit()
             with contextlib.suppress(Exception):
