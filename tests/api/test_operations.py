@@ -128,7 +128,10 @@ async def _make_admin(app: FastAPI, client: httpx.AsyncClient) -> dict[str, str]
 
 
 async def test_maintenance_mode(app: FastAPI, client: httpx.AsyncClient, auth: dict[str, str]) -> None:
-    admin = await _make_admin(app, client)
+    admin_headers, admin_tokens = await new_user(client)
+    async with app.state.sessionmaker() as session:
+        await set_admin(session, admin_tokens["user"]["email"], True)
+    admin = admin_headers
     resp = await client.put("/api/v1/admin/maintenance", json={"enabled": True}, headers=auth)
     assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
     task = (await client.post("/api/v1/tasks", json={"title": "before"}, headers=auth)).json()
@@ -152,6 +155,14 @@ async def test_maintenance_mode(app: FastAPI, client: httpx.AsyncClient, auth: d
         assert (await client.get(f"/api/v1/tasks/{task['id']}", headers=auth)).json()["title"] == "before"
         refreshed = await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
         assert refreshed.status_code == 200
+        # logging in writes a session: refused, except for admins, who get an access token and no refresh token
+        # (nothing written) so that they can still reach the admin API
+        resp = await login(client, tokens["user"]["email"])
+        assert resp.status_code == 503 and resp.json()["error"] == "maintenance"
+        resp = await login(client, admin_tokens["user"]["email"])
+        assert resp.status_code == 200 and resp.json()["refresh_token"] is None
+        fresh_admin = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+        assert (await client.get("/api/v1/admin/maintenance", headers=fresh_admin)).json()["enabled"] is True
         detailed = (await client.get("/health/detailed")).json()
         assert detailed["maintenance"] is True and detailed["status"] == "ok"
         # the authoritative check holds even when the per-process cache still says "off"

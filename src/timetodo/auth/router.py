@@ -26,11 +26,12 @@ async def register(data: RegisterIn, session: WriteSessionDep) -> object:
 async def login(
     request: Request,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    session: WriteSessionDep,
+    session: SessionDep,
     settings: SettingsDep,
     cache: CacheDep,
 ) -> TokenPair:
-    """OAuth2 password form: `username` is the e-mail. Limited to 5 attempts a minute per IP and per account."""
+    """OAuth2 password form: `username` is the e-mail. Limited to 5 attempts a minute per IP and per account.
+    In maintenance mode only admins log in, and get an access token without a refresh token (nothing is written)."""
     await service.check_login_rate(cache, settings, form.username, client_ip(request))
     return await service.login(session, settings, form.username, form.password)
 

@@ -40,7 +40,9 @@ class UserUpdate(BaseModel):
 
 class TokenPair(BaseModel):
     access_token: str
-    refresh_token: str
+    refresh_token: str | None = Field(
+        description="Trade it for a new pair at /auth/refresh; null for an admin logging in during maintenance"
+    )
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires")
 

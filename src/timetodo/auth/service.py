@@ -12,12 +12,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.admin.service import get_status as maintenance_status
+from timetodo.admin.service import guard_write
 from timetodo.auth import repository
 from timetodo.auth.models import RefreshToken, User
 from timetodo.auth.schemas import RegisterIn, TokenPair, UserUpdate
 from timetodo.core.cache import Cache
 from timetodo.core.database import utcnow
-from timetodo.core.errors import Conflict, ErrorCode, NotFound, RateLimited, Unauthorized
+from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive, NotFound, RateLimited, Unauthorized
 from timetodo.core.security import (
     create_access_token,
     hash_password,
@@ -96,9 +97,20 @@ async def login(session: AsyncSession, settings: Settings, email: str, password:
     password_ok = await asyncio.to_thread(verify_password, password, user.password_hash if user else None)
     if user is None or not password_ok or not user.is_active:
         raise Unauthorized("Wrong e-mail or password", code=ErrorCode.invalid_credentials)
-    refresh = await _issue_refresh_token(session, settings, user.id)
+    if (await maintenance_status(session)).enabled:
+        # read-only: no session row can be written. Admins still get an access token (no refresh token) so they
+        # can reach the admin API — e.g. to end maintenance; everyone else waits.
+        if not user.is_admin:
+            raise MaintenanceActive(retry_after=settings.MAINTENANCE_RETRY_AFTER)
+        access, expires_in = _access_token(settings, user.id, user.is_admin)
+        return TokenPair(access_token=access, refresh_token=None, expires_in=expires_in)
+    # the write (a refresh token) runs in its own transaction behind the maintenance guard, like every write
+    user_id, is_admin = user.id, user.is_admin
+    await session.rollback()
+    await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
+    refresh = await _issue_refresh_token(session, settings, user_id)
     await session.commit()
-    access, expires_in = _access_token(settings, user.id, user.is_admin)
+    access, expires_in = _access_token(settings, user_id, is_admin)
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
 
 
