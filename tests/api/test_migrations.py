@@ -52,20 +52,31 @@ async def test_migrations_match_the_models(backend: str, tmp_path: Path, request
 
 
 async def test_concurrent_upgrades_of_a_fresh_postgres_database_do_not_race(
-    backend: str, request: pytest.FixtureRequest
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Several instances starting together on an empty database: one migrates, the others wait and find head."""
+    """Several instances starting together on an empty database (separate processes, as in production): one
+    migrates, the others wait for it and find head applied."""
     if backend != "postgres":
         pytest.skip("PostgreSQL serialises migrations with an advisory lock; SQLite has one writer anyway")
     import asyncio
+    import os
+    import sys
 
     from tests.support import create_database
+    from timetodo.core.settings import Settings
 
     services = request.getfixturevalue("services")
     url = await create_database(services.postgres_url)
-    await asyncio.gather(*(upgrade_async(url) for _ in range(3)))
-    from timetodo.core.settings import Settings
-
+    timetodo = str(Path(sys.executable).parent / "timetodo")
+    env = {**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            timetodo, "db", "upgrade", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    outputs = [await asyncio.wait_for(proc.communicate(), 120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err.decode()[-500:] for _, err in outputs]
     engine = create_engine(Settings(DATABASE_URL=url), pooled=False)
     try:
         assert await current_revision(engine) == head_revision()

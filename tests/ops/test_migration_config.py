@@ -75,9 +75,7 @@ def test_a_bad_value_names_its_key(tmp_path: Path, old: str, new: str, key: str)
 
 
 def test_inline_secrets_are_refused(tmp_path: Path) -> None:
-    text = edited(
-        'admin_email = "admin@example.com"', 'admin_email = "admin@example.com"\npassword = "hunter2"'
-    )
+    text = edited('admin_email = "admin@example.com"', 'admin_email = "admin@example.com"\npassword = "hunter2"')
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert caught.value.key == "source.password" and "inline" in caught.value.message

@@ -17,6 +17,7 @@ class Attachment(Base):
     __table_args__ = (
         Index("ix_attachments_owner_id_task_id", "owner_id", "task_id"),
         Index("ix_attachments_sha256", "sha256"),
+        Index("ix_attachments_task_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -18,6 +18,7 @@ class Reminder(TimestampMixin, Base):
     __table_args__ = (
         Index("ix_reminders_state_fire_at", "state", "fire_at"),
         Index("ix_reminders_owner_id_task_id", "owner_id", "task_id"),
+        Index("ix_reminders_task_id", "task_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

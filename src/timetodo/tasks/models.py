@@ -55,6 +55,7 @@ class Task(SyncTracked, TimestampMixin, Base):
         Index("ix_tasks_owner_id_id", "owner_id", "id"),
         Index("ix_tasks_owner_id_project_id", "owner_id", "project_id"),
         Index("ix_tasks_owner_id_sync_version", "owner_id", "sync_version"),
+        Index("ix_tasks_parent_id", "parent_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

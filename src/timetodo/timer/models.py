@@ -18,6 +18,7 @@ class TimeEntry(SyncTracked, TimestampMixin, Base):
     __table_args__ = (
         Index("ix_time_entries_owner_id_started_at", "owner_id", "started_at"),
         Index("ix_time_entries_owner_id_sync_version", "owner_id", "sync_version"),
+        Index("ix_time_entries_task_id", "task_id"),
         Index(
             "uq_time_entries_one_running",
             "owner_id",

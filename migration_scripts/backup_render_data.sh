@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Back up the source (database, Redis keys with TTLs, uploads) into <work_dir>/backups/<timestamp>/
+# Thin wrapper over `timetodo migrate`; the configuration is ${MIGRATION_CONFIG:-migration.toml}.
+set -euo pipefail
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then exec timetodo migrate backup --help; fi
+exec timetodo migrate backup --config "${MIGRATION_CONFIG:-migration.toml}" "$@"

@@ -1,0 +1,376 @@
+"""A source deployment and a target "host" on one machine, for the migration tests and `bench/migrate.py`.
+
+Source: PostgreSQL A (a fresh database on the session's server), Redis A (its own database index), an upload
+directory and `timetodo serve` A. Target: PostgreSQL B and Redis B (separate servers started by scripts/), reached
+over real SSH on 127.0.0.1 (scripts/sshd.sh); the toolkit starts the app there with its process runtime. A fake
+Telegram Bot API (a real HTTP server on 127.0.0.1) holds the webhook and pending updates. A DNS hook writes the
+"current" host into a file that clients follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+from tests.e2e.server import TIMETODO, ServerProcess, server_env
+from tests.fakes.telegram import FakeTelegram
+from tests.support import PASSWORD, Services, create_database, free_port, run_script
+
+SECRET = "migration-e2e-secret-key-long-enough-0123456789"
+BOT_TOKEN = "123456:migration-e2e-bot-token"
+ADMIN = "admin@example.com"
+
+
+def plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@dataclass
+class World:
+    base: Path
+    config: Path
+    env: dict[str, str]
+    source: ServerProcess
+    source_db: str
+    source_redis: str
+    source_uploads: Path
+    target_db: str
+    target_redis: str
+    target_url: str
+    target_uploads: Path
+    current: Path
+    telegram: FakeTelegram
+    writer_token: str
+    cleanup: list[tuple[str, Path]] = field(default_factory=list)
+
+    def migrate(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TIMETODO, "migrate", *args, "--config", str(self.config)],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.base,
+        )
+
+    def migrate_background(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [TIMETODO, "migrate", *args, "--config", str(self.config)],
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.base,
+        )
+
+    def state(self) -> dict[str, Any]:
+        path = self.base / "work" / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _cli(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def _seed(world_env: dict[str, str], source: ServerProcess, source_redis: str) -> str:
+    """Users, projects, tasks, attachments through the API; Redis keys with and without TTL. Returns the writer's
+    access token."""
+    _cli(world_env | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
+    with httpx.Client(base_url=source.url, timeout=30) as c:
+        token = ""
+        for i in range(3):
+            email = f"user{i}@example.com"
+            c.post(
+                "/api/v1/auth/register",
+                json={"email": email, "password": PASSWORD},
+                headers={"X-Forwarded-For": f"10.77.0.{i}"},
+            )
+            token = c.post(
+                "/api/v1/auth/login",
+                data={"username": email, "password": PASSWORD},
+                headers={"X-Forwarded-For": f"10.77.0.{i}"},
+            ).json()["access_token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            project = c.post("/api/v1/projects", json={"name": f"p{i}"}, headers=auth).json()
+            for j in range(20):
+                task = c.post(
+                    "/api/v1/tasks",
+                    json={"title": f"seed {i}.{j}", "project_id": project["id"], "labels": ["x"]},
+                    headers=auth,
+                ).json()
+                if j % 5 == 0:
+                    files = {"file": (f"f{i}{j}.txt", os.urandom(2000 + j))}
+                    resp = c.post(f"/api/v1/tasks/{task['id']}/attachments", files=files, headers=auth)
+                    assert resp.status_code == 201, resp.text
+    r = redis.Redis.from_url(source_redis)
+    for k in range(200):
+        r.set(f"seed:plain:{k}", os.urandom(16))
+        r.set(f"seed:ttl:{k}", "v", ex=3600)
+    r.hset("seed:hash", mapping={"a": "1", "b": "2"})
+    r.close()
+    return token
+
+
+def _cli(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def seed_api(source: ServerProcess, source_redis: str, users: int = 3, tasks: int = 20) -> str:
+    """Users, projects, tasks, attachments through the API; Redis keys with and without TTL. Returns the last
+    user's access token (the writer's)."""
+    with httpx.Client(base_url=source.url, timeout=30) as c:
+        token = ""
+        for i in range(users):
+            email = f"user{i}@example.com"
+            c.post(
+                "/api/v1/auth/register",
+                json={"email": email, "password": PASSWORD},
+                headers={"X-Forwarded-For": f"10.77.0.{i}"},
+            )
+            token = c.post(
+                "/api/v1/auth/login",
+                data={"username": email, "password": PASSWORD},
+                headers={"X-Forwarded-For": f"10.77.0.{i}"},
+            ).json()["access_token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            project = c.post("/api/v1/projects", json={"name": f"p{i}"}, headers=auth).json()
+            for j in range(tasks):
+                task = c.post(
+                    "/api/v1/tasks",
+                    json={"title": f"seed {i}.{j}", "project_id": project["id"], "labels": ["x"]},
+                    headers=auth,
+                ).json()
+                if j % 5 == 0:
+                    files = {"file": (f"f{i}{j}.txt", os.urandom(2000 + j))}
+                    resp = c.post(f"/api/v1/tasks/{task['id']}/attachments", files=files, headers=auth)
+                    assert resp.status_code == 201, resp.text
+    r = redis.Redis.from_url(source_redis)
+    for k in range(200):
+        r.set(f"seed:plain:{k}", os.urandom(16))
+        r.set(f"seed:ttl:{k}", "v", ex=3600)
+    r.hset("seed:hash", mapping={"a": "1", "b": "2"})
+    r.close()
+    return token
+
+
+def make_world(base: Path, services: Services, *, budget_minutes: float = 5, seed: bool = True) -> World:
+    base.chmod(0o755)
+    base.chmod(0o755)
+    cleanup: list[tuple[str, Path]] = []
+    source_db = asyncio.run(create_database(services.postgres_url))
+    source_redis = services.redis_url.rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(source_redis).flushdb()
+    source_uploads = base / "source-uploads"
+    env_a = server_env(source_db, source_redis, base / "source-data") | {
+        "UPLOAD_DIR": str(source_uploads),
+        "SECRET_KEY": SECRET,
+        "LOGIN_ATTEMPTS_PER_MINUTE": "60",  # every toolkit run logs in; the resume test starts seven
+        "LOG_LEVEL": "WARNING",
+    }
+    source = ServerProcess(env_a, base)
+    source.wait_ready()
+    pg_b = run_script("scripts/postgres.sh", "start", str(base / "pg-b"), str(free_port()))
+    cleanup.append(("scripts/postgres.sh", base / "pg-b"))
+    redis_b = run_script("scripts/redis.sh", "start", str(base / "redis-b"), str(free_port()), "target-redis-pw")
+    cleanup.append(("scripts/redis.sh", base / "redis-b"))
+    ssh_line = run_script("scripts/sshd.sh", "start", str(base / "sshd"), str(free_port()))
+    cleanup.append(("scripts/sshd.sh", base / "sshd"))
+    ssh = dict(part.split("=", 1) for part in ssh_line.split())
+    telegram = FakeTelegram(BOT_TOKEN).start()
+    target_port = free_port()
+    target_url = f"http://127.0.0.1:{target_port}"
+    target_uploads = base / "target-uploads"
+    (base / "target.env").write_text(
+        "\n".join(
+            [
+                f"DATABASE_URL={pg_b}",
+                f"REDIS_URL={redis_b}",
+                f"SECRET_KEY={SECRET}",
+                "ENVIRONMENT=test",
+                f"DATA_DIR={base / 'target-data'}",
+                f"UPLOAD_DIR={target_uploads}",
+                "LOG_LEVEL=WARNING",
+                "MAINTENANCE_CACHE_SECONDS=1",
+            ]
+        )
+        + "\n"
+    )
+    current = base / "current-host"
+    current.write_text(source.url)
+    hook = base / "dns-hook.sh"
+    hook.write_text(f'#!/bin/sh\n# RECORD OLD NEW\nprintf "%s" "$3" > {current}\necho "pointed $1 at $3"\n')
+    hook.chmod(0o755)
+    config = base / "migration.toml"
+    config.write_text(f"""
+app_name = "timetodo"
+downtime_budget_minutes = {budget_minutes}
+work_dir = "work"
+parallel_jobs = 2
+
+[source]
+api_url = "{source.url}"
+admin_email = "{ADMIN}"
+admin_password_env = "MIG_ADMIN_PASSWORD"
+database_url_env = "MIG_SOURCE_DB"
+redis_url_env = "MIG_SOURCE_REDIS"
+
+[source.uploads]
+path = "{source_uploads}"
+ssh = {{ host = "127.0.0.1", port = {ssh["port"]}, user = "{ssh["user"]}", key_file = "{ssh["key"]}", known_hosts = "{ssh["known_hosts"]}" }}
+
+[target]
+host = "127.0.0.1"
+port = {ssh["port"]}
+user = "{ssh["user"]}"
+key_file = "{ssh["key"]}"
+known_hosts = "{ssh["known_hosts"]}"
+public_url = "{target_url}"
+app_dir = "{base / "target-app"}"
+runtime = "process"
+uploads_dir = "{target_uploads}"
+timetodo_bin = "{TIMETODO}"
+app_port = {target_port}
+database_url_env = "MIG_TARGET_DB"
+redis_url_env = "MIG_TARGET_REDIS"
+env_file = "{base / "target.env"}"
+
+[telegram]
+bot_token_env = "MIG_TG_TOKEN"
+api_base = "{telegram.base_url}"
+webhook_secret_env = "MIG_TG_SECRET"
+
+[dns]
+record = "api.example.test"
+hook = "{hook}"
+""")
+    env = {
+        "MIG_ADMIN_PASSWORD": PASSWORD,
+        "MIG_SOURCE_DB": plain(source_db),
+        "MIG_SOURCE_REDIS": source_redis,
+        "MIG_TARGET_DB": pg_b,
+        "MIG_TARGET_REDIS": redis_b,
+        "MIG_TG_TOKEN": BOT_TOKEN,
+        "MIG_TG_SECRET": "hook_secret_1",
+    }
+    _cli(env_a | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
+    token = seed_api(source, source_redis) if seed else ""
+    with httpx.Client(base_url=telegram.base_url) as c:
+        resp = c.post(f"/bot{BOT_TOKEN}/setWebhook", json={"url": source.url + "/api/v1/telegram/webhook"})
+        assert resp.json()["ok"], resp.text
+    for n in range(3):
+        telegram.enqueue_update({"update_id": 1000 + n, "message": {"text": f"pending {n}"}})
+    world = World(
+        base,
+        config,
+        env,
+        source,
+        plain(source_db),
+        source_redis,
+        source_uploads,
+        pg_b,
+        redis_b,
+        target_url,
+        target_uploads,
+        current,
+        telegram,
+        token,
+        cleanup,
+    )
+    return world
+
+
+def stop_world(world: World) -> None:
+    base, source, telegram, cleanup = world.base, world.source, world.telegram, world.cleanup
+    # stop the target app the toolkit started, then everything else
+    pid_file = base / "target-app" / "timetodo.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    source.stop()
+    telegram.stop()
+    for script, directory in reversed(cleanup):
+        subprocess.run(["bash", script, "stop", str(directory)], capture_output=True, timeout=60)
+
+
+class Writer:
+    """~50 writes/s from two loops, each write a unique title + Idempotency-Key, retried until acknowledged,
+    always to the host named in the `current` file (what DNS would answer)."""
+
+    def __init__(self, current: Path, token: str, prefix: str) -> None:
+        self.current, self.token, self.prefix = current, token, prefix
+        self.acked: dict[str, str] = {}
+        self.failures = 0
+        self.last_ack: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    async def _loop(self, lane: int) -> None:
+        n = 0
+        async with httpx.AsyncClient(timeout=5) as c:
+            while not self._stop.is_set():
+                uid = f"{self.prefix}-{lane}-{n}"
+                n += 1
+                while True:
+                    base = self.current.read_text().strip()
+                    try:
+                        resp = await c.post(
+                            f"{base}/api/v1/tasks",
+                            json={"title": uid},
+                            headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": uid},
+                        )
+                        if resp.status_code == 201:
+                            self.acked[uid] = base
+                            self.last_ack.append(time.monotonic())
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    self.failures += 1
+                    if self._stop.is_set():
+                        return  # an unacknowledged write at the very end: not counted
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
+
+    async def _main(self) -> None:
+        await asyncio.gather(self._loop(0), self._loop(1))
+
+    def max_gap(self) -> float:
+        stamps = sorted(self.last_ack)
+        return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
+async def titles(db_url: str, prefix: str) -> dict[str, int]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT title, count(*) AS n FROM tasks WHERE title LIKE $1 GROUP BY title", f"{prefix}-%"
+        )
+        return {r["title"]: int(r["n"]) for r in rows}
+    finally:
+        await conn.close()
