@@ -87,50 +87,6 @@ def _cli(env: dict[str, str], *args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _seed(world_env: dict[str, str], source: ServerProcess, source_redis: str) -> str:
-    """Users, projects, tasks, attachments through the API; Redis keys with and without TTL. Returns the writer's
-    access token."""
-    _cli(world_env | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
-    with httpx.Client(base_url=source.url, timeout=30) as c:
-        token = ""
-        for i in range(3):
-            email = f"user{i}@example.com"
-            c.post(
-                "/api/v1/auth/register",
-                json={"email": email, "password": PASSWORD},
-                headers={"X-Forwarded-For": f"10.77.0.{i}"},
-            )
-            token = c.post(
-                "/api/v1/auth/login",
-                data={"username": email, "password": PASSWORD},
-                headers={"X-Forwarded-For": f"10.77.0.{i}"},
-            ).json()["access_token"]
-            auth = {"Authorization": f"Bearer {token}"}
-            project = c.post("/api/v1/projects", json={"name": f"p{i}"}, headers=auth).json()
-            for j in range(20):
-                task = c.post(
-                    "/api/v1/tasks",
-                    json={"title": f"seed {i}.{j}", "project_id": project["id"], "labels": ["x"]},
-                    headers=auth,
-                ).json()
-                if j % 5 == 0:
-                    files = {"file": (f"f{i}{j}.txt", os.urandom(2000 + j))}
-                    resp = c.post(f"/api/v1/tasks/{task['id']}/attachments", files=files, headers=auth)
-                    assert resp.status_code == 201, resp.text
-    r = redis.Redis.from_url(source_redis)
-    for k in range(200):
-        r.set(f"seed:plain:{k}", os.urandom(16))
-        r.set(f"seed:ttl:{k}", "v", ex=3600)
-    r.hset("seed:hash", mapping={"a": "1", "b": "2"})
-    r.close()
-    return token
-
-
-def _cli(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run([TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-
-
 def seed_api(source: ServerProcess, source_redis: str, users: int = 3, tasks: int = 20) -> str:
     """Users, projects, tasks, attachments through the API; Redis keys with and without TTL. Returns the last
     user's access token (the writer's)."""
