@@ -87,6 +87,25 @@ def test_wrong_admin_password_refuses_cutover_before_freezing(world: World) -> N
     assert resp.status_code == 201  # nothing was frozen
 
 
+def test_cutover_over_the_downtime_budget_stops_before_freezing(world: World) -> None:
+    text = world.config.read_text().replace("downtime_budget_minutes = 5", "downtime_budget_minutes = 0.1")
+    config = world.base / "tight-budget.toml"
+    config.write_text(text.replace('work_dir = "work"', 'work_dir = "work-budget"'))
+    result = subprocess.run(
+        [TIMETODO, "migrate", "cutover", "--config", str(config)],
+        env={**os.environ, **world.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=world.base,
+    )
+    assert result.returncode == 6, result.stderr
+    assert "exceeds the budget" in result.stderr
+    with httpx.Client(base_url=world.source.url) as c:
+        status = c.get("/health/detailed").json()
+    assert status["maintenance"] is False  # nothing was frozen
+
+
 def test_migration_and_rollback_lose_nothing(world: World) -> None:
     with Writer(world.current, world.writer_token, "w") as writer:
         time.sleep(1)

@@ -288,6 +288,18 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
 
 
+def restore_compatible(source_engine: str, source_version: str, target_engine: str, target_version: str) -> bool:
+    """Can the target RESTORE the source's DUMP payloads? A payload carries its RDB version, which only an equal or
+    newer server reads: same engine needs major.minor ≥ the source's. Valkey forked Redis 7.2 (both report their
+    Redis-compatible version in INFO): across the two, payloads of Redis ≤ 7.2 are fine, later ones (RDB 12+) not."""
+    source, target = version_tuple(source_version)[:2], version_tuple(target_version)[:2]
+    if target < source:
+        return False
+    if source_engine == target_engine:
+        return True
+    return {source_engine, target_engine} == {"redis", "valkey"} and source <= (7, 2)
+
+
 # --------------------------------------------------------------------------------------------------------- uploads
 
 

@@ -206,9 +206,7 @@ async def preflight(ctx: Context) -> dict[str, Any]:
         try:
             engine, version = await copy.redis_version(str(await ctx.target_redis_url()))
             src_engine, src_version = str(facts["source_redis"]).split(" ", 1)
-            compatible = copy.version_tuple(version)[:2] >= copy.version_tuple(src_version)[:2] and (
-                engine == src_engine or {engine, src_engine} == {"redis", "valkey"}
-            )
+            compatible = copy.restore_compatible(src_engine, src_version, engine, version)
             check(
                 "target Redis",
                 "ok" if compatible else "blocker",
