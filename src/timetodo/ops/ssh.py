@@ -30,13 +30,14 @@ import secrets as _secrets
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, quote_plus
 
 import asyncssh
@@ -239,6 +240,10 @@ class Transport(Protocol):
 
 
 # -------------------------------------------------------------------------------------------------------- helpers
+
+
+def _default_known_hosts() -> str:
+    return os.path.expanduser("~/.ssh/known_hosts")
 
 
 def mask_command(text: str, secrets: Sequence[str] = ()) -> str:
@@ -746,7 +751,7 @@ class SSHTransport(_BaseTransport):
     def __init__(self, target: SSHTarget, *, max_sessions: int = MAX_SESSIONS) -> None:
         self.target = target
         self._conn: asyncssh.SSHClientConnection | None = None
-        self._forwards: dict[tuple[str, int], asyncssh.SSHListener] = {}
+        self._forwards: dict[tuple[str, int], tuple[str, Any, int]] = {}
         self._sftp: asyncssh.SFTPClient | None = None
         self._connect_lock = asyncio.Lock()
         self._sftp_lock = asyncio.Lock()
@@ -870,22 +875,89 @@ class SSHTransport(_BaseTransport):
         )
 
     async def forward(self, host: str, port: int) -> tuple[str, int]:
+        """Bulk data (database restores, Redis copies) goes through an OpenSSH client process (`ssh -N -L`), so the
+        encryption runs in C on another core; asyncssh's own forwarding serves when no `ssh` binary exists."""
         key = (host, port)
         if key not in self._forwards:
-            conn = await self.connect()
-            listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
-            self._forwards[key] = listener
+            await self.connect()  # checks (and with accept_new_host_key records) the host key first
+            ssh = shutil.which("ssh")
+            if ssh is None:
+                conn = await self.connect()
+                listener = await conn.forward_local_port("127.0.0.1", 0, host, port)
+                self._forwards[key] = ("asyncssh", listener, listener.get_port())
+            else:
+                self._forwards[key] = ("openssh", *await self._openssh_forward(ssh, host, port))
             logger.info(
                 "forwarding",
-                extra={"transport": self.describe(), "to": f"{host}:{port}", "local_port": listener.get_port()},
+                extra={"transport": self.describe(), "to": f"{host}:{port}", "local_port": self._forwards[key][2]},
             )
-        return "127.0.0.1", self._forwards[key].get_port()
+        return "127.0.0.1", int(self._forwards[key][2])
+
+    async def _openssh_forward(self, ssh: str, host: str, port: int) -> tuple[asyncio.subprocess.Process, int]:
+        t = self.target
+        known = t.known_hosts or _default_known_hosts()
+        for _attempt in range(3):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                local_port = int(probe.getsockname()[1])
+            proc = await asyncio.create_subprocess_exec(
+                ssh,
+                "-N",
+                "-p",
+                str(t.port),
+                "-i",
+                str(t.key_file),
+                "-o",
+                f"UserKnownHostsFile={known}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                f"ConnectTimeout={int(t.connect_timeout)}",
+                "-L",
+                f"127.0.0.1:{local_port}:{host}:{port}",
+                f"{t.user}@{t.host}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            deadline = asyncio.get_running_loop().time() + t.connect_timeout + 5
+            while asyncio.get_running_loop().time() < deadline and proc.returncode is None:
+                try:
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
+                    writer.close()
+                    return proc, local_port
+                except OSError:
+                    await asyncio.sleep(0.05)
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            assert proc.stderr is not None
+            error = (await proc.stderr.read()).decode("utf-8", "replace").strip()
+            if "Address already in use" not in error:  # a port taken meanwhile: try another one
+                raise ConnectError(
+                    f"cannot open a tunnel to {host}:{port} through {self.describe()}: {mask_secrets(error)[-300:]}",
+                    hint="check that the service listens there on the target",
+                )
+        raise ConnectError(f"cannot open a tunnel to {host}:{port} through {self.describe()}")
 
     async def close(self) -> None:
-        for listener in self._forwards.values():
-            listener.close()
-            with contextlib.suppress(Exception):
-                await listener.wait_closed()
+        for kind, handle, _port in self._forwards.values():
+            if kind == "openssh":
+                with contextlib.suppress(ProcessLookupError):
+                    handle.terminate()
+                await handle.wait()
+            else:
+                handle.close()
+                with contextlib.suppress(Exception):
+                    await handle.wait_closed()
         self._forwards.clear()
         if self._sftp is not None:
             self._sftp.exit()

@@ -52,7 +52,8 @@ class MigrationState:
         return steps.setdefault(name, {"status": "pending"})
 
     def is_done(self, name: str) -> bool:
-        return self.step(name).get("status") == "done"
+        step = self.data.get("steps", {}).get(name)
+        return bool(step) and step.get("status") == "done"
 
     def start(self, name: str) -> None:
         step = self.step(name)

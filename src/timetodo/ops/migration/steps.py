@@ -53,6 +53,14 @@ async def row_counts(url: str) -> dict[str, int]:
         await conn.close()
 
 
+def _sizes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and copy.INCOMING not in p.relative_to(root).parts
+    }
+
+
 def staging_dir(ctx: Context) -> Path:
     return ctx.work_dir / "staging" / "uploads"
 
@@ -245,7 +253,7 @@ async def preflight(ctx: Context) -> dict[str, Any]:
 def estimate_downtime(ctx: Context, db_bytes: int, keys: int, files_bytes: int) -> dict[str, Any]:
     """Write-freeze estimate: measured by sync when it ran (a final pass costs what a full one did, files aside),
     else from reference throughput."""
-    measured = ctx.state.step("sync").get("result") if ctx.state.is_done("sync") else None
+    measured = ctx.state.data["steps"]["sync"].get("result") if ctx.state.is_done("sync") else None
     if measured:
         seconds = float(measured["db"]["dump_seconds"]) + float(measured["db"]["restore_seconds"])
         seconds += float(measured["redis"].get("seconds", 0)) + float(measured["files"].get("seconds", 0))
@@ -444,18 +452,21 @@ async def quick_verify(ctx: Context) -> dict[str, Any]:
             problems.append(f"Redis: source {keys['source']} keys, target {keys['target']}")
     file_counts: dict[str, int] = {}
     if source_place(ctx) is not None:
-        staged = await asyncio.to_thread(fileops.scan_tree, staging_dir(ctx))
-        on_target = await copy.remote_manifest(await ctx.target(), ctx.config.target_uploads_dir)
+        # names and sizes only: hashes are compared by validate, outside the freeze
+        staged = await asyncio.to_thread(_sizes, staging_dir(ctx))
+        on_target = await copy.remote_sizes(await ctx.target(), ctx.config.target_uploads_dir)
         file_counts = {"source": len(staged), "target": len(on_target)}
-        missing = set(staged) - set(on_target)
-        if missing or any(on_target.get(k) != v for k, v in staged.items()):
-            problems.append(f"uploads: {len(missing)} missing or differing on the target")
+        differing = [name for name, size in staged.items() if on_target.get(name) != size]
+        if differing:
+            problems.append(f"uploads: {len(differing)} missing or of another size on the target")
     return {"rows": sum(source_rows.values()), "keys": keys, "files": file_counts, "problems": problems}
 
 
 async def switch(ctx: Context) -> dict[str, Any]:
-    """Telegram webhook to the target (pending updates kept), DNS change printed or handed to the hook."""
-    result: dict[str, Any] = {}
+    """DNS first (it moves the clients' writes; printed or handed to the hook), then the Telegram webhook to the
+    target with pending updates kept, confirmed by getWebhookInfo."""
+    result: dict[str, Any] = {"dns": await point_dns(ctx, ctx.config.source.api_url, ctx.config.target.public_url)}
+    ctx.state.remember(writes_switched_at=time.time())
     client = ctx.telegram()
     if client is not None:
         async with client:
@@ -467,7 +478,6 @@ async def switch(ctx: Context) -> dict[str, Any]:
             result["telegram"] = switched.as_dict()
             if not switched.confirmed:
                 log.warning("webhook switched but not confirmed", extra={"error": str(switched.error)})
-    result["dns"] = await point_dns(ctx, ctx.config.source.api_url, ctx.config.target.public_url)
     return result
 
 
@@ -531,7 +541,8 @@ async def cutover(ctx: Context) -> dict[str, Any]:
         if "switched_at" not in ctx.state.facts and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
             await _abort(ctx, str(exc))
         raise
-    downtime = float(ctx.state.facts["switched_at"]) - freeze_started
+    # writes were refused from the freeze until the target took them (DNS switched, the app already healthy)
+    downtime = float(ctx.state.facts.get("writes_switched_at", ctx.state.facts["switched_at"])) - freeze_started
     ctx.state.remember(write_downtime_seconds=downtime)
     # outside the freeze: the cutover dump again into a snapshot database, for validation and a lossless rollback
     await _phase(ctx, "snapshot", lambda: _restore_snapshot(ctx))
