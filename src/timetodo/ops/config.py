@@ -89,6 +89,8 @@ class Target(SSHHost):
     app_dir: str | None = None
     runtime: Literal["compose", "process"] = "compose"
     uploads_dir: str | None = Field(None, description="UPLOAD_DIR on the target (default <app_dir>/uploads)")
+    # runtime "compose": the bundle shipped to the target (relative paths: from migration.toml's folder)
+    bundle_dir: Path = Path("deploy")
     # runtime "process": the timetodo executable on the target and where the app listens (behind nginx)
     timetodo_bin: str | None = None
     app_host: str = "127.0.0.1"

@@ -67,7 +67,15 @@ def _context(config_path: Path, accept_new_host_key: bool) -> Context:
         state = MigrationState.load(work_dir)
     except StateError as exc:
         raise _fail(str(exc), exc.hint) from None
-    return Context(config, secrets, work_dir, state, console, accept_new_host_key=accept_new_host_key)
+    return Context(
+        config,
+        secrets,
+        work_dir,
+        state,
+        console,
+        accept_new_host_key=accept_new_host_key,
+        config_dir=config_path.parent,
+    )
 
 
 def _classify(exc: BaseException) -> StepError:

@@ -129,6 +129,7 @@ class Context:
     state: MigrationState
     console: Console
     accept_new_host_key: bool = False
+    config_dir: Path = Path(".")
     _target: Transport | None = None
     _source_files: Transport | None = None
     _source_api: SourceApi | None = None
@@ -217,7 +218,10 @@ class Context:
                     port=t.app_port,
                 )
             else:
-                self._runtime = deploy.ComposeRuntime(transport, self.config.app_dir, project=self.config.app_name)
+                bundle = t.bundle_dir if t.bundle_dir.is_absolute() else self.config_dir / t.bundle_dir
+                self._runtime = deploy.ComposeRuntime(
+                    transport, self.config.app_dir, bundle_dir=bundle, project=self.config.app_name
+                )
         return self._runtime
 
     def telegram(self) -> Any:

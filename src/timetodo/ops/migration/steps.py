@@ -83,6 +83,9 @@ async def copy_files(ctx: Context) -> dict[str, Any]:
         return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
     pull = await copy.rsync(src, Place(str(staging_dir(ctx))))
     push = await copy.rsync(Place(str(staging_dir(ctx))), target_place(ctx))
+    if ctx.config.target.runtime == "compose":
+        # bound into the app containers (UPLOADS_PATH), which run as the image's user
+        await (await ctx.target()).run(["chown", "-R", "10001:10001", ctx.config.target_uploads_dir], timeout=600)
     return {
         "files": push["files"],
         "bytes": push["bytes"],
