@@ -14,6 +14,7 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}" >&2
