@@ -242,8 +242,15 @@ class Transport(Protocol):
 # -------------------------------------------------------------------------------------------------------- helpers
 
 
-def _default_known_hosts() -> str:
-    return os.path.expanduser("~/.ssh/known_hosts")
+def openssh_options(target: SSHTarget) -> list[str]:
+    """Options that make the OpenSSH client (rsync's `-e`, tunnels) trust exactly what this transport trusts: the
+    same key and known_hosts, strict host-key checking, never a prompt."""
+    known = target.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+    return [
+        "-p", str(target.port), "-i", str(target.key_file), "-o", f"UserKnownHostsFile={known}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+        "-o", f"ConnectTimeout={int(target.connect_timeout)}",
+    ]  # fmt: skip
 
 
 def mask_command(text: str, secrets: Sequence[str] = ()) -> str:
@@ -895,7 +902,6 @@ class SSHTransport(_BaseTransport):
 
     async def _openssh_forward(self, ssh: str, host: str, port: int) -> tuple[asyncio.subprocess.Process, int]:
         t = self.target
-        known = t.known_hosts or _default_known_hosts()
         for _attempt in range(3):
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
@@ -903,24 +909,11 @@ class SSHTransport(_BaseTransport):
             proc = await asyncio.create_subprocess_exec(
                 ssh,
                 "-N",
-                "-p",
-                str(t.port),
-                "-i",
-                str(t.key_file),
-                "-o",
-                f"UserKnownHostsFile={known}",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
+                *openssh_options(t),
                 "-o",
                 "ExitOnForwardFailure=yes",
                 "-o",
                 "ServerAliveInterval=15",
-                "-o",
-                f"ConnectTimeout={int(t.connect_timeout)}",
                 "-L",
                 f"127.0.0.1:{local_port}:{host}:{port}",
                 f"{t.user}@{t.host}",

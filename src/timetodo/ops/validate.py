@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -77,6 +78,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
     return str(value)
+
+
+def _fields(result: Any) -> dict[str, Any]:
+    """`ok` and every field of a result dataclass (lists copied), for the JSON report."""
+    return {"ok": result.ok} | {
+        f.name: list(value) if isinstance(value := getattr(result, f.name), list) else value
+        for f in dataclasses.fields(result)
+    }
 
 
 def _more(count: int, what: str) -> str:
@@ -1148,16 +1157,7 @@ class FilesComparison:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "source_files": self.source_files,
-            "target_files": self.target_files,
-            "missing_on_target": list(self.missing_on_target),
-            "extra_on_target": list(self.extra_on_target),
-            "hash_differs": list(self.hash_differs),
-            "errors": list(self.errors),
-            "warnings": list(self.warnings),
-        }
+        return _fields(self)
 
 
 def compare_files(source: dict[str, str], target: dict[str, str]) -> FilesComparison:
@@ -1444,17 +1444,7 @@ class WebhookCheck:
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "expected_url": self.expected_url,
-            "url": self.url,
-            "since": self.since,
-            "pending_update_count": self.pending_update_count,
-            "last_error_date": self.last_error_date,
-            "last_error": self.last_error,
-            "errors": list(self.errors),
-            "warnings": list(self.warnings),
-        }
+        return _fields(self)
 
 
 async def check_webhook(client: TelegramClient, expected_url: str, since: float) -> WebhookCheck:

@@ -28,7 +28,7 @@ from redis import exceptions as redis_errors
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.postgres import PgError, PgTarget, tool
-from timetodo.ops.ssh import SSHTarget, Transport
+from timetodo.ops.ssh import SSHTarget, Transport, openssh_options
 
 log = logging.getLogger("timetodo.ops.copy")
 INCOMING = ".incoming"
@@ -332,26 +332,7 @@ def restore_compatible(source_engine: str, source_version: str, target_engine: s
 
 def ssh_command(target: SSHTarget) -> str:
     """The `ssh` command rsync uses: the same key and known_hosts as the transport, no prompts."""
-    known = target.known_hosts or Path("~/.ssh/known_hosts").expanduser()
-    return shlex.join(
-        [
-            "ssh",
-            "-p",
-            str(target.port),
-            "-i",
-            str(target.key_file),
-            "-o",
-            f"UserKnownHostsFile={known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"ConnectTimeout={int(target.connect_timeout)}",
-        ]
-    )
+    return shlex.join(["ssh", *openssh_options(target)])
 
 
 @dataclass(frozen=True)
