@@ -232,6 +232,7 @@ class _Base:
         self.command_timeout = command_timeout
         self._secrets: list[str] = []
         self._steps: list[DeployStep] = []
+        self.env_path = self._path(".env")
 
     @property
     def host(self) -> str:
@@ -281,6 +282,13 @@ class _Base:
     async def _alive(self) -> str | None:
         """None while the app can still come up; else why it never will (ProcessRuntime: the process died)."""
         return None
+
+    async def _write_env(self, env_text: str) -> str:
+        try:
+            await self.transport.write_text(self.env_path, env_text, mode=0o600)
+        except (TransportError, OSError) as exc:
+            raise DeployError("env", f"writing {self.env_path} on {self.host}: {exc}") from None
+        return f"{self.env_path} (0600)"
 
     async def wait_healthy(self, timeout: float = DEFAULT_HEALTH_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
@@ -338,7 +346,6 @@ class ComposeRuntime(_Base):
         self.project = project
         self.http_port = http_port
         self.compose_file = self._path("docker-compose.yml")
-        self.env_path = self._path(".env")
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
@@ -423,13 +430,6 @@ class ComposeRuntime(_Base):
                 raise DeployError("upload", f"uploading {local} to {remote} on {self.host}: {exc}") from None
         return f"{len(files)} files"
 
-    async def _write_env(self, env_text: str) -> str:
-        try:
-            await self.transport.write_text(self.env_path, env_text, mode=0o600)
-        except (TransportError, OSError) as exc:
-            raise DeployError("env", f"writing {self.env_path} on {self.host}: {exc}") from None
-        return f"{self.env_path} (0600)"
-
     async def migrate_db(self) -> None:
         """Run the bundle's one-shot `migrate` service again (deploy's `up` already runs it first)."""
         await self._run(
@@ -487,7 +487,6 @@ class ProcessRuntime(_Base):
         self.port = port
         self.python_env = dict(python_env or {})
         self.stop_timeout = stop_timeout
-        self.env_path = self._path(".env")
         self.pid_path = self._path("timetodo.pid")
         self.log_path = self._path("logs", "serve.log")
         probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -604,13 +603,6 @@ class ProcessRuntime(_Base):
         return DeployResult(
             self.name, self.host, self.app_dir, self.health_url, health, list(self._steps), time.monotonic() - started
         )
-
-    async def _write_env(self, env_text: str) -> str:
-        try:
-            await self.transport.write_text(self.env_path, env_text, mode=0o600)
-        except (TransportError, OSError) as exc:
-            raise DeployError("env", f"writing {self.env_path} on {self.host}: {exc}") from None
-        return f"{self.env_path} (0600)"
 
     async def migrate_db(self) -> None:
         await self._run(
