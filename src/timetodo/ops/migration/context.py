@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from timetodo.ops.config import MigrationConfig, Secrets
 from timetodo.ops.migration.errors import EXIT_ERROR, EXIT_REFUSED, EXIT_UNREACHABLE, StepError
@@ -20,6 +23,7 @@ from timetodo.ops.ssh import LocalTransport, SSHTarget, SSHTransport, Transport
 
 log = logging.getLogger("timetodo.ops.migrate")
 LOGIN_RETRY_SECONDS = 90.0
+ProgressUpdate = Callable[[int, int | None], None]
 
 
 class SourceApi:
@@ -234,6 +238,28 @@ class Context:
     def webhook_url(self, base: str) -> str:
         assert self.config.telegram is not None
         return base.rstrip("/") + self.config.telegram.webhook_path
+
+    @contextlib.asynccontextmanager
+    async def activity(self, description: str, total: int | None = None) -> AsyncIterator[ProgressUpdate]:
+        """A Rich progress line while a long operation runs: a bar when the total is known (Redis keys), else a
+        spinner with the elapsed time (dumps, restores, file syncs)."""
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        with progress:
+            task = progress.add_task(description, total=total)
+
+            def update(done: int, new_total: int | None = None) -> None:
+                progress.update(task, completed=done, total=new_total if new_total is not None else total)
+
+            yield update
+            final = progress.tasks[0].total or 1
+            progress.update(task, completed=final, total=final)
 
     async def close(self) -> None:
         for closer in (self._source_api, self._target, self._source_files):

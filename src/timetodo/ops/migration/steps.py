@@ -81,8 +81,10 @@ async def copy_files(ctx: Context) -> dict[str, Any]:
     src = source_place(ctx)
     if src is None:
         return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
-    pull = await copy.rsync(src, Place(str(staging_dir(ctx))))
-    push = await copy.rsync(Place(str(staging_dir(ctx))), target_place(ctx))
+    async with ctx.activity("uploads: source → staging (rsync)"):
+        pull = await copy.rsync(src, Place(str(staging_dir(ctx))))
+    async with ctx.activity("uploads: staging → target (rsync)"):
+        push = await copy.rsync(Place(str(staging_dir(ctx))), target_place(ctx))
     if ctx.config.target.runtime == "compose":
         # bound into the app containers (UPLOADS_PATH), which run as the image's user
         await (await ctx.target()).run(["chown", "-R", "10001:10001", ctx.config.target_uploads_dir], timeout=600)
@@ -281,7 +283,8 @@ async def backup(ctx: Context) -> dict[str, Any]:
     """`backups/<timestamp>/`: database (pg_dump -Fd), Redis (every key with its TTL), uploads, manifest.json."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     directory = ctx.work_dir / "backups" / stamp
-    db = await copy.dump_database(ctx.secrets.source_database_url, directory / "database", ctx.config.parallel_jobs)
+    async with ctx.activity("backup: pg_dump -Fd"):
+        db = await copy.dump_database(ctx.secrets.source_database_url, directory / "database", ctx.config.parallel_jobs)
     counts = await row_counts(ctx.secrets.source_database_url)
     redis_info: dict[str, Any] = {}
     if ctx.secrets.source_redis_url:
@@ -293,7 +296,8 @@ async def backup(ctx: Context) -> dict[str, Any]:
     place = source_place(ctx)
     files_info: dict[str, Any] = {}
     if place is not None:
-        files_info = await copy.rsync(place, Place(str(directory / "uploads")), delete=True)
+        async with ctx.activity("backup: uploads (rsync)"):
+            files_info = await copy.rsync(place, Place(str(directory / "uploads")), delete=True)
         files_info["count"] = len(fileops.scan_tree(directory / "uploads"))
     manifest_files = await asyncio.to_thread(
         lambda: {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -358,19 +362,25 @@ async def _copy_everything(ctx: Context, dump_dir: Path, label: str) -> dict[str
     """Database, Redis, files from the source onto the target (whose app is stopped meanwhile)."""
     runtime = await ctx.runtime()
     target_db = await ctx.target_db_url()
-    dumped = await copy.dump_database(ctx.secrets.source_database_url, dump_dir, ctx.config.parallel_jobs)
+    async with ctx.activity(f"{label}: pg_dump -Fd -j{ctx.config.parallel_jobs} (source)"):
+        dumped = await copy.dump_database(ctx.secrets.source_database_url, dump_dir, ctx.config.parallel_jobs)
     log.info(f"{label}: database dumped", extra=dumped)
-    restored = await copy.restore_database(target_db, dump_dir, ctx.config.parallel_jobs)
+    async with ctx.activity(f"{label}: pg_restore -j{ctx.config.parallel_jobs} (target)"):
+        restored = await copy.restore_database(target_db, dump_dir, ctx.config.parallel_jobs)
     await writable(target_db)
     await runtime.migrate_db()
     redis_result: dict[str, Any] = {}
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
-        redis_result = (
-            await copy.copy_redis(
-                ctx.secrets.source_redis_url, target_redis, connections=ctx.config.parallel_jobs * 2, flush_target=True
+        async with ctx.activity(f"{label}: Redis keys (DUMP → RESTORE ABSTTL)") as progress:
+            copied = await copy.copy_redis(
+                ctx.secrets.source_redis_url,
+                target_redis,
+                connections=ctx.config.parallel_jobs * 2,
+                flush_target=True,
+                progress=progress,
             )
-        ).as_dict()
+        redis_result = copied.as_dict()
     files = await copy_files(ctx)
     return {
         "db": {"bytes": dumped["bytes"], "dump_seconds": dumped["seconds"], "restore_seconds": restored["seconds"]},
@@ -564,7 +574,10 @@ async def _restore_snapshot(ctx: Context) -> dict[str, Any]:
     snapshot = await ctx.snapshot_db_url()
     name = snapshot.rsplit("/", 1)[1].split("?")[0]
     await copy.ensure_database(await ctx.target_db_url(), name, recreate=True)
-    restored = await copy.restore_database(snapshot, ctx.work_dir / "cutover" / "database", ctx.config.parallel_jobs)
+    async with ctx.activity("snapshot: pg_restore into the cutover snapshot database"):
+        restored = await copy.restore_database(
+            snapshot, ctx.work_dir / "cutover" / "database", ctx.config.parallel_jobs
+        )
     return {"database": name, **restored}
 
 
@@ -648,8 +661,12 @@ async def rollback(ctx: Context) -> dict[str, Any]:
     if "switched_at" in facts:
         target_db, snapshot = await ctx.target_db_url(), await ctx.snapshot_db_url()
         # the maintenance flag is the one thing that must not travel back: the source leaves maintenance last
-        changes = await deltaops.compute_delta(target_db, snapshot, exclude=("alembic_version", "app_state"))
-        applied = await deltaops.apply_delta(changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot)
+        async with ctx.activity("rollback: what the target changed since the switch"):
+            changes = await deltaops.compute_delta(target_db, snapshot, exclude=("alembic_version", "app_state"))
+        async with ctx.activity(f"rollback: {changes.total} row changes back to the source"):
+            applied = await deltaops.apply_delta(
+                changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot
+            )
         result["database"] = {"delta": changes.to_dict(), "applied": _as_dict(applied)}
         target_redis = await ctx.target_redis_url()
         if ctx.secrets.source_redis_url and target_redis:
