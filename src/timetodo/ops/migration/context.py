@@ -138,6 +138,8 @@ class Context:
     _source_files: Transport | None = None
     _source_api: SourceApi | None = None
     _runtime: Any = None
+    _progress: Progress | None = None
+    _activities: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     # hosts --------------------------------------------------------------------------------------------------------
@@ -242,24 +244,35 @@ class Context:
     @contextlib.asynccontextmanager
     async def activity(self, description: str, total: int | None = None) -> AsyncIterator[ProgressUpdate]:
         """A Rich progress line while a long operation runs: a bar when the total is known (Redis keys), else a
-        spinner with the elapsed time (dumps, restores, file syncs)."""
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-        )
-        with progress:
-            task = progress.add_task(description, total=total)
+        spinner with the elapsed time (dumps, restores, file syncs). Operations running side by side share one
+        display (Rich allows one live display at a time)."""
+        if self._progress is None:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+        progress = self._progress
+        if self._activities == 0:
+            progress.start()
+        self._activities += 1
+        task = progress.add_task(description, total=total)
 
-            def update(done: int, new_total: int | None = None) -> None:
-                progress.update(task, completed=done, total=new_total if new_total is not None else total)
+        def update(done: int, new_total: int | None = None) -> None:
+            progress.update(task, completed=done, total=new_total if new_total is not None else total)
 
+        try:
             yield update
-            final = progress.tasks[0].total or 1
+            final = next(t for t in progress.tasks if t.id == task).total or 1
             progress.update(task, completed=final, total=final)
+        finally:
+            self._activities -= 1
+            if self._activities == 0:
+                progress.stop()
+                self._progress = None
 
     async def close(self) -> None:
         for closer in (self._source_api, self._target, self._source_files):
