@@ -26,21 +26,32 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+def encode_opaque(key: str, value: int) -> str:
+    """A non-negative integer as an opaque URL-safe token (`{key: value}` in base64): cursors, sync tokens."""
+    return base64.urlsafe_b64encode(orjson.dumps({key: value})).decode().rstrip("=")
+
+
+def decode_opaque(token: str, key: str) -> int:
+    """The integer `encode_opaque(key, …)` put in `token`; ValueError for anything else."""
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))[key]
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError("not a token of this server") from exc
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError("not a token of this server")
+    return value
+
+
 def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"after": last_id})).decode().rstrip("=")
+    return encode_opaque("after", last_id)
 
 
 def decode_cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-        after = data["after"]
-        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            raise ValueError(after)
-        return after
-    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        return decode_opaque(cursor, "after")
+    except ValueError as exc:
         raise InvalidInput(
             "The cursor is not valid: pass back next_cursor from the previous page unchanged",
             code=ErrorCode.invalid_cursor,

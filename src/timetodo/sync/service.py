@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.auth.models import User
 from timetodo.core.errors import AppError, ErrorCode
+from timetodo.core.pagination import decode_opaque, encode_opaque
 from timetodo.tasks.models import Project, Task
 from timetodo.timer.models import TimeEntry
 
@@ -36,19 +34,16 @@ class SyncResetRequired(AppError):
 
 
 def encode_token(version: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"v": version})).decode().rstrip("=")
+    return encode_opaque("v", version)
 
 
 def decode_token(token: str | None) -> int:
     if not token:
         return 0
     try:
-        version = orjson.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))["v"]
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        return decode_opaque(token, "v")
+    except ValueError:
         raise InvalidSyncToken() from None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise InvalidSyncToken()
-    return version
 
 
 @dataclass
