@@ -57,23 +57,16 @@ class World:
     writer_token: str
     cleanup: list[tuple[str, Path]] = field(default_factory=list)
 
-    def migrate(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def migrate(
+        self, *args: str, config: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """`timetodo migrate ARGS --config CONFIG` (this world's by default) with the world's variables (+ `env`)."""
         return subprocess.run(
-            [TIMETODO, "migrate", *args, "--config", str(self.config)],
-            env={**os.environ, **self.env},
+            [TIMETODO, "migrate", *args, "--config", str(config or self.config)],
+            env={**os.environ, **self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=self.base,
-        )
-
-    def migrate_background(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [TIMETODO, "migrate", *args, "--config", str(self.config)],
-            env={**os.environ, **self.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
             cwd=self.base,
         )
 

@@ -43,7 +43,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from tests.support import ROOT, free_port, run_script
+from tests.ops.conftest import Sshd
+from tests.support import ROOT, free_port
 from timetodo.ops.deploy import (
     ComposeRuntime,
     DeployError,
@@ -58,7 +59,6 @@ from timetodo.ops.ssh import (
     CommandFailed,
     CommandResult,
     LocalTransport,
-    SSHTarget,
     SSHTransport,
     Transport,
     open_transport,
@@ -561,33 +561,6 @@ async def test_run_prepare_reports_a_script_that_cannot_run() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------- sshd
-
-
-@dataclass(frozen=True)
-class Sshd:
-    directory: Path
-    target: SSHTarget
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    directory = tmp_path_factory.mktemp("sshd")
-    port = free_port()
-    try:
-        line = run_script("scripts/sshd.sh", "start", str(directory), str(port))
-        fields = dict(item.split("=", 1) for item in line.split())
-        assert fields["host"] == "127.0.0.1" and fields["port"] == str(port), line
-        target = SSHTarget(
-            host="127.0.0.1",
-            port=port,
-            user=fields["user"],
-            key_file=Path(fields["key"]),
-            known_hosts=Path(fields["known_hosts"]),
-            connect_timeout=5,
-        )
-        yield Sshd(directory, target)
-    finally:
-        subprocess.run(["bash", "scripts/sshd.sh", "stop", str(directory)], cwd=ROOT, capture_output=True, timeout=60)
 
 
 @pytest.fixture

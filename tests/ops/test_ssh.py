@@ -11,13 +11,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port, run_script
+from tests.ops.conftest import Sshd
+from tests.support import free_port
 from timetodo.ops.ssh import (
     AuthError,
     CommandFailed,
@@ -25,7 +26,6 @@ from timetodo.ops.ssh import (
     ConnectError,
     HostKeyError,
     LocalTransport,
-    SSHTarget,
     SSHTransport,
     Transport,
     open_transport,
@@ -33,36 +33,6 @@ from timetodo.ops.ssh import (
 
 pytestmark = pytest.mark.slow
 MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Sshd:
-    directory: Path
-    port: int
-    target: SSHTarget
-    host_key: str  # "ssh-ed25519 AAAA..." as it belongs in known_hosts
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    directory = tmp_path_factory.mktemp("sshd")
-    port = free_port()
-    try:
-        line = run_script("scripts/sshd.sh", "start", str(directory), str(port))
-        fields = dict(item.split("=", 1) for item in line.split())
-        assert fields["host"] == "127.0.0.1" and fields["port"] == str(port), line
-        target = SSHTarget(
-            host=fields["host"],
-            port=int(fields["port"]),
-            user=fields["user"],
-            key_file=Path(fields["key"]),
-            known_hosts=Path(fields["known_hosts"]),
-            connect_timeout=5,
-        )
-        host_key = " ".join((directory / "ssh_host_ed25519_key.pub").read_text().split()[:2])
-        yield Sshd(directory, port, target, host_key)
-    finally:
-        subprocess.run(["bash", "scripts/sshd.sh", "stop", str(directory)], cwd=ROOT, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module", params=["local", "ssh"])

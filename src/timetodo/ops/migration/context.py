@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -140,7 +140,6 @@ class Context:
     _runtime: Any = None
     _progress: Progress | None = None
     _activities: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # hosts --------------------------------------------------------------------------------------------------------
     def target_ssh(self) -> SSHTarget:

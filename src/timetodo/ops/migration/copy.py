@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
 from timetodo.core.logging import mask_secrets
-from timetodo.ops.postgres import PgError, PgTarget, tool
+from timetodo.ops.postgres import PgError, PgTarget, connect, tool
 from timetodo.ops.ssh import SSHTarget, Transport, openssh_options
 
 log = logging.getLogger("timetodo.ops.copy")
@@ -129,20 +129,6 @@ async def restore_database(target_url: str, dump_dir: Path, jobs: int) -> dict[s
     return {"seconds": round(time.monotonic() - started, 3)}
 
 
-async def server_major(url: str) -> int:
-    import asyncpg
-
-    target = PgTarget.from_url(url)
-    try:
-        conn = await asyncpg.connect(target.dsn, timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise CopyError(f"cannot connect to {mask_secrets(target.url)}: {target.scrub(str(exc))}") from None
-    try:
-        return int(await conn.fetchval("SHOW server_version_num")) // 10000
-    finally:
-        await conn.close()
-
-
 async def pg_dump_major() -> int:
     proc = await asyncio.create_subprocess_exec(tool("pg_dump"), "--version", stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
@@ -154,10 +140,7 @@ async def pg_dump_major() -> int:
 
 async def ensure_database(admin_url: str, name: str, *, recreate: bool = False) -> str:
     """Create database `name` on the server of `admin_url` (dropping it first with `recreate`); its URL."""
-    import asyncpg
-
-    target = PgTarget.from_url(admin_url)
-    conn = await asyncpg.connect(target.dsn, timeout=10)
+    conn = await connect(PgTarget.from_url(admin_url))
     try:
         quoted = '"' + name.replace('"', '""') + '"'
         if recreate:
@@ -301,14 +284,6 @@ async def redis_version(url: str) -> tuple[str, str]:
     if "valkey_version" in info:
         return "valkey", str(info["valkey_version"])
     return "redis", str(info.get("redis_version", "0"))
-
-
-async def redis_key_count(url: str) -> int:
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30)
-    try:
-        return int(await client.dbsize())
-    finally:
-        await client.aclose()
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -7,7 +7,6 @@ killed at any point continues with `--resume` to the same end state.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from timetodo.ops import files as fileops
 from timetodo.ops import postgres as pg
+from timetodo.ops import redis as redisops
 from timetodo.ops.migration import copy
 from timetodo.ops.migration.context import Context
 from timetodo.ops.migration.copy import CopyError, Place
@@ -54,11 +54,7 @@ async def row_counts(url: str) -> dict[str, int]:
 
 
 def _sizes(root: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in root.rglob("*")
-        if p.is_file() and copy.INCOMING not in p.relative_to(root).parts
-    }
+    return {entry.relpath: entry.path.stat().st_size for entry in fileops.iter_files(root)}
 
 
 def staging_dir(ctx: Context) -> Path:
@@ -76,13 +72,20 @@ def target_place(ctx: Context) -> Place:
     return Place(ctx.config.target_uploads_dir, ctx.target_ssh())
 
 
-async def copy_files(ctx: Context) -> dict[str, Any]:
-    """source uploads → local staging → target uploads (incremental both hops; --delete keeps them exact)."""
+async def pull_files(ctx: Context) -> dict[str, Any] | None:
+    """source uploads → local staging (incremental); None when no source uploads are configured."""
     src = source_place(ctx)
     if src is None:
-        return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
+        return None
     async with ctx.activity("uploads: source → staging (rsync)"):
-        pull = await copy.rsync(src, Place(str(staging_dir(ctx))))
+        return await copy.rsync(src, Place(str(staging_dir(ctx))))
+
+
+async def copy_files(ctx: Context) -> dict[str, Any]:
+    """source uploads → local staging → target uploads (incremental both hops; --delete keeps them exact)."""
+    pull = await pull_files(ctx)
+    if pull is None:
+        return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
     async with ctx.activity("uploads: staging → target (rsync)"):
         push = await copy.rsync(Place(str(staging_dir(ctx))), target_place(ctx))
     if ctx.config.target.runtime == "compose":
@@ -175,7 +178,7 @@ async def preflight(ctx: Context) -> dict[str, Any]:
     if ctx.secrets.source_redis_url:
         try:
             engine, version = await copy.redis_version(ctx.secrets.source_redis_url)
-            keys = await copy.redis_key_count(ctx.secrets.source_redis_url)
+            keys = await redisops.key_count(ctx.secrets.source_redis_url)
             check("source Redis", "ok", f"{engine} {version}, {keys:,} keys")
             facts.update(source_redis=f"{engine} {version}", keys=keys)
         except CopyError as exc:
@@ -274,14 +277,6 @@ def estimate_downtime(ctx: Context, db_bytes: int, keys: int, files_bytes: int) 
 # -------------------------------------------------------------------------------------------------------- backup
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 async def backup(ctx: Context) -> dict[str, Any]:
     """`backups/<timestamp>/`: database (pg_dump -Fd), Redis (every key with its TTL), uploads, manifest.json."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -291,8 +286,6 @@ async def backup(ctx: Context) -> dict[str, Any]:
     counts = await row_counts(ctx.secrets.source_database_url)
     redis_info: dict[str, Any] = {}
     if ctx.secrets.source_redis_url:
-        from timetodo.ops import redis as redisops
-
         with (directory / "redis.jsonl").open("wb") as fh:
             stats = await redisops.dump_keys(ctx.secrets.source_redis_url, fh.write)
         redis_info = {"keys": stats.keys, "skipped": stats.skipped}
@@ -303,7 +296,7 @@ async def backup(ctx: Context) -> dict[str, Any]:
             files_info = await copy.rsync(place, Place(str(directory / "uploads")), delete=True)
         files_info["count"] = len(fileops.scan_tree(directory / "uploads"))
     manifest_files = await asyncio.to_thread(
-        lambda: {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+        lambda: {entry.relpath: fileops.hash_file(entry.path)[0] for entry in fileops.iter_files(directory, ())}
     )
     manifest = {
         "created_at": stamp,
@@ -464,8 +457,8 @@ async def quick_verify(ctx: Context) -> dict[str, Any]:
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
         keys = {
-            "source": await copy.redis_key_count(ctx.secrets.source_redis_url),
-            "target": await copy.redis_key_count(target_redis),
+            "source": await redisops.key_count(ctx.secrets.source_redis_url),
+            "target": await redisops.key_count(target_redis),
         }
         # keys expiring between the two counts make a small difference legitimate
         if abs(keys["source"] - keys["target"]) > max(5, keys["source"] // 1000):
@@ -620,7 +613,7 @@ async def validate(ctx: Context) -> dict[str, Any]:
     if ctx.secrets.source_redis_url and target_redis:
         report.redis = await checks.compare_redis(ctx.secrets.source_redis_url, target_redis)
     if source_place(ctx) is not None:
-        await copy_files_pull_only(ctx)
+        await pull_files(ctx)
         staged = await asyncio.to_thread(fileops.scan_tree, staging_dir(ctx))
         report.files = checks.compare_files(
             staged, await copy.remote_manifest(await ctx.target(), ctx.config.target_uploads_dir)
@@ -644,12 +637,6 @@ async def validate(ctx: Context) -> dict[str, Any]:
             EXIT_VERIFICATION,
         )
     return dict(report.to_dict())
-
-
-async def copy_files_pull_only(ctx: Context) -> None:
-    src = source_place(ctx)
-    if src is not None:
-        await copy.rsync(src, Place(str(staging_dir(ctx))))
 
 
 # ------------------------------------------------------------------------------------------------------ rollback
