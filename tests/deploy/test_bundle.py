@@ -1,26 +1,21 @@
 """The deployment bundle (SPEC 3): Dockerfile, docker compose, render.yaml and the nginx configuration.
 
 Everything that can be checked without a Docker engine is checked for real: hadolint on the Dockerfile,
-`docker-compose config` on the compose file, `nginx -t` on every shape of the rendered nginx configuration, and a
-real nginx on loopback in front of a real `timetodo serve` (uploads at the size limit, WebSocket upgrade, retries
-past a dead instance, /metrics closed).
+`docker-compose config` on the compose file, `nginx -t` on every shape of the rendered nginx configuration, and the
+headers a real nginx forwards (to an echo server). Real nginx before two real `timetodo serve` processes (uploads at
+the size limit, WebSocket, retries past a dead instance, maintenance 503s, rolling restart) is tests/e2e/test_nginx.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.nginx import NginxProcess
 from timetodo.core.settings import Settings
 from timetodo.ops.nginx import main as nginx_main
 from timetodo.ops.nginx import render_nginx_config
@@ -76,33 +72,6 @@ def _settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> 
         if value is not None:
             monkeypatch.setenv(key, str(value))
     return Settings(_env_file=None)  # type: ignore[call-arg]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port} after {timeout}s:\n{log.read_text(errors='replace')[-4000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
@@ -637,7 +606,8 @@ def test_nginx_accepts_the_committed_compose_config(tmp_path: Path) -> None:
 
 
 class _Echo(BaseHTTPRequestHandler):
-    """Answers every request with what nginx sent it."""
+    """Answers every request with what nginx sent it: the instrument that shows the forwarded headers (the app
+    does not echo them)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -661,41 +631,19 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def _running_nginx(conf_text: str, prefix: Path, port: int) -> Iterator[None]:
-    assert NGINX is not None
-    conf = prefix / "nginx.conf"
-    conf.write_text(conf_text)
-    log = prefix / "error.log"
-    log.touch()
-    proc = subprocess.Popen(
-        [NGINX, "-c", str(conf), "-p", str(prefix), "-e", str(log), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_port(port, proc, log)
-        yield
-    finally:
-        _stop(proc, signal.SIGQUIT)
-
-
 @needs_nginx
 def test_nginx_forwards_headers_and_keeps_metrics_private(tmp_path: Path) -> None:
     echo = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=echo.serve_forever, daemon=True)
     thread.start()
-    port = _free_port()
-    text = render_nginx_config(
-        upstreams=[f"127.0.0.1:{echo.server_address[1]}"],
-        listen_port=port,
-        listen_address="127.0.0.1",
-        metrics_allow=["127.0.0.2"],
-        pid_file=str(tmp_path / "nginx.pid"),
-        standalone=True,
-    )
     try:
-        with _running_nginx(text, tmp_path, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        with (
+            NginxProcess(
+                tmp_path / "nginx", [f"127.0.0.1:{echo.server_address[1]}"], metrics_allow=["127.0.0.2"]
+            ) as proxy,
+            httpx.Client(base_url=proxy.url) as client,
+        ):
+            port = proxy.port
             seen = client.get("/api/v1/tasks?limit=5", headers={"X-Request-ID": "req-42"}).json()
             headers = {k.lower(): v for k, v in seen["headers"].items()}
             assert seen["path"] == "/api/v1/tasks?limit=5"
@@ -727,128 +675,3 @@ def test_nginx_forwards_headers_and_keeps_metrics_private(tmp_path: Path) -> Non
     finally:
         echo.shutdown()
         echo.server_close()
-
-
-class _Maintenance(_Echo):
-    """An instance in maintenance mode: writes answer 503, reads keep working."""
-
-    def do_DELETE(self) -> None:
-        body = b'{"error":"maintenance","detail":"read-only"}'
-        self.send_response(503)
-        self.send_header("Retry-After", "30")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@needs_nginx
-def test_maintenance_503s_do_not_take_instances_out_of_rotation(tmp_path: Path) -> None:
-    """Writes refused by maintenance mode (503 on every instance) must leave reads working through nginx."""
-    instances = [ThreadingHTTPServer(("127.0.0.1", 0), _Maintenance) for _ in range(2)]
-    for server in instances:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = _free_port()
-    text = render_nginx_config(
-        upstreams=[f"127.0.0.1:{server.server_address[1]}" for server in instances],
-        listen_port=port,
-        listen_address="127.0.0.1",
-        pid_file=str(tmp_path / "nginx.pid"),
-        standalone=True,
-    )
-    try:
-        with _running_nginx(text, tmp_path, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            for _ in range(8):
-                refused = client.delete("/api/v1/tasks/1")
-                assert refused.status_code == 503 and refused.json()["error"] == "maintenance"
-                assert refused.headers["retry-after"] == "30", "the app's answer, not nginx's"
-            assert [client.get("/api/v1/tasks").status_code for _ in range(4)] == [200] * 4
-    finally:
-        for server in instances:
-            server.shutdown()
-            server.server_close()
-
-
-@pytest.fixture
-def app_server(tmp_path: Path) -> Iterator[str]:
-    """A real `timetodo serve` (SQLite, no Redis) with a 1 MiB upload limit."""
-    port = _free_port()
-    data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTINGS_FIELDS}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(
-        ENVIRONMENT="test",
-        DATA_DIR=str(data),
-        DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
-        SECRET_KEY="deploy-bundle-test-secret-key-0123456789abcdef",
-        MAX_UPLOAD_MB="1",
-        LOG_LEVEL="WARNING",
-        FORWARDED_ALLOW_IPS="127.0.0.1",
-    )
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "timetodo"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_port(port, proc, log, timeout=60)
-            yield f"127.0.0.1:{port}"
-        finally:
-            _stop(proc)
-
-
-@pytest.mark.slow
-@needs_nginx
-def test_nginx_in_front_of_the_app(tmp_path: Path, app_server: str) -> None:
-    """Uploads at the exact limit pass, one byte more is the app's 413, far more is nginx's 413 (same envelope);
-    the WebSocket handshake goes through; POSTs survive a dead instance in the upstream group."""
-    from websockets.sync.client import connect
-
-    dead = f"127.0.0.1:{_free_port()}"  # nothing listens there: a stopped instance
-    port = _free_port()
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    text = render_nginx_config(
-        upstreams=[dead, app_server],
-        listen_port=port,
-        listen_address="127.0.0.1",
-        max_upload_mb=1,
-        pid_file=str(prefix / "nginx.pid"),
-        standalone=True,
-    )
-    with _running_nginx(text, prefix, port), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        email = f"deploy-{secrets.token_hex(4)}@example.com"
-        for _ in range(4):  # every POST lands even though the group's first server refuses connections
-            assert client.post(
-                "/api/v1/auth/register", json={"email": email, "password": "Passw0rd!long"}
-            ).status_code in (
-                201,
-                409,
-            )
-        token = client.post("/api/v1/auth/login", data={"username": email, "password": "Passw0rd!long"}).json()[
-            "access_token"
-        ]
-        auth = {"Authorization": f"Bearer {token}"}
-        task_ids = [client.post("/api/v1/tasks", json={"title": f"t{i}"}, headers=auth).json()["id"] for i in range(4)]
-        assert len(set(task_ids)) == 4
-
-        limit = 1024 * 1024
-        url = f"/api/v1/tasks/{task_ids[0]}/attachments"
-        exact = client.post(url, files={"file": ("exact.bin", b"\0" * limit)}, headers=auth)
-        assert exact.status_code == 201, exact.text
-        assert exact.json()["size"] == limit
-        over = client.post(url, files={"file": ("over.bin", b"\0" * (limit + 1))}, headers=auth)
-        assert over.status_code == 413 and over.json()["error"] == "payload_too_large"
-        huge = client.post(url, files={"file": ("huge.bin", b"\0" * (3 * limit))}, headers=auth)
-        assert huge.status_code == 413 and huge.json()["error"] == "payload_too_large"
-        assert "the request body is larger than 2 MB" in huge.json()["detail"], "nginx, not the app, refused it"
-
-        with connect(f"ws://127.0.0.1:{port}/api/v1/ws", open_timeout=10) as socket_:
-            socket_.send(json.dumps({"type": "auth", "token": token}))
-            assert json.loads(socket_.recv(timeout=10)) == {"type": "ready"}
-
-    error_log = (prefix / "error.log").read_text()
-    assert "Connection refused" in error_log, "the dead instance was never tried: the retry was not exercised"

@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 import redis
 
-from tests.e2e.server import TIMETODO, ServerProcess, server_env
+from tests.e2e.server import TIMETODO, ServerProcess, cli, server_env
 from tests.fakes.telegram import FakeTelegram
 from tests.support import PASSWORD, Services, create_database, free_port, run_script
 
@@ -73,11 +73,6 @@ class World:
     def state(self) -> dict[str, Any]:
         path = self.base / "work" / "state.json"
         return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _cli(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run([TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
 
 
 def seed_api(source: ServerProcess, source_redis: str, users: int = 3, tasks: int = 20) -> str:
@@ -217,7 +212,8 @@ hook = "{hook}"
         "MIG_TG_TOKEN": BOT_TOKEN,
         "MIG_TG_SECRET": "hook_secret_1",
     }
-    _cli(env_a | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
+    created = cli(env_a | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
+    assert created.returncode == 0, created.stderr
     token = seed_api(source, source_redis) if seed else ""
     with httpx.Client(base_url=telegram.base_url) as c:
         resp = c.post(f"/bot{BOT_TOKEN}/setWebhook", json={"url": source.url + "/api/v1/telegram/webhook"})

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -39,7 +40,9 @@ def _alive(pid: int) -> bool:
 
 
 class NginxProcess:
-    def __init__(self, directory: Path, upstreams: list[str], max_upload_mb: int = 25) -> None:
+    def __init__(self, directory: Path, upstreams: list[str], max_upload_mb: int = 25, **options: Any) -> None:
+        """`options` go to render_nginx_config (e.g. metrics_allow)."""
+        self.options = options
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -71,6 +74,7 @@ class NginxProcess:
                 max_upload_mb=self.max_upload_mb,
                 standalone=True,
                 pid_file=str(self.dir / "nginx.pid"),
+                **self.options,
             )
         )
 
@@ -85,6 +89,12 @@ class NginxProcess:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nginx reload did not finish:\n{self.error_log()}")
             time.sleep(0.02)
+
+    def __enter__(self) -> NginxProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def error_log(self) -> str:
         path = self.dir / "error.log"

@@ -76,3 +76,10 @@ def server_env(database_url: str, redis_url: str | None, data_dir: Path) -> dict
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`timetodo ARGS` with `env` on top of this process's environment."""
+    return subprocess.run(
+        [TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False
+    )

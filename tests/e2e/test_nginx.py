@@ -14,8 +14,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.e2e.nginx import NginxProcess
-from tests.e2e.server import ServerProcess
-from tests.support import PASSWORD, next_client_ip, unique_email
+from tests.e2e.server import ServerProcess, cli
+from tests.support import PASSWORD, free_port, next_client_ip, unique_email
 
 pytestmark = pytest.mark.slow
 MAX_UPLOAD_MB = 4
@@ -175,3 +175,37 @@ def test_rolling_restart_behind_nginx_fails_no_request(stack: dict[str, object])
     with httpx.Client(base_url=proxy.url, headers=headers) as c:
         for task_id in list(created)[:: max(1, len(created) // 20)]:
             assert c.get(f"/api/v1/tasks/{task_id}").status_code == 200
+
+
+def test_posts_survive_a_dead_instance_in_the_group(stack: dict[str, object], tmp_path: Path) -> None:
+    """A stopped instance refuses connections: nginx passes even a POST on to the next one (the app never saw it)."""
+    servers: list[ServerProcess] = stack["servers"]  # type: ignore[assignment]
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with NginxProcess(tmp_path / "nginx", [dead, f"127.0.0.1:{servers[0].port}"]) as proxy:
+        with httpx.Client(base_url=proxy.url, headers={"X-Forwarded-For": next_client_ip()}) as c:
+            email = unique_email()
+            statuses = [
+                c.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}).status_code
+                for _ in range(4)
+            ]
+        assert statuses[0] == 201 and statuses[1:] == [409, 409, 409]
+        assert "Connection refused" in proxy.error_log(), "the dead instance was never tried"
+
+
+def test_maintenance_503s_keep_instances_in_rotation(stack: dict[str, object]) -> None:
+    """Writes refused by maintenance mode (503 from every instance) must not make nginx give up on the instances:
+    reads keep working through it."""
+    proxy: NginxProcess = stack["nginx"]  # type: ignore[assignment]
+    env: dict[str, str] = stack["env"]  # type: ignore[assignment]
+    headers = user_headers(proxy.url)
+    with httpx.Client(base_url=proxy.url, headers=headers) as c:
+        task = c.post("/api/v1/tasks", json={"title": "frozen"}).json()
+        assert cli(env, "maintenance", "on").returncode == 0
+        try:
+            for _ in range(8):
+                refused = c.delete(f"/api/v1/tasks/{task['id']}")
+                assert refused.status_code == 503 and refused.json()["error"] == "maintenance"
+                assert int(refused.headers["retry-after"]) > 0
+            assert [c.get("/api/v1/tasks").status_code for _ in range(4)] == [200] * 4
+        finally:
+            assert cli(env, "maintenance", "off").returncode == 0

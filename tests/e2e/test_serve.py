@@ -5,24 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.server import TIMETODO, ServerProcess
+from tests.e2e.server import TIMETODO, ServerProcess, cli
 from tests.support import PASSWORD, next_client_ip, unique_email
 from timetodo.core.migrations import head_revision
 
 pytestmark = pytest.mark.slow
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TIMETODO, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def test_sqlite_default_server_works(tmp_path: Path) -> None:
