@@ -77,7 +77,7 @@ async def generate(url: str, megabytes: int, workdir: Path) -> dict[str, Any]:
     import asyncpg
     from tests.conftest import asgi_client, make_settings, running_app
 
-    from timetodo.core.migrations import upgrade_async
+    from timetodo.core.schema import upgrade_async
 
     settings = make_settings(workdir / "gen", DATABASE_URL=url, REDIS_URL=None)
     await upgrade_async(settings.DATABASE_URL)

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.support import Services, create_database, new_user, next_client_ip
-from timetodo.core.migrations import upgrade_async
+from timetodo.core.schema import upgrade_async
 from timetodo.core.settings import Settings
 from timetodo.main import create_app
 

@@ -100,7 +100,7 @@ def serve(
 
     configure_logging(settings.LOG_LEVEL, settings.LOG_FILE)
     if migrate:
-        from timetodo.core.migrations import upgrade
+        from timetodo.core.schema import upgrade
 
         _migrate_or_fail(lambda: upgrade(settings.DATABASE_URL))
     if workers > 1:
@@ -142,7 +142,7 @@ def _migrate_or_fail(step: Callable[[], Any]) -> None:
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply migrations up to REVISION (default: head). Example: timetodo db upgrade"""
     settings = load_settings()
-    from timetodo.core.migrations import upgrade
+    from timetodo.core.schema import upgrade
 
     _migrate_or_fail(lambda: upgrade(settings.DATABASE_URL, revision))
     out_console.print(f"database at {revision}")
@@ -152,7 +152,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")]) -> None:
     """Revert migrations down to REVISION. Example: timetodo db downgrade -1"""
     settings = load_settings()
-    from timetodo.core.migrations import downgrade
+    from timetodo.core.schema import downgrade
 
     _migrate_or_fail(lambda: downgrade(settings.DATABASE_URL, revision))
     out_console.print(f"database at {revision}")
@@ -163,7 +163,7 @@ def db_current() -> None:
     """Print the applied revision and the head. Exit 1 when they differ. Example: timetodo db current"""
     settings = load_settings()
     from timetodo.core.database import create_engine
-    from timetodo.core.migrations import current_revision, head_revision
+    from timetodo.core.schema import current_revision, head_revision
 
     async def read() -> str | None:
         engine = create_engine(settings, pooled=False)
@@ -232,7 +232,7 @@ def _maintenance(enabled: bool | None, reason: str | None) -> None:
     settings = load_settings()
 
     async def work(session: Any) -> Any:
-        from timetodo.admin.service import get_status, set_maintenance
+        from timetodo.core.maintenance import get_status, set_maintenance
 
         if enabled is None:
             return await get_status(session)

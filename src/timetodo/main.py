@@ -14,29 +14,31 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from timetodo import __version__
 from timetodo.admin.router import router as admin_router
-from timetodo.admin.service import MaintenanceFlagCache
 from timetodo.auth.router import router as auth_router
 from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
+from timetodo.core.events import EventHub
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
 from timetodo.core.logging import configure_logging
+from timetodo.core.maintenance import MaintenanceFlagCache
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.files.router import router as files_router
-from timetodo.realtime.hub import EventHub
 from timetodo.realtime.router import close_all, going_away_on_signals
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router
-from timetodo.reminders.service import scheduler_running
+from timetodo.reminders.service import TaskReminders, scheduler_running
 from timetodo.sync.router import router as sync_router
+from timetodo.tasks import hooks as task_hooks
 from timetodo.tasks.router import router as tasks_router
 from timetodo.timer.router import router as timer_router
 
 log = logging.getLogger("timetodo")
 POOL_GAUGE_INTERVAL = 2.0
+REMINDERS = TaskReminders()
 
 
 async def _export_pool_gauges(app: FastAPI) -> None:
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
+    task_hooks.observe(REMINDERS)
 
     install_error_handlers(app)
     app.include_router(health_router)

@@ -1,9 +1,9 @@
 """Every ORM model, imported in one place so that Alembic and metadata.create_all see all tables."""
 
-from timetodo.admin.models import AppState
 from timetodo.auth.models import RefreshToken, User
 from timetodo.core.database import Base
 from timetodo.core.idempotency import IdempotencyRecord
+from timetodo.core.maintenance import AppState
 from timetodo.files.models import Attachment
 from timetodo.reminders.models import Reminder
 from timetodo.tasks.models import Project, Task, TaskCompletion

@@ -7,7 +7,7 @@ from sqlalchemy import inspect
 
 from tests.conftest import backend_settings
 from timetodo.core.database import create_engine
-from timetodo.core.migrations import current_revision, downgrade_async, head_revision, upgrade_async
+from timetodo.core.schema import current_revision, downgrade_async, head_revision, upgrade_async
 from timetodo.models import Base
 
 

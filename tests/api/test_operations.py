@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from tests.conftest import asgi_client, make_settings, running_app
 from tests.support import PASSWORD, login, new_user, register
-from timetodo.admin.service import set_maintenance
 from timetodo.auth.service import set_admin
+from timetodo.core.maintenance import set_maintenance
 from timetodo.core.settings import Settings
 
 
@@ -181,8 +181,8 @@ async def test_maintenance_mode(app: FastAPI, client: httpx.AsyncClient, auth: d
 
 async def test_maintenance_on_waits_for_inflight_writes(app: FastAPI, settings: Settings, backend: str) -> None:
     """Concurrent writers through the service layer: nothing commits after set_maintenance(True) returns."""
-    from timetodo.admin.service import guard_write
     from timetodo.core.errors import MaintenanceActive
+    from timetodo.core.maintenance import guard_write
     from timetodo.tasks.models import Task
 
     async with asgi_client(app) as c:

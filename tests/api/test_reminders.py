@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.support import new_user
 from timetodo.reminders.models import Reminder
@@ -100,3 +100,35 @@ async def test_concurrent_schedulers_claim_each_reminder_once(
     async with app.state.sessionmaker() as session:
         states = (await session.execute(select(Reminder.state).where(Reminder.id.in_(created)))).scalars().all()
     assert set(states) == {"sent"}
+
+
+async def test_reminders_of_deleted_tasks_never_fire(
+    app: FastAPI, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Deleting a task (directly, as a subtask, or with its project) dismisses its pending reminders, and the
+    scheduler skips reminders of deleted tasks even when one was left scheduled (rows from before this rule)."""
+    project = (await client.post("/api/v1/projects", json={"name": "gone"}, headers=auth)).json()
+    due = {"date": "2160-01-01"}
+    parent = await make_task(client, auth, due=due)
+    child = await make_task(client, auth, due=due, parent_id=parent["id"])
+    in_project = await make_task(client, auth, due=due, project_id=project["id"])
+    kept = await make_task(client, auth, due=due)
+    ids = {}
+    for task in (parent, child, in_project, kept):
+        resp = await client.post(f"/api/v1/tasks/{task['id']}/reminders", json={"minutes_before": 60}, headers=auth)
+        ids[task["id"]] = resp.json()["id"]
+    assert (await client.delete(f"/api/v1/tasks/{parent['id']}", headers=auth)).status_code == 204
+    assert (await client.delete(f"/api/v1/projects/{project['id']}", headers=auth)).status_code == 204
+    gone = [ids[parent["id"]], ids[child["id"]], ids[in_project["id"]]]
+    async with app.state.sessionmaker() as session:
+        rows = (await session.execute(select(Reminder.id, Reminder.state).where(Reminder.id.in_(ids.values())))).all()
+        states = dict(rows)
+        assert [states[i] for i in gone] == ["dismissed"] * 3
+        assert states[ids[kept["id"]]] == "scheduled"
+        # a reminder of a deleted task left scheduled (data written before the rule) is skipped by the claim
+        await session.execute(update(Reminder).where(Reminder.id == gone[0]).values(state="scheduled"))
+        await session.commit()
+    async with app.state.sessionmaker() as session:
+        fired = {r["id"] for r in await claim_due(session, 5, now=datetime(2161, 1, 1, tzinfo=UTC))}
+    assert ids[kept["id"]] in fired
+    assert fired.isdisjoint(gone)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.server import TIMETODO, ServerProcess, cli
 from tests.support import PASSWORD, next_client_ip, unique_email
-from timetodo.core.migrations import head_revision
+from timetodo.core.schema import head_revision
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import asgi_client, make_settings, running_app
 from tests.support import ROOT, Services, create_database, login, new_user
-from timetodo.core.migrations import upgrade_async
+from timetodo.core.schema import upgrade_async
 from timetodo.core.settings import Settings
 from timetodo.ops import backup
 from timetodo.ops.files import scan_tree
@@ -466,8 +466,8 @@ async def test_restore_into_database_with_data(tmp_path: Path, sqlite_archive: P
     assert refused.value.hint and "timetodo maintenance on" in refused.value.hint
     assert sqlite_counts(db) == before
 
-    from timetodo.admin.service import set_maintenance
     from timetodo.core.database import create_engine, create_sessionmaker
+    from timetodo.core.maintenance import set_maintenance
 
     engine = create_engine(target, pooled=False)
     async with create_sessionmaker(engine)() as session:

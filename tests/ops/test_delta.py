@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from tests.support import Services, create_database
-from timetodo.core.migrations import upgrade_async
+from timetodo.core.schema import upgrade_async
 from timetodo.ops.delta import (
     Delta,
     DeltaConflict,

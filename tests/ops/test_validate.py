@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from tests.fakes.telegram import FakeTelegram
 from tests.support import Services, create_database, free_port
-from timetodo.core.migrations import upgrade_async
+from timetodo.core.schema import upgrade_async
 from timetodo.ops import redis as redis_ops
 from timetodo.ops import validate
 from timetodo.ops.files import scan_tree

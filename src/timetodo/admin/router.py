@@ -6,8 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from timetodo.admin import service
 from timetodo.auth.service import get_user
+from timetodo.core import maintenance
 from timetodo.core.deps import API_PREFIX, SessionDep, UserIdDep
 from timetodo.core.errors import Forbidden
 
@@ -39,13 +39,13 @@ AdminDep = Annotated[int, Depends(require_admin)]
 
 @router.get("/maintenance", response_model=MaintenanceOut)
 async def get_maintenance(_admin: AdminDep, session: SessionDep) -> object:
-    return await service.get_status(session)
+    return await maintenance.get_status(session)
 
 
 @router.put("/maintenance", response_model=MaintenanceOut)
 async def put_maintenance(data: MaintenanceIn, request: Request, _admin: AdminDep, session: SessionDep) -> object:
     """Turn read-only mode on or off for every instance. When this returns with `enabled: true`, no later write
     commits anywhere."""
-    status = await service.set_maintenance(session, data.enabled, data.reason)
+    status = await maintenance.set_maintenance(session, data.enabled, data.reason)
     request.app.state.maintenance_cache.set(status.enabled)
     return status

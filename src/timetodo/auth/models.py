@@ -22,7 +22,7 @@ class User(TimestampMixin, Base):
     locale: Mapped[str] = mapped_column(String(8), nullable=False, default="en")
     is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
-    # the last change number handed out to this user's projects/tasks/time entries (see timetodo.sync.tracking)
+    # the last change number handed out to this user's projects/tasks/time entries (see timetodo.core.tracking)
     sync_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
 
 

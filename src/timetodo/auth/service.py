@@ -11,14 +11,14 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.admin.service import get_status as maintenance_status
-from timetodo.admin.service import guard_write
 from timetodo.auth import repository
 from timetodo.auth.models import RefreshToken, User
 from timetodo.auth.schemas import RegisterIn, TokenPair, UserUpdate
 from timetodo.core.cache import Cache
 from timetodo.core.database import utcnow
 from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive, NotFound, RateLimited, Unauthorized
+from timetodo.core.maintenance import get_status as maintenance_status
+from timetodo.core.maintenance import guard_write
 from timetodo.core.security import (
     create_access_token,
     hash_password,

@@ -9,13 +9,13 @@ from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.admin.service import guard_write
 from timetodo.core.cache import Cache
 from timetodo.core.errors import ErrorCode, Unauthorized
+from timetodo.core.events import EventHub
+from timetodo.core.maintenance import guard_write
 from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
 from timetodo.core.validators import MAX_ID
-from timetodo.realtime.hub import EventHub
 
 API_PREFIX = "/api/v1"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
 from timetodo import __version__
-from timetodo.admin.service import get_status as maintenance_status
+from timetodo.core.maintenance import get_status as maintenance_status
 from timetodo.core.metrics import render_latest
-from timetodo.core.migrations import current_revision, head_revision
+from timetodo.core.schema import current_revision, head_revision
 
 router = APIRouter(tags=["operations"])
 MIN_FREE_BYTES = 200 * 1024 * 1024

@@ -20,9 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from timetodo.admin.service import guard_write
 from timetodo.core.database import Base, BigIntPK, UTCDateTime, utcnow
 from timetodo.core.errors import AppError, ErrorCode, error_response
+from timetodo.core.maintenance import guard_write
 from timetodo.core.security import decode_access_token
 
 TTL = timedelta(hours=24)

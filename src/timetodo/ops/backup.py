@@ -969,14 +969,13 @@ def _file_checks(root: Path, expected: dict[str, str]) -> tuple[list[Check], int
 async def _keep_maintenance_on(settings: Settings, archive_name: str) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from timetodo.admin.repository import set_flag
     from timetodo.core.database import create_engine, create_sessionmaker
+    from timetodo.core.maintenance import set_maintenance
 
     engine = create_engine(settings, pooled=False)
     try:
         async with create_sessionmaker(engine)() as session:
-            await set_flag(session, True, f"kept on after restoring {archive_name}"[:500])
-            await session.commit()
+            await set_maintenance(session, True, f"kept on after restoring {archive_name}"[:500])
     except (SQLAlchemyError, OSError) as exc:
         raise BackupError(
             f"restored, but maintenance mode could not be turned back on: {pg.mask_url(str(exc).splitlines()[0])}",
@@ -1004,7 +1003,7 @@ async def restore_backup(
     target before the restore it is left on (turn it off with `timetodo maintenance off` once satisfied).
     """
     started = time.monotonic()
-    from timetodo.core.migrations import head_revision
+    from timetodo.core.schema import head_revision
 
     head = asyncio.ensure_future(asyncio.to_thread(head_revision))  # loads Alembic meanwhile
     verified = await asyncio.to_thread(verify_archive, archive, progress)

@@ -14,8 +14,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from timetodo.core.deps import API_PREFIX
 from timetodo.core.errors import AppError
+from timetodo.core.events import EventHub
 from timetodo.core.security import decode_access_token
-from timetodo.realtime.hub import EventHub
 
 router = APIRouter(prefix=API_PREFIX, tags=["realtime"])
 log = logging.getLogger("timetodo.realtime")

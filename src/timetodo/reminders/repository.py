@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.core.database import UTCDateTime
 from timetodo.reminders.models import Reminder
+from timetodo.tasks.models import Task
 
 
 async def get(session: AsyncSession, owner_id: int, reminder_id: int) -> Reminder | None:
@@ -36,10 +37,17 @@ async def relative_for_task(session: AsyncSession, task_id: int) -> Sequence[Rem
     return result.scalars().all()
 
 
-async def cancel_for_task(session: AsyncSession, task_id: int, now: datetime) -> None:
+async def dismiss_of_deleted_tasks(session: AsyncSession, owner_id: int, now: datetime) -> None:
+    """Pending reminders of the owner's deleted tasks will never fire: dismiss them."""
+    deleted_tasks = select(Task.id).where(Task.owner_id == owner_id, Task.deleted_at.is_not(None))
     await session.execute(
         update(Reminder)
-        .where(Reminder.task_id == task_id, Reminder.deleted_at.is_(None), Reminder.state.in_(("scheduled", "snoozed")))
+        .where(
+            Reminder.owner_id == owner_id,
+            Reminder.state.in_(("scheduled", "snoozed")),
+            Reminder.deleted_at.is_(None),
+            Reminder.task_id.in_(deleted_tasks),
+        )
         .values(state="dismissed", updated_at=now)
     )
 
@@ -49,6 +57,7 @@ UPDATE reminders SET state = 'sent', sent_at = :now, updated_at = :now
 WHERE id IN (
     SELECT id FROM reminders
     WHERE state IN ('scheduled', 'snoozed') AND deleted_at IS NULL AND fire_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = reminders.task_id AND tasks.deleted_at IS NOT NULL)
     ORDER BY fire_at
     LIMIT :batch
     {lock}

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from timetodo.admin.service import guard_write
 from timetodo.core.database import utcnow
 from timetodo.core.errors import InvalidInput, MaintenanceActive, NotFound
+from timetodo.core.maintenance import guard_write
 from timetodo.reminders import repository
 from timetodo.reminders.models import Reminder
 from timetodo.reminders.schemas import ReminderIn
@@ -83,6 +83,16 @@ async def reschedule_relative(session: AsyncSession, task: Task) -> None:
         reminder.fire_at = due - timedelta(minutes=reminder.minutes_before or 0)
         reminder.state = "scheduled"
         reminder.sent_at = None
+
+
+class TaskReminders:
+    """Keeps reminders in step with their task (registered with `timetodo.tasks.hooks` by the app factory)."""
+
+    async def due_changed(self, session: AsyncSession, task: Task) -> None:
+        await reschedule_relative(session, task)
+
+    async def deleted(self, session: AsyncSession, owner_id: int) -> None:
+        await repository.dismiss_of_deleted_tasks(session, owner_id, utcnow())
 
 
 async def get_reminder(session: AsyncSession, owner_id: int, reminder_id: int) -> Reminder:

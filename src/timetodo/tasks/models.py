@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime
-from timetodo.sync.tracking import SyncTracked
+from timetodo.core.tracking import SyncTracked
 
 TITLE_MAX = 500
 DESCRIPTION_MAX = 20000

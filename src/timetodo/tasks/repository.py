@@ -10,7 +10,7 @@ from sqlalchemy import Row, Select, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.auth.models import User
-from timetodo.sync.tracking import next_version
+from timetodo.core.tracking import next_version
 from timetodo.tasks.models import Project, Task, TaskCompletion
 
 

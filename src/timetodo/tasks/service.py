@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from timetodo.core.database import utcnow
 from timetodo.core.errors import InvalidInput, NotFound
 from timetodo.core.pagination import decode_cursor, next_cursor
-from timetodo.reminders.service import reschedule_relative
-from timetodo.tasks import repository
+from timetodo.tasks import hooks, repository
 from timetodo.tasks.models import Project, Task, TaskCompletion
 from timetodo.tasks.recurrence import Mode, as_datetime, next_occurrence, parse_rule
 from timetodo.tasks.schemas import Due, ProjectIn, ProjectUpdate, TaskIn, TaskUpdate
@@ -63,6 +62,8 @@ async def delete_project(session: AsyncSession, owner_id: int, project_id: int) 
     now = utcnow()
     project.deleted_at = now
     await repository.soft_delete_tasks_of_project(session, owner_id, project_id, now)
+    await session.flush()
+    await hooks.deleted(session, owner_id)
     await session.commit()
 
 
@@ -175,7 +176,7 @@ async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: 
         if field == "due":
             _apply_due(task, data.due)
             await session.flush()
-            await reschedule_relative(session, task)
+            await hooks.due_changed(session, task)
         elif field == "labels":
             task.labels = list(dict.fromkeys(data.labels or []))
         else:
@@ -212,7 +213,7 @@ async def set_done(session: AsyncSession, owner_id: int, task_id: int, done: boo
             _set_due_moment(task, None, nxt, task.due_timezone)
         else:
             _set_due_moment(task, nxt.date(), None, None)
-        await reschedule_relative(session, task)
+        await hooks.due_changed(session, task)
     else:
         task.done, task.done_at = True, now
     task.updated_at = now
@@ -244,4 +245,6 @@ async def delete_task(session: AsyncSession, owner_id: int, task_id: int) -> Non
     task.deleted_at = now
     task.updated_at = now
     await repository.soft_delete_subtasks(session, owner_id, task_id, now)
+    await session.flush()
+    await hooks.deleted(session, owner_id)
     await session.commit()

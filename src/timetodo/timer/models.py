@@ -6,7 +6,7 @@ from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime
-from timetodo.sync.tracking import SyncTracked
+from timetodo.core.tracking import SyncTracked
 
 NOTE_MAX = 1000
 

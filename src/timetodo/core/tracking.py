@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import BigInteger, event, update
+from sqlalchemy import BigInteger, column, event, table, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from timetodo.auth.models import User
+# the owner's counter lives on `users` (timetodo.auth.models.User); named here as a plain table so that core
+# imports no domain
+_users = table("users", column("id"), column("sync_version"))
 
 
 class SyncTracked:
@@ -28,7 +30,10 @@ class SyncTracked:
 
 def _next_version(session: Session, owner_id: int) -> int:
     result = session.connection().execute(
-        update(User).where(User.id == owner_id).values(sync_version=User.sync_version + 1).returning(User.sync_version)
+        update(_users)
+        .where(_users.c.id == owner_id)
+        .values(sync_version=_users.c.sync_version + 1)
+        .returning(_users.c.sync_version)
     )
     return int(result.scalar_one())
 

@@ -1,0 +1,100 @@
+"""Maintenance (read-only) mode, shared by every instance through one row in the database.
+
+Guarantee: once `set_maintenance(enabled=True)` has returned, no write transaction commits. Every write reads the
+flag with `guard_write` as the first statement of its transaction, holding a lock that the flag change has to wait
+for: on PostgreSQL a share lock on the row (`SELECT … FOR SHARE`), on SQLite the database write lock. Transactions
+that started before the switch finish first; later ones read the new value and are refused.
+
+`MaintenanceFlagCache` is only an optimisation (cheap early 503s); `guard_write` is the authoritative check. Tools
+outside the app (backup restore, the migration toolkit) switch the flag with `switch_maintenance`, never with SQL
+of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Boolean, Integer, String, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from timetodo.core.database import Base, UTCDateTime, utcnow
+from timetodo.core.errors import MaintenanceActive
+
+APP_STATE_ID = 1
+
+
+class AppState(Base):
+    """A single row of instance-wide state shared by every app process (maintenance flag)."""
+
+    __tablename__ = "app_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    maintenance_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    maintenance_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    maintenance_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+@dataclass(frozen=True)
+class MaintenanceStatus:
+    enabled: bool
+    reason: str | None
+    changed_at: datetime
+
+
+async def get_status(session: AsyncSession) -> MaintenanceStatus:
+    state = await session.get(AppState, APP_STATE_ID, populate_existing=True)
+    if state is None:
+        raise RuntimeError("app_state row is missing: run `timetodo db upgrade`")
+    return MaintenanceStatus(state.maintenance_enabled, state.maintenance_reason, state.maintenance_changed_at)
+
+
+async def set_maintenance(session: AsyncSession, enabled: bool, reason: str | None = None) -> MaintenanceStatus:
+    """Switch the flag and commit. Switching on waits for every write transaction in flight (see the module)."""
+    await session.execute(
+        update(AppState)
+        .where(AppState.id == APP_STATE_ID)
+        .values(maintenance_enabled=enabled, maintenance_reason=reason, maintenance_changed_at=utcnow())
+    )
+    await session.commit()
+    return await get_status(session)
+
+
+async def flag_for_write(session: AsyncSession) -> bool:
+    """Read the flag inside the caller's write transaction, holding a lock that `set_maintenance` must wait for."""
+    if session.get_bind().dialect.name == "sqlite":
+        # take the database write lock first (SQLite serialises writers anyway)
+        await session.execute(text("UPDATE app_state SET id = id WHERE id = :id"), {"id": APP_STATE_ID})
+        stmt = select(AppState.maintenance_enabled).where(AppState.id == APP_STATE_ID)
+    else:
+        stmt = select(AppState.maintenance_enabled).where(AppState.id == APP_STATE_ID).with_for_update(read=True)
+    return bool((await session.execute(stmt)).scalar_one())
+
+
+async def guard_write(session: AsyncSession, retry_after: int) -> None:
+    """First statement of every write transaction: refuse it while maintenance is on."""
+    if await flag_for_write(session):
+        await session.rollback()
+        raise MaintenanceActive(retry_after)
+
+
+class MaintenanceFlagCache:
+    """A per-process copy of the flag, refreshed at most every `ttl` seconds, for cheap early 503s."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession], ttl: float) -> None:
+        self._maker = maker
+        self._ttl = ttl
+        self._value = False
+        self._checked = 0.0
+
+    def set(self, enabled: bool) -> None:
+        self._value = enabled
+        self._checked = time.monotonic()
+
+    async def enabled(self) -> bool:
+        if time.monotonic() - self._checked >= self._ttl:
+            async with self._maker() as session:
+                self.set((await get_status(session)).enabled)
+        return self._value
