@@ -211,7 +211,15 @@ def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, 
 def start_bare(port: int, payload: Path, log: Path) -> subprocess.Popen[bytes]:
     served = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
     return subprocess.Popen(
-        [Path(TIMETODO).with_name("uvicorn"), "bench.bare_app:app", "--port", str(port), "--workers", "2", *served],
+        [
+            Path(TIMETODO).with_name("uvicorn"),
+            "bench.bare_app:app",
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            *served,
+        ],
         cwd=ROOT,
         env={**os.environ, "BARE_PAYLOAD": str(payload)},
         stdout=log.open("wb"),
