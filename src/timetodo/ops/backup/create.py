@@ -28,26 +28,26 @@ from timetodo.ops.backup.manifest import (
     Counts,
     CreateResult,
     DatabaseInfo,
+    DatabasePart,
     Manifest,
     PartInfo,
     ProgressCallback,
     ProgressUpdate,
-    _DatabasePart,
-    _new_archive_path,
-    _reporter,
-    _unreachable,
     database_kind,
+    new_archive_path,
     prune_archives,
+    reporter,
+    unreachable,
 )
-from timetodo.ops.backup.sqlite import _backup_sqlite
+from timetodo.ops.backup.sqlite import backup_sqlite
 from timetodo.ops.sources import DataSources
 
 
 async def _backup_postgres(
     sources: DataSources, writer: fileops.TarWriter, progress: ProgressCallback | None
-) -> _DatabasePart:
+) -> DatabasePart:
     target = pg.PgTarget.from_url(sources.database_url)
-    add = _reporter(progress, "database", None)
+    add = reporter(progress, "database", None)
 
     def dump(snapshot: str) -> fileops.Member:
         with writer.member(PG_PART) as out:
@@ -66,12 +66,12 @@ async def _backup_postgres(
                 await asyncio.wait([dumping])
             member = dumping.result()
     except pg.PgUnreachable as exc:
-        raise _unreachable(exc, "database") from None
+        raise unreachable(exc, "database") from None
     except (pg.PgError, pg.QueryError) as exc:
         raise BackupError(str(exc), part=PG_PART) from None
     if progress is not None:
         progress(ProgressUpdate("database", member.size, member.size))
-    return _DatabasePart(PG_PART, PartInfo(sha256=member.sha256, size=member.size), tables, revision, version)
+    return DatabasePart(PG_PART, PartInfo(sha256=member.sha256, size=member.size), tables, revision, version)
 
 
 async def _backup_redis(
@@ -85,7 +85,7 @@ async def _backup_redis(
         with writer.member(REDIS_PART) as out:
             stats = await redisops.dump_keys(url, out.write, on_keys=on_keys)
     except redisops.RedisUnreachable as exc:
-        raise _unreachable(exc, "redis") from None
+        raise unreachable(exc, "redis") from None
     except redisops.RedisOpError as exc:
         raise BackupError(str(exc), part=REDIS_PART) from None
     member = writer.members[-1]
@@ -106,7 +106,7 @@ def _backup_uploads(
         except FileNotFoundError:
             continue
         entries.append(entry)
-    add = _reporter(progress, "uploads", total)
+    add = reporter(progress, "uploads", total)
     hashes: dict[str, str] = {}
     skipped = 0
     size = 0
@@ -130,7 +130,7 @@ async def _write_parts(
 ) -> Manifest:
     """Database, Redis, uploads and (last) the manifest into `writer`; the manifest written."""
     if sources.is_sqlite:
-        db = await asyncio.to_thread(_backup_sqlite, sources, writer, scratch, progress)
+        db = await asyncio.to_thread(backup_sqlite, sources, writer, scratch, progress)
     else:
         db = await _backup_postgres(sources, writer, progress)
     parts = {db.name: db.info}
@@ -179,7 +179,7 @@ async def create_backup(
     except OSError as exc:
         raise BackupConfigError(f"cannot create the backup folder {folder}: {exc.strerror}") from None
     created_at = datetime.now(UTC).replace(microsecond=0)
-    final = _new_archive_path(folder, created_at)
+    final = new_archive_path(folder, created_at)
     partial = folder / f".{final.name}.partial"
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.stem}-", dir=folder))
     try:

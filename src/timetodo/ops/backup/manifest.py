@@ -101,7 +101,7 @@ class ProgressUpdate:
 ProgressCallback = Callable[[ProgressUpdate], None]
 
 
-def _reporter(
+def reporter(
     progress: ProgressCallback | None, part: str, total: int | None, unit: Unit = "bytes"
 ) -> Callable[[int], None]:
     """A byte/key counter bound to one part; returns `add(n)` (no-op without a callback)."""
@@ -287,7 +287,7 @@ def archives_in(directory: Path) -> list[Path]:
     return sorted(found, key=_archive_key)
 
 
-def _new_archive_path(directory: Path, when: datetime) -> Path:
+def new_archive_path(directory: Path, when: datetime) -> Path:
     """`timetodo-<UTC stamp>.tar`, or `-2`, `-3`… after the archives (and runs in progress) of the same second, so
     that a new archive always sorts as the newest."""
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -310,7 +310,7 @@ def prune_archives(directory: Path, keep: int, protect: Path | None = None) -> l
     return doomed
 
 
-def _unreachable(exc: pg.PgUnreachable | redisops.RedisUnreachable, part: str) -> Unreachable:
+def unreachable(exc: pg.PgUnreachable | redisops.RedisUnreachable, part: str) -> Unreachable:
     hint = "check DATABASE_URL and that PostgreSQL is running" if part == "database" else "check REDIS_URL"
     return Unreachable(str(exc), part=part, hint=hint)
 
@@ -325,7 +325,7 @@ def read_manifest(path: Path) -> Manifest:
                 raise ArchiveCorrupt("missing", part=MANIFEST_NAME) from None
             if member.size > MAX_MANIFEST_BYTES:
                 raise ArchiveCorrupt("implausibly large", part=MANIFEST_NAME)
-            return parse_manifest(_read_member(tf, member).read())
+            return parse_manifest(read_member(tf, member).read())
     except (tarfile.TarError, EOFError) as exc:
         raise ArchiveCorrupt(f"not a readable tar archive: {exc}", part="archive") from None
 
@@ -345,7 +345,7 @@ def list_archives(directory: Path) -> list[ArchiveInfo]:
     return infos
 
 
-def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+def read_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     stream = tf.extractfile(member)
     if stream is None:
         raise ArchiveCorrupt("is not a regular file", part=member.name)
@@ -353,7 +353,7 @@ def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
 
 
 @dataclass
-class _DatabasePart:
+class DatabasePart:
     name: str
     info: PartInfo
     tables: dict[str, int]

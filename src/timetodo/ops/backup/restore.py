@@ -38,13 +38,13 @@ from timetodo.ops.backup.manifest import (
     RestoreRefused,
     RestoreResult,
     Unreachable,
-    _read_member,
-    _reporter,
-    _unreachable,
     database_kind,
+    read_member,
+    reporter,
     sqlite_path,
+    unreachable,
 )
-from timetodo.ops.backup.sqlite import _restore_sqlite, _sqlite_counts, _tables_with_rows
+from timetodo.ops.backup.sqlite import restore_sqlite, sqlite_counts, sqlite_tables_with_rows
 from timetodo.ops.backup.verify import verify_archive
 from timetodo.ops.sources import DataSources
 
@@ -62,7 +62,7 @@ async def _connected(sources: DataSources) -> AsyncIterator[asyncpg.Connection]:
     try:
         conn = await pg.connect(pg.PgTarget.from_url(sources.database_url))
     except pg.PgUnreachable as exc:
-        raise _unreachable(exc, "database") from None
+        raise unreachable(exc, "database") from None
     try:
         yield conn
     finally:
@@ -84,7 +84,7 @@ async def _maintenance_flag(sources: DataSources) -> bool | None:
 async def inspect_target(sources: DataSources) -> TargetState:
     """Does the configured database hold user data, and is maintenance mode on there?"""
     if sources.is_sqlite:
-        found = await asyncio.to_thread(_tables_with_rows, sqlite_path(sources.database_url))
+        found = await asyncio.to_thread(sqlite_tables_with_rows, sqlite_path(sources.database_url))
         if found is None:
             return TargetState(False, [], None)
         return TargetState(True, found, await _maintenance_flag(sources))
@@ -126,12 +126,12 @@ async def _restore_postgres(
         finally:
             await conn.close()
     except pg.PgUnreachable as exc:
-        raise _unreachable(exc, "database") from None
+        raise unreachable(exc, "database") from None
     except pg.QueryError as exc:
         raise BackupError(f"could not prepare the target: {exc}", part="database") from None
     part = manifest.parts[PG_PART]
-    add = _reporter(progress, "database", part.size)
-    stream = _read_member(tf, tf.getmember(PG_PART))
+    add = reporter(progress, "database", part.size)
+    stream = read_member(tf, tf.getmember(PG_PART))
     try:
         await asyncio.to_thread(pg.restore, target, stream, part.sha256, add)
     except pg.PgError as exc:
@@ -160,11 +160,9 @@ async def _restore_redis(
     if progress is not None:
         progress(ProgressUpdate("redis", 0, total, "keys"))
     try:
-        return await redisops.restore_keys(
-            url, _iter_lines(_read_member(tf, tf.getmember(REDIS_PART))), on_keys=on_keys
-        )
+        return await redisops.restore_keys(url, _iter_lines(read_member(tf, tf.getmember(REDIS_PART))), on_keys=on_keys)
     except redisops.RedisUnreachable as exc:
-        raise _unreachable(exc, "redis") from None
+        raise unreachable(exc, "redis") from None
     except redisops.RedisOpError as exc:
         raise BackupError(str(exc), part=REDIS_PART) from None
     except ValueError as exc:
@@ -173,10 +171,10 @@ async def _restore_redis(
 
 def _restore_uploads(root: Path, tf: tarfile.TarFile, manifest: Manifest, progress: ProgressCallback | None) -> None:
     members = [m for m in tf.getmembers() if m.name.startswith(UPLOADS_PREFIX) and m.isfile()]
-    add = _reporter(progress, "uploads", sum(m.size for m in members))
+    add = reporter(progress, "uploads", sum(m.size for m in members))
     for member in members:
         rel = fileops.safe_relpath(member.name[len(UPLOADS_PREFIX) :])
-        fileops.write_file_atomic(root, rel, _read_member(tf, member), add)
+        fileops.write_file_atomic(root, rel, read_member(tf, member), add)
 
 
 def _count_checks(expected: dict[str, int], actual: dict[str, int]) -> list[Check]:
@@ -195,7 +193,7 @@ async def _recount_database(sources: DataSources) -> tuple[dict[str, int], bool 
         def work() -> dict[str, int]:
             conn = sqlite3.connect(sqlite_path(sources.database_url), timeout=30)
             try:
-                return _sqlite_counts(conn)
+                return sqlite_counts(conn)
             finally:
                 conn.close()
 
@@ -258,7 +256,7 @@ async def _reach_targets(sources: DataSources, restore_redis: bool) -> None:
         try:
             await redisops.key_count(sources.redis_url)
         except redisops.RedisUnreachable as exc:
-            raise _unreachable(exc, "redis") from None
+            raise unreachable(exc, "redis") from None
     try:
         sources.uploads_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -275,7 +273,7 @@ async def _restore_redis_checked(
         try:
             present = await redisops.count_present(sources.redis_url, keys)
         except redisops.RedisUnreachable as exc:
-            raise _unreachable(exc, "redis") from None
+            raise unreachable(exc, "redis") from None
         return Check("redis keys", expected_keys, str(present), present == manifest.counts.redis_keys)
     else:
         return Check("redis keys", expected_keys, "not restored: REDIS_URL is not set", False)
@@ -313,7 +311,7 @@ async def restore_backup(
         if kind == "postgresql":
             await _restore_postgres(sources, tf, manifest, progress)
         else:
-            await asyncio.to_thread(_restore_sqlite, sources, tf, manifest, progress)
+            await asyncio.to_thread(restore_sqlite, sources, tf, manifest, progress)
         if state.maintenance_on:
             # the restored app_state carries the backup's flag; an operator who stopped writes for the restore
             # keeps them stopped until they say otherwise (and the re-count below is not raced by writers)

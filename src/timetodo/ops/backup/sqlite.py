@@ -19,13 +19,13 @@ from timetodo.ops.backup.manifest import (
     ArchiveCorrupt,
     BackupConfigError,
     BackupError,
+    DatabasePart,
     Manifest,
     PartInfo,
     Problem,
     ProgressCallback,
-    _DatabasePart,
-    _read_member,
-    _reporter,
+    read_member,
+    reporter,
     sqlite_path,
 )
 from timetodo.ops.sources import DataSources
@@ -38,7 +38,7 @@ def _sqlite_tables(conn: sqlite3.Connection) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def _sqlite_counts(conn: sqlite3.Connection) -> dict[str, int]:
+def sqlite_counts(conn: sqlite3.Connection) -> dict[str, int]:
     counts = {}
     for table in _sqlite_tables(conn):
         counts[table] = int(conn.execute(f"SELECT count(*) FROM {pg.quote_ident(table)}").fetchone()[0])  # noqa: S608
@@ -52,9 +52,9 @@ def _sqlite_scalar(conn: sqlite3.Connection, sql: str, table: str) -> Any:
     return None if row is None else row[0]
 
 
-def _backup_sqlite(
+def backup_sqlite(
     sources: DataSources, writer: fileops.TarWriter, scratch: Path, progress: ProgressCallback | None
-) -> _DatabasePart:
+) -> DatabasePart:
     source = sqlite_path(sources.database_url)
     if not source.is_file():
         raise BackupConfigError(f"the SQLite database {source} does not exist", hint="check DATABASE_URL / DATA_DIR")
@@ -66,7 +66,7 @@ def _backup_sqlite(
             # one step: a single read transaction, so the copy is consistent; in WAL mode writers are not blocked
             src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode=DELETE")  # a standalone file (the app switches it back to WAL)
-            tables = _sqlite_counts(dst)
+            tables = sqlite_counts(dst)
             revision = _sqlite_scalar(dst, "SELECT version_num FROM alembic_version", "alembic_version")
         finally:
             dst.close()
@@ -75,15 +75,15 @@ def _backup_sqlite(
     finally:
         src.close()
     size = copy.stat().st_size
-    add = _reporter(progress, "database", size)
+    add = reporter(progress, "database", size)
     member = writer.add_file(SQLITE_PART, copy, add)
     copy.unlink()
-    return _DatabasePart(
+    return DatabasePart(
         SQLITE_PART, PartInfo(sha256=member.sha256, size=member.size), tables, revision, sqlite3.sqlite_version
     )
 
 
-def _verify_sqlite(stream: fileops.Readable, manifest: Manifest, problems: list[Problem]) -> tuple[str, int]:
+def verify_sqlite(stream: fileops.Readable, manifest: Manifest, problems: list[Problem]) -> tuple[str, int]:
     with tempfile.TemporaryDirectory(prefix="ttd-verify-") as tmp:
         copy = Path(tmp) / "check.sqlite"
         with copy.open("wb") as out:
@@ -97,7 +97,7 @@ def _verify_sqlite(stream: fileops.Readable, manifest: Manifest, problems: list[
                 if result != ["ok"]:
                     problems.append(Problem(SQLITE_PART, f"integrity check failed: {'; '.join(result[:3])}"))
                     return digest
-                counts = _sqlite_counts(conn)
+                counts = sqlite_counts(conn)
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
@@ -113,7 +113,7 @@ def _verify_sqlite(stream: fileops.Readable, manifest: Manifest, problems: list[
         return digest
 
 
-def _tables_with_rows(path: Path) -> list[str] | None:
+def sqlite_tables_with_rows(path: Path) -> list[str] | None:
     """User tables holding rows in the SQLite database at `path`; None when there is no such file."""
     if not path.exists():
         return None
@@ -131,17 +131,17 @@ def _tables_with_rows(path: Path) -> list[str] | None:
         conn.close()
 
 
-def _restore_sqlite(
+def restore_sqlite(
     sources: DataSources, tf: tarfile.TarFile, manifest: Manifest, progress: ProgressCallback | None
 ) -> None:
     target = sqlite_path(sources.database_url)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = manifest.parts[SQLITE_PART]
-    add = _reporter(progress, "database", part.size)
+    add = reporter(progress, "database", part.size)
     tmp = target.with_name(f".{target.name}.restore-tmp")
     try:
         with tmp.open("wb") as out:
-            sha, _ = fileops.copy_stream(_read_member(tf, tf.getmember(SQLITE_PART)), out, add)
+            sha, _ = fileops.copy_stream(read_member(tf, tf.getmember(SQLITE_PART)), out, add)
             out.flush()
             os.fsync(out.fileno())
         if sha != part.sha256:

@@ -25,11 +25,11 @@ from timetodo.ops.backup.manifest import (
     Problem,
     ProgressCallback,
     VerifyResult,
-    _read_member,
-    _reporter,
     parse_manifest,
+    read_member,
+    reporter,
 )
-from timetodo.ops.backup.sqlite import _verify_sqlite
+from timetodo.ops.backup.sqlite import verify_sqlite
 
 
 def _open_members(tf: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -80,9 +80,9 @@ def _verify_members(path: Path, tf: tarfile.TarFile, result: VerifyResult, progr
     if not manifest_member.isfile() or manifest_member.size > MAX_MANIFEST_BYTES:
         problems.append(Problem(MANIFEST_NAME, "is not a regular file of a plausible size"))
         return
-    manifest = parse_manifest(_read_member(tf, manifest_member).read())
+    manifest = parse_manifest(read_member(tf, manifest_member).read())
     result.manifest = manifest
-    add = _reporter(progress, "verify", sum(m.size for m in ordered))
+    add = reporter(progress, "verify", sum(m.size for m in ordered))
 
     reading = _Reading(tf, members, manifest, problems, add)
     _verify_parts(reading)
@@ -102,7 +102,7 @@ def _verify_parts(reading: _Reading) -> None:
         if not member.isfile():
             problems.append(Problem(name, "is not a regular file"))
             continue
-        stream = _read_member(tf, member)
+        stream = read_member(tf, member)
         if name == PG_PART:
             contents = pg.list_contents(stream, add)
             if _check_part(problems, name, expected, contents.sha256, member.size):
@@ -117,7 +117,7 @@ def _verify_parts(reading: _Reading) -> None:
                     if missing:
                         problems.append(Problem(name, f"holds no data for {', '.join(sorted(missing)[:5])}"))
         elif name == SQLITE_PART:
-            sha, size = _verify_sqlite(_counting(stream, add), manifest, problems)
+            sha, size = verify_sqlite(_counting(stream, add), manifest, problems)
             _check_part(problems, name, expected, sha, size)
         elif name == REDIS_PART:
             lines = [0]
@@ -151,7 +151,7 @@ def _verify_uploads(reading: _Reading) -> None:
         if not member.isfile():
             problems.append(Problem(name, "is not a regular file"))
             continue
-        sha, _ = fileops.hash_stream(_read_member(tf, member), add)
+        sha, _ = fileops.hash_stream(read_member(tf, member), add)
         seen[rel] = sha
         expected_sha = manifest.files.get(rel)
         if expected_sha is None:

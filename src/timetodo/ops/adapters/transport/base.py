@@ -49,7 +49,7 @@ MAX_SESSIONS = 8
 """Exec channels open at once on one SSH connection (OpenSSH's MaxSessions defaults to 10; SFTP takes one)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_PID_LINE = re.compile(rb"(?m)^__ttd_pid__=(\d+)\n")
+PID_LINE = re.compile(rb"(?m)^__ttd_pid__=(\d+)\n")
 
 Command = str | list[str]
 Progress = Callable[[int, int], None]
@@ -284,8 +284,8 @@ def _decode(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", errors="replace")
 
 
-class _Process(Protocol):
-    """One running command, as `_BaseTransport._execute` drives it."""
+class ProcessHandle(Protocol):
+    """One running command, as `BaseTransport._execute` drives it."""
 
     async def write(self, data: bytes) -> bool:
         """Send stdin; False when the command no longer reads it."""
@@ -312,10 +312,10 @@ class _Output:
     stderr: bytearray = field(default_factory=bytearray)
 
 
-class _BaseTransport:
+class BaseTransport:
     """Shared command driver: stdin feeding, output pumping, timeouts, logging, errors."""
 
-    async def __aenter__(self) -> _BaseTransport:
+    async def __aenter__(self) -> BaseTransport:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -330,7 +330,7 @@ class _BaseTransport:
     def describe(self) -> str:
         raise NotImplementedError
 
-    async def _start(self, command: str, env: dict[str, str]) -> tuple[_Process, bytes]:
+    async def _start(self, command: str, env: dict[str, str]) -> tuple[ProcessHandle, bytes]:
         """Start `command`; returns the process and the bytes to send on stdin before the caller's input."""
         raise NotImplementedError
 
@@ -373,7 +373,7 @@ class _BaseTransport:
         started = time.monotonic()
         async with self._slot():
             deadline = asyncio.timeout(timeout)
-            process: _Process | None = None
+            process: ProcessHandle | None = None
             try:
                 async with deadline:
                     process, prelude = await self._start(text, env)
@@ -406,7 +406,7 @@ class _BaseTransport:
 
     async def _drive(
         self,
-        process: _Process,
+        process: ProcessHandle,
         prelude: bytes,
         source: AsyncIterable[bytes] | None,
         sink: Callable[[bytes], Awaitable[None]] | None,
@@ -444,7 +444,7 @@ class _BaseTransport:
             await asyncio.gather(*tasks, return_exceptions=True)
         return await process.wait()
 
-    async def _kill_quietly(self, process: _Process) -> None:
+    async def _kill_quietly(self, process: ProcessHandle) -> None:
         try:
             async with asyncio.timeout(KILL_GRACE + 10):
                 await process.kill()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from timetodo.ops.adapters.transport.base import CHUNK, KILL_GRACE, Progress, _BaseTransport, _Process
+from timetodo.ops.adapters.transport.base import CHUNK, KILL_GRACE, BaseTransport, ProcessHandle, Progress
 
 # ---------------------------------------------------------------------------------------------------------- local
 
@@ -72,7 +72,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _local_temp(target: Path, kind: str) -> Path:
+def local_temp(target: Path, kind: str) -> Path:
     """An empty private file next to `target` (its parent created), to be renamed over it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{kind}-")
@@ -80,7 +80,7 @@ def _local_temp(target: Path, kind: str) -> Path:
     return Path(name)
 
 
-def _local_finish(tmp: Path, target: Path, mode: int | None) -> None:
+def local_finish(tmp: Path, target: Path, mode: int | None) -> None:
     if mode is not None:
         tmp.chmod(mode)
     tmp.replace(target)
@@ -111,13 +111,13 @@ def _copy_file(src: Path, dst: Path, mode: int, progress: Callable[[int, int], N
     return total
 
 
-class LocalTransport(_BaseTransport):
+class LocalTransport(BaseTransport):
     """This machine: commands through `/bin/sh -c` in their own process group, files by local copy."""
 
     def describe(self) -> str:
         return "local"
 
-    async def _start(self, command: str, env: dict[str, str]) -> tuple[_Process, bytes]:
+    async def _start(self, command: str, env: dict[str, str]) -> tuple[ProcessHandle, bytes]:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",

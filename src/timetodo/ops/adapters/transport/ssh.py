@@ -22,22 +22,22 @@ import asyncssh
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.adapters.transport.base import (
-    _PID_LINE,
     CHUNK,
     KILL_GRACE,
     MAX_SESSIONS,
+    PID_LINE,
     AuthError,
+    BaseTransport,
     ConnectError,
     HostKeyError,
+    ProcessHandle,
     Progress,
     SSHTarget,
     TransportError,
-    _BaseTransport,
-    _Process,
     logger,
     openssh_options,
 )
-from timetodo.ops.adapters.transport.local import _local_finish, _local_temp
+from timetodo.ops.adapters.transport.local import local_finish, local_temp
 
 # ------------------------------------------------------------------------------------------------------------ ssh
 
@@ -75,7 +75,7 @@ class _SSHProcess:
                 data, self._pending = bytes(self._pending), bytearray()
                 return data
             self._pending += chunk
-            match = _PID_LINE.search(self._pending)
+            match = PID_LINE.search(self._pending)
             if match:
                 self.pid = int(match.group(1))
                 data = bytes(self._pending[: match.start()] + self._pending[match.end() :])
@@ -133,7 +133,7 @@ class _HostKeyPolicy(asyncssh.SSHClient):
         return False
 
 
-class SSHTransport(_BaseTransport):
+class SSHTransport(BaseTransport):
     """A host over SSH (asyncssh). Connects on first use (and again after the connection was lost)."""
 
     def __init__(self, target: SSHTarget, *, max_sessions: int = MAX_SESSIONS) -> None:
@@ -357,7 +357,7 @@ class SSHTransport(_BaseTransport):
         async with self._sessions:
             yield
 
-    async def _start(self, command: str, env: dict[str, str]) -> tuple[_Process, bytes]:
+    async def _start(self, command: str, env: dict[str, str]) -> tuple[ProcessHandle, bytes]:
         conn = await self.connect()
         prelude = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items()).encode()
         lines = ["printf '__ttd_pid__=%s\\n' \"$$\" >&2"]
@@ -476,12 +476,12 @@ class SSHTransport(_BaseTransport):
 
         with self._file_errors("download of", remote):
             attrs = await sftp.stat(remote)
-        tmp = await asyncio.to_thread(_local_temp, local, "part")
+        tmp = await asyncio.to_thread(local_temp, local, "part")
         try:
             with self._file_errors("download of", remote):
                 await sftp.get(remote, str(tmp), progress_handler=report)
             mode = stat.S_IMODE(attrs.permissions) if attrs.permissions is not None else None
-            await asyncio.to_thread(_local_finish, tmp, local, mode)
+            await asyncio.to_thread(local_finish, tmp, local, mode)
         except BaseException:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
             raise

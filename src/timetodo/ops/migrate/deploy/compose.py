@@ -9,23 +9,24 @@ from pathlib import Path
 
 from timetodo.ops.adapters.transport import Transport, TransportError
 from timetodo.ops.migrate.deploy.runtime import (
-    _PROBE_PY,
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
+    PROBE_PY,
     PROBE_TIMEOUT,
     DeployError,
     DeployResult,
     PlannedCommand,
-    _Base,
+    RuntimeBase,
     env_secrets,
     parse_env_text,
 )
+from timetodo.ops.migrate.prepare.host import PrepareResult, prepare_script, run_prepare
 
 APP_UID = 10001
 """The user (and group) id the app image runs as."""
 
 
-class ComposeRuntime(_Base):
+class ComposeRuntime(RuntimeBase):
     """The compose bundle under Docker on the target (Compose v2 plugin: `docker compose`)."""
 
     name = "compose"
@@ -76,7 +77,7 @@ class ComposeRuntime(_Base):
 
     def _probe_command(self) -> str:
         url = shlex.quote(self.health_url)
-        py = shlex.quote(_PROBE_PY)
+        py = shlex.quote(PROBE_PY)
         return (
             "if command -v curl >/dev/null 2>&1; then "
             f"curl -sS --max-time {PROBE_TIMEOUT:g} -w '\\n%{{http_code}}\\n' {url}; "
@@ -154,3 +155,10 @@ class ComposeRuntime(_Base):
 
     def start_plan(self) -> str:
         return "docker compose up -d --wait"
+
+    async def prepare_host(self, uploads_dir: str, ssh_port: int) -> PrepareResult:
+        """Docker CE + compose plugin, the deploy user, ufw, swap, fail2ban, unattended-upgrades (`prepare.sh`)."""
+        return await run_prepare(self.transport, prepare_script(app_dir=self.app_dir, ssh_port=ssh_port))
+
+    def prepare_plan(self) -> str:
+        return "bash -s < prepare script"

@@ -6,19 +6,20 @@ import asyncio
 import posixpath
 import shlex
 import time
+from typing import Any
 
 from timetodo.ops.adapters.transport import Transport
 from timetodo.ops.migrate.deploy.runtime import (
-    _HOST,
-    _PROBE_PY,
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
+    HOST_RE,
+    PROBE_PY,
     PROBE_TIMEOUT,
     DeployResult,
     PlannedCommand,
-    _Base,
-    _tail,
+    RuntimeBase,
     env_secrets,
+    stderr_tail,
 )
 
 # --------------------------------------------------------------------------------------------------------- process
@@ -32,7 +33,7 @@ _ALIVE = r"""alive() {
 }"""
 
 
-class ProcessRuntime(_Base):
+class ProcessRuntime(RuntimeBase):
     """`timetodo serve` as a plain process from a virtualenv on the target (no container engine)."""
 
     name = "process"
@@ -52,7 +53,7 @@ class ProcessRuntime(_Base):
         super().__init__(transport, app_dir, command_timeout=command_timeout)
         if not timetodo_bin.startswith("/"):
             raise ValueError(f"timetodo_bin must be an absolute path on the target (got {timetodo_bin!r})")
-        if not _HOST.match(host):
+        if not HOST_RE.match(host):
             raise ValueError(f"host must be an address (got {host!r})")
         if not 1 <= port <= 65535:
             raise ValueError(f"port must be between 1 and 65535 (got {port})")
@@ -147,7 +148,7 @@ class ProcessRuntime(_Base):
         q = shlex.quote
         return (
             f"py=python3; command -v python3 >/dev/null 2>&1 || py={q(self.python)}; "
-            f'"$py" -c {q(_PROBE_PY)} {q(self.health_url)} {PROBE_TIMEOUT:g}'
+            f'"$py" -c {q(PROBE_PY)} {q(self.health_url)} {PROBE_TIMEOUT:g}'
         )
 
     # ---- the interface
@@ -212,7 +213,7 @@ class ProcessRuntime(_Base):
         log = await self.transport.run(
             f"tail -n 5 {shlex.quote(self.log_path)} 2>/dev/null", timeout=30, check=False, secrets=self._secrets
         )
-        return f"the server process exited ({state.strip()}); last lines of {self.log_path}: {_tail(log.stdout) or '(empty)'}"
+        return f"the server process exited ({state.strip()}); last lines of {self.log_path}: {stderr_tail(log.stdout) or '(empty)'}"
 
     async def stop(self) -> None:
         await self._stop_step()
@@ -228,3 +229,11 @@ class ProcessRuntime(_Base):
 
     def start_plan(self) -> str:
         return "timetodo db upgrade; timetodo serve (detached)"
+
+    async def prepare_host(self, uploads_dir: str, ssh_port: int) -> dict[str, Any]:
+        """No container engine: the app and upload directories are all it needs."""
+        await self.transport.run(["mkdir", "-p", self.app_dir, uploads_dir], timeout=60)
+        return {"runtime": "process", "note": "no container engine: app directory ensured only"}
+
+    def prepare_plan(self) -> str:
+        return f"mkdir -p {self.app_dir}"

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from timetodo.ops.adapters.transport import CommandFailed, Transport, TransportError
 from timetodo.ops.errors import OpsError
+from timetodo.ops.migrate.prepare.host import PrepareResult
 
 HEALTH_PATH = "/health/detailed"
 PROBE_TIMEOUT = 5.0
@@ -40,10 +41,10 @@ DEFAULT_HEALTH_TIMEOUT = 120.0
 
 _SECRET_KEY_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-_HOST = re.compile(r"^[A-Za-z0-9.:-]+$")
+HOST_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 
 # One urllib request, printed as "<body>\n<status>" (status 0 when there was no HTTP answer), like curl -w below.
-_PROBE_PY = """import sys, urllib.error, urllib.request
+PROBE_PY = """import sys, urllib.error, urllib.request
 try:
     r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))
     code, body = r.status, r.read().decode("utf-8", "replace")
@@ -146,6 +147,14 @@ class Runtime(Protocol):
         """How `deploy` starts the app, in one line for `migrate plan`."""
         ...
 
+    async def prepare_host(self, uploads_dir: str, ssh_port: int) -> PrepareResult | dict[str, Any]:
+        """Make the host ready for this runtime (idempotent): what `migrate prepare` does."""
+        ...
+
+    def prepare_plan(self) -> str:
+        """What `prepare_host` runs, in one line for `migrate plan`."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------------------- helpers
 
@@ -185,7 +194,7 @@ def env_secrets(text: str) -> list[str]:
     return found
 
 
-def _tail(text: str, lines: int = 6) -> str:
+def stderr_tail(text: str, lines: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
@@ -217,14 +226,14 @@ def _parse_probe(stdout: str, stderr: str) -> _Probe:
     try:
         code = int(lines[-1].strip())
     except ValueError:
-        return _Probe(0, _tail(stderr) or _tail(stdout) or "no answer")
+        return _Probe(0, stderr_tail(stderr) or stderr_tail(stdout) or "no answer")
     body = "\n".join(lines[:-1])
     if code == 0:
-        body = body.strip() or _tail(stderr) or "no answer"
+        body = body.strip() or stderr_tail(stderr) or "no answer"
     return _Probe(code, body)
 
 
-class _Base:
+class RuntimeBase:
     """Shared: command running with masking, step timing, the health poll loop."""
 
     name = "base"
@@ -261,7 +270,7 @@ class _Base:
                 command, timeout=timeout or self.command_timeout, env=env, secrets=self._secrets
             )
         except CommandFailed as exc:
-            detail = _tail(exc.result.stderr) or _tail(exc.result.stdout) or "no output"
+            detail = stderr_tail(exc.result.stderr) or stderr_tail(exc.result.stdout) or "no output"
             raise DeployError(
                 step,
                 f"`{exc.command}` exited {exc.exit_status} on {self.host}: {detail}",

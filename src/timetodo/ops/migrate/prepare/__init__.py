@@ -1,7 +1,8 @@
 """Step `prepare` (seed: prepare_selectel_server.sh): make the target host ready for the app, idempotently.
 
-`host` renders the script (`prepare.sh`), runs it on the target and parses its report; a runtime without a
-container engine (`process`) only needs its app directory.
+`host` renders the script (`prepare.sh`), runs it on the target and parses its report. What a host needs depends
+on how the app runs there, so the runtime decides (`Runtime.prepare_host`): the compose runtime runs the script,
+the process runtime (no container engine) only needs its directories.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ NAME = "prepare"
 
 
 async def plan(ctx: Context) -> list[PlanLine]:
-    target = ctx.target_ssh().describe()
-    if ctx.config.target.runtime == "process":
-        return [(target, f"mkdir -p {ctx.config.app_dir}")]
-    return [(target, "bash -s < prepare script")]
+    return [(ctx.target_ssh().describe(), (await ctx.runtime()).prepare_plan())]
 
 
 async def run(ctx: Context) -> dict[str, Any]:
-    target = await ctx.target()
-    if ctx.config.target.runtime == "process":
-        await target.run(["mkdir", "-p", ctx.config.app_dir, ctx.config.target_uploads_dir], timeout=60)
-        return {"runtime": "process", "note": "no container engine: app directory ensured only"}
-    result = await run_prepare(target, prepare_script(app_dir=ctx.config.app_dir, ssh_port=ctx.config.target.port))
+    runtime = await ctx.runtime()
+    result = await runtime.prepare_host(ctx.config.target_uploads_dir, ctx.config.target.port)
+    if not isinstance(result, PrepareResult):
+        return result
     result.render(ctx.console)
     if result.failed:
         raise StepError(f"prepare: {len(result.failed)} item(s) failed on the target", "see the table above")

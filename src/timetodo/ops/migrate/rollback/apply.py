@@ -14,7 +14,7 @@ import asyncpg
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters.postgres import PgTarget, mask_url, quote_ident
 from timetodo.ops.migrate.rollback.delta import (
-    _INT_TYPES,
+    INT_TYPES,
     ApplyResult,
     Delta,
     DeltaConflict,
@@ -23,14 +23,14 @@ from timetodo.ops.migrate.rollback.delta import (
     TableCounts,
     TableDelta,
     TableInfo,
-    _catalog,
-    _check_shapes,
-    _chunks,
-    _connection,
-    _format_keys,
-    _key_arrays,
-    _record_key,
-    _scrub,
+    check_shapes,
+    chunks,
+    format_keys,
+    key_arrays,
+    record_key,
+    scrub,
+    table_infos,
+    text_connection,
 )
 
 
@@ -62,15 +62,15 @@ async def _row_hashes(
         f"SELECT {info.key_select()}, {info.row_hash()} FROM {info.qname} AS t "  # noqa: S608
         f"JOIN {info.keys_relation()} AS k ON {info.key_join()}" + (" FOR UPDATE OF t" if lock else "")
     )
-    rows = await conn.fetch(sql, *_key_arrays(keys, width))
-    return {_record_key(row, width): str(row[width]) for row in rows}
+    rows = await conn.fetch(sql, *key_arrays(keys, width))
+    return {record_key(row, width): str(row[width]) for row in rows}
 
 
 async def _find_conflicts(
     dest: asyncpg.Connection, snap: asyncpg.Connection, info: TableInfo, td: TableDelta, batch: int
 ) -> list[Key]:
     conflicts: list[Key] = []
-    for chunk in _chunks([*td.inserted, *td.updated, *td.deleted], batch):
+    for chunk in chunks([*td.inserted, *td.updated, *td.deleted], batch):
         here = await _row_hashes(dest, info, chunk, lock=True)
         there = await _row_hashes(snap, info, chunk)
         conflicts.extend(key for key in chunk if here.get(key) != there.get(key))
@@ -84,8 +84,8 @@ async def _existing_keys(conn: asyncpg.Connection, info: TableInfo, keys: Sequen
         f"SELECT {info.key_select()} FROM {info.qname} AS t "  # noqa: S608
         f"JOIN {info.keys_relation()} AS k ON {info.key_join()}"
     )
-    for chunk in _chunks(keys, batch):
-        found.extend(_record_key(row, width) for row in await conn.fetch(sql, *_key_arrays(chunk, width)))
+    for chunk in chunks(keys, batch):
+        found.extend(record_key(row, width) for row in await conn.fetch(sql, *key_arrays(chunk, width)))
     return found
 
 
@@ -101,13 +101,13 @@ async def _staged_rows(
     width = len(info.key)
     ordinal = 0
     for group in groups:
-        for chunk in _chunks(group, batch):
-            rows = await current.fetch(sql, *_key_arrays(chunk, width))
+        for chunk in chunks(group, batch):
+            rows = await current.fetch(sql, *key_arrays(chunk, width))
             if len(rows) != len(chunk):
                 seen = {tuple(row[len(cols) + i] for i in range(width)) for row in rows}
                 gone = [key for key in chunk if key not in seen]
                 raise DeltaError(
-                    f"{info.name}: rows of the delta no longer exist on the current side ({_format_keys(gone)}); "
+                    f"{info.name}: rows of the delta no longer exist on the current side ({format_keys(gone)}); "
                     "it changed after the delta was computed — compute it again"
                 )
             for row in rows:
@@ -154,8 +154,8 @@ async def _delete(dest: asyncpg.Connection, info: TableInfo, keys: Sequence[Key]
         f"WHERE {info.key_join()}"
     )
     deleted = 0
-    for chunk in _chunks(keys, batch):
-        status = await dest.execute(sql, *_key_arrays(chunk, len(info.key)))
+    for chunk in chunks(keys, batch):
+        status = await dest.execute(sql, *key_arrays(chunk, len(info.key)))
         deleted += int(str(status).rsplit(" ", 1)[-1])
     return deleted
 
@@ -179,7 +179,7 @@ async def _align_sequences(
         if (table, column) in theirs and (value := await _used_value(current, theirs[(table, column)])) is not None:
             candidates.append(value)
         col = next((c for c in infos[table].columns if c.name == column), None)
-        if col is not None and col.typid in _INT_TYPES:
+        if col is not None and col.typid in INT_TYPES:
             top = await dest.fetchval(f"SELECT max({col.q}) FROM public.{quote_ident(table)}")  # noqa: S608
             if top is not None:
                 candidates.append(int(top))
@@ -204,12 +204,12 @@ class _Apply:
 
     async def changed_tables(self) -> list[str]:
         """The delta's tables with changes, after checking both catalogs hold them with the delta's key columns."""
-        self.cur_info, self.dst_info = await _catalog(self.current), await _catalog(self.dest)
+        self.cur_info, self.dst_info = await table_infos(self.current), await table_infos(self.dest)
         names = list(self.delta.tables)
         gone = [name for name in names if name not in self.cur_info]
         if gone:
             raise DeltaError(f"tables missing on the current side: {', '.join(gone)}")
-        _check_shapes(names, self.cur_info, self.dst_info, "destination")
+        check_shapes(names, self.cur_info, self.dst_info, "destination")
         for name in names:
             expected = [c.name for c in self.cur_info[name].key]
             if not self.cur_info[name].key or self.delta.tables[name].key_columns != expected:
@@ -219,7 +219,7 @@ class _Apply:
     async def check_snapshot(self, snap: asyncpg.Connection, changed: list[str]) -> None:
         """DeltaConflict when the destination changed after the snapshot for any key the delta touches."""
         self.step = "checking the destination against the snapshot"
-        _check_shapes(changed, self.cur_info, await _catalog(snap), "snapshot")
+        check_shapes(changed, self.cur_info, await table_infos(snap), "snapshot")
         conflicts: dict[str, list[Key]] = {}
         for name in changed:
             found = await _find_conflicts(self.dest, snap, self.cur_info[name], self.delta.tables[name], self.batch)
@@ -235,7 +235,7 @@ class _Apply:
             back = await _existing_keys(self.current, self.cur_info[name], self.delta.tables[name].deleted, self.batch)
             if back:
                 raise DeltaError(
-                    f"{name}: rows the delta deletes exist again on the current side ({_format_keys(back)});"
+                    f"{name}: rows the delta deletes exist again on the current side ({format_keys(back)});"
                     " it changed after the delta was computed — compute it again"
                 )
 
@@ -292,9 +292,9 @@ async def apply_delta(
     apply: _Apply | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
-            current = await stack.enter_async_context(_connection(cur_t))
-            dest = await stack.enter_async_context(_connection(dst_t))
-            snap = await stack.enter_async_context(_connection(snap_t)) if snap_t is not None else None
+            current = await stack.enter_async_context(text_connection(cur_t))
+            dest = await stack.enter_async_context(text_connection(dst_t))
+            snap = await stack.enter_async_context(text_connection(snap_t)) if snap_t is not None else None
             await stack.enter_async_context(current.transaction(isolation="repeatable_read", readonly=True))
             if snap is not None:
                 await stack.enter_async_context(snap.transaction(isolation="repeatable_read", readonly=True))
@@ -314,7 +314,7 @@ async def apply_delta(
         outcome = "the commit may not have happened" if step == "committing" else "nothing was committed"
         raise DeltaError(
             f"applying the delta to {mask_url(dst_t.url)} failed while {step}; {outcome}: "
-            f"{_scrub(targets, str(exc) or type(exc).__name__)}"
+            f"{scrub(targets, str(exc) or type(exc).__name__)}"
         ) from None
     result.elapsed = time.monotonic() - started
     return result

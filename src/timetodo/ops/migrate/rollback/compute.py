@@ -19,11 +19,11 @@ from timetodo.ops.migrate.rollback.delta import (
     NoPrimaryKey,
     TableDelta,
     TableInfo,
-    _catalog,
-    _check_shapes,
-    _connection,
-    _record_key,
-    _scrub,
+    check_shapes,
+    record_key,
+    scrub,
+    table_infos,
+    text_connection,
 )
 
 
@@ -37,7 +37,7 @@ async def _hash_stream(
     )
     previous: Key | None = None
     async for row in conn.cursor(sql, prefetch=batch):
-        key = _record_key(row, width)
+        key = record_key(row, width)
         if previous is not None and not previous < key:
             raise DeltaError(
                 f"{info.name} on the {where}: keys are not in a strictly increasing order "
@@ -100,12 +100,12 @@ async def compute_delta(
     step = "reading the catalogs"
     try:
         async with (
-            _connection(cur_t) as current,
-            _connection(snap_t) as snapshot,
+            text_connection(cur_t) as current,
+            text_connection(snap_t) as snapshot,
             current.transaction(isolation="repeatable_read", readonly=True),
             snapshot.transaction(isolation="repeatable_read", readonly=True),
         ):
-            cur_info, snap_info = await _catalog(current), await _catalog(snapshot)
+            cur_info, snap_info = await table_infos(current), await table_infos(snapshot)
             if tables is None:
                 skip = set(exclude)
                 names = [name for name in await list_tables(current) if name not in skip]
@@ -123,7 +123,7 @@ async def compute_delta(
             without_key = [name for name in names if not cur_info[name].key]
             if without_key:
                 raise NoPrimaryKey(without_key)
-            _check_shapes(names, cur_info, snap_info, "snapshot")
+            check_shapes(names, cur_info, snap_info, "snapshot")
             mismatched = [n for n in names if cur_info[n].key != snap_info[n].key]
             if mismatched:
                 raise DeltaError(f"primary keys differ on the snapshot for: {', '.join(mismatched)}")
@@ -134,7 +134,7 @@ async def compute_delta(
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise DeltaError(
             f"computing the delta of {mask_url(cur_t.url)} against {mask_url(snap_t.url)} failed while {step}: "
-            f"{_scrub((cur_t, snap_t), str(exc))}"
+            f"{scrub((cur_t, snap_t), str(exc))}"
         ) from None
     delta.elapsed = time.monotonic() - started
     return delta

@@ -47,7 +47,7 @@ Key = tuple[int | str, ...]
 
 DEFAULT_EXCLUDE = ("alembic_version",)
 CURSOR_BATCH = 2000
-_INT_TYPES = frozenset({20, 21, 23})  # int8, int2, int4: ordered natively, kept as int
+INT_TYPES = frozenset({20, 21, 23})  # int8, int2, int4: ordered natively, kept as int
 _LIST_LIMIT = 20
 
 
@@ -71,7 +71,7 @@ class DeltaConflict(DeltaError):
 
     def __init__(self, conflicts: dict[str, list[Key]]) -> None:
         self.conflicts = conflicts
-        parts = [f"{table} {_format_keys(keys)}" for table, keys in sorted(conflicts.items())]
+        parts = [f"{table} {format_keys(keys)}" for table, keys in sorted(conflicts.items())]
         super().__init__(
             "the destination changed after the cutover snapshot, for rows the delta would change: "
             + "; ".join(parts)
@@ -284,11 +284,11 @@ class TableInfo:
     # SQL fragments ----------------------------------------------------------------------------------------------
 
     def key_select(self, alias: str = "t") -> str:
-        return ", ".join(f"{alias}.{c.q}" if c.typid in _INT_TYPES else f"{alias}.{c.q}::text" for c in self.key)
+        return ", ".join(f"{alias}.{c.q}" if c.typid in INT_TYPES else f"{alias}.{c.q}::text" for c in self.key)
 
     def key_order(self, alias: str = "t") -> str:
         return ", ".join(
-            f"{alias}.{c.q}" if c.typid in _INT_TYPES else f'{alias}.{c.q}::text COLLATE "C"' for c in self.key
+            f"{alias}.{c.q}" if c.typid in INT_TYPES else f'{alias}.{c.q}::text COLLATE "C"' for c in self.key
         )
 
     def row_hash(self, alias: str = "t") -> str:
@@ -305,7 +305,7 @@ class TableInfo:
         return " AND ".join(f"{alias}.{c.q} = {keys}.k{i}" for i, c in enumerate(self.key))
 
 
-def _key_arrays(keys: Sequence[Key], width: int) -> list[list[str]]:
+def key_arrays(keys: Sequence[Key], width: int) -> list[list[str]]:
     arrays: list[list[str]] = [[] for _ in range(width)]
     for key in keys:
         if len(key) != width:
@@ -315,22 +315,22 @@ def _key_arrays(keys: Sequence[Key], width: int) -> list[list[str]]:
     return arrays
 
 
-def _record_key(row: Any, width: int) -> Key:
+def record_key(row: Any, width: int) -> Key:
     return tuple(row[i] for i in range(width))
 
 
-def _format_keys(keys: Sequence[Key]) -> str:
+def format_keys(keys: Sequence[Key]) -> str:
     shown = [k[0] if len(k) == 1 else list(k) for k in keys[:_LIST_LIMIT]]
     more = f" and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else ""
     return f"keys {json.dumps(shown, ensure_ascii=False)}{more}"
 
 
-def _chunks(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
+def chunks(items: Sequence[Key], size: int) -> Iterator[Sequence[Key]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-async def _catalog(conn: asyncpg.Connection) -> dict[str, TableInfo]:
+async def table_infos(conn: asyncpg.Connection) -> dict[str, TableInfo]:
     keys = await pg.primary_keys(conn)
     infos: dict[str, TableInfo] = {}
     for name, cols in (await pg.columns(conn)).items():
@@ -341,7 +341,7 @@ async def _catalog(conn: asyncpg.Connection) -> dict[str, TableInfo]:
 
 
 @contextlib.asynccontextmanager
-async def _connection(target: PgTarget) -> AsyncIterator[asyncpg.Connection]:
+async def text_connection(target: PgTarget) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(target)
     try:
         await pg.fix_text_output(conn)
@@ -351,13 +351,13 @@ async def _connection(target: PgTarget) -> AsyncIterator[asyncpg.Connection]:
             await conn.close()
 
 
-def _scrub(targets: Iterable[PgTarget], text: str) -> str:
+def scrub(targets: Iterable[PgTarget], text: str) -> str:
     for target in targets:
         text = target.scrub(text)
     return text
 
 
-def _check_shapes(tables: Iterable[str], left: dict[str, TableInfo], right: dict[str, TableInfo], side: str) -> None:
+def check_shapes(tables: Iterable[str], left: dict[str, TableInfo], right: dict[str, TableInfo], side: str) -> None:
     missing = [name for name in tables if name not in right]
     if missing:
         raise DeltaError(f"tables missing on the {side}: {', '.join(missing)} (the schemas differ)")
