@@ -71,3 +71,22 @@ async def test_migrate_plan_is_the_steps_own_plans_in_order(tmp_path: Path) -> N
             assert host in printed
             position = found
     assert not config.work_dir.exists()  # planning touched nothing
+
+
+def test_an_unexpected_failure_leaves_its_traceback_in_the_log_with_secrets_masked(tmp_path: Path) -> None:
+    import json
+    import logging
+
+    from timetodo.ops.migrate.journal import Journal
+
+    log = logging.getLogger("timetodo.ops.migrate")
+    with Journal(tmp_path, ["s3cret-password"]):
+        try:
+            raise RuntimeError("could not reach postgresql://app:s3cret-password@db.example.com/app")
+        except RuntimeError:
+            log.error("sync: unexpected failure", exc_info=True)
+    human = (tmp_path / "migration.log").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "migration.jsonl").read_text().splitlines()]
+    assert "Traceback (most recent call last)" in human and "RuntimeError: could not reach" in human
+    assert "Traceback" in lines[-1]["traceback"] and lines[-1]["msg"] == "sync: unexpected failure"
+    assert "s3cret-password" not in human + json.dumps(lines)

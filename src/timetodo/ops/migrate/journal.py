@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ class _Mask(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(record.getMessage())
         record.args = ()
+        if record.exc_info:  # the traceback, masked like everything else, as a field of its own
+            record.traceback = self.scrub("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info, record.exc_text = None, None
         for key, value in list(record.__dict__.items()):
             if key not in _STANDARD and isinstance(value, str):
                 setattr(record, key, self.scrub(value))

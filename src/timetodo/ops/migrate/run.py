@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ from timetodo.ops.migrate.journal import Journal
 from timetodo.ops.migrate.report import write_final_report
 from timetodo.ops.migrate.state import STEPS, MigrationState, RunLock
 
+log = logging.getLogger("timetodo.ops.migrate")
 ROLLBACK = "rollback"
 ROLLBACK_REPORT = "migration_rollback_report.json"
 
@@ -61,6 +63,8 @@ async def run_step(ctx: Context, name: str) -> dict[str, Any]:
         result: dict[str, Any] = await step_module(name).run(ctx)
     except BaseException as exc:
         error = as_step_error(exc) if isinstance(exc, Exception) else None
+        if isinstance(exc, Exception) and not isinstance(exc, OpsError):
+            log.error(f"{name}: unexpected failure", exc_info=True)  # the traceback goes to migration.log only
         ctx.state.fail(name, str(error or exc.__class__.__name__))
         raise
     ctx.state.finish(name, result)
