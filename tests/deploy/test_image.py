@@ -111,7 +111,7 @@ def container(image: Image, *args: str, name: str | None = None) -> Iterator[str
     finally:
         logs = podman("logs", name, check=False)
         print(f"--- logs of {name} ---\n{logs.stdout[-4000:]}{logs.stderr[-4000:]}")
-        podman("rm", "--force", "--time", "5", name, check=False, timeout=60)
+        podman("rm", "--force", "--volumes", "--time", "5", name, check=False, timeout=60)
 
 
 def app_env(database_url: str, redis_url: str | None) -> list[str]:
@@ -122,6 +122,7 @@ def app_env(database_url: str, redis_url: str | None) -> list[str]:
         "ALLOWED_HOSTS": "*",
         "LOG_LEVEL": "WARNING",
         "MAINTENANCE_CACHE_SECONDS": "0",
+        "GRACEFUL_SHUTDOWN_SECONDS": "1",
     }
     if redis_url:
         env["REDIS_URL"] = redis_url

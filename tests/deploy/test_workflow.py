@@ -85,5 +85,5 @@ def test_actions_are_pinned_to_a_major_version(workflow: dict[str, Any]) -> None
     for name, job in workflow["jobs"].items():
         for step in job["steps"]:
             if "uses" in step:
-                action, _, version = step["uses"].partition("@")
+                _, _, version = step["uses"].partition("@")
                 assert version.startswith("v") and version[1:].split(".")[0].isdigit(), f"{name}: {step['uses']}"
