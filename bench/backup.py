@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import free_port, new_user  # noqa: E402
 
-from timetodo.ops.postgres import PgTarget, mask_url, tool  # noqa: E402
+from timetodo.ops.adapters.postgres import PgTarget, mask_url, tool  # noqa: E402
 
 TIMETODO = ROOT / ".venv" / "bin" / "timetodo"
 BATCH_ROWS = 200_000

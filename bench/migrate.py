@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.migrate_world import World, make_world, plain, stop_world  # noqa: E402
 from tests.support import PASSWORD, Services  # noqa: E402
 
-from timetodo.ops.postgres import PgTarget, tool  # noqa: E402
+from timetodo.ops.adapters.postgres import PgTarget, tool  # noqa: E402
 
 
 async def fill_database(url: str, owner: int, mb: int) -> int:

@@ -15,6 +15,7 @@ from timetodo.core.health import BACKUP_MARKER, BACKUP_STALE_SECONDS, backup_sta
 from timetodo.core.schema import upgrade_async
 from timetodo.main import create_app
 from timetodo.ops.backup import create_backup, verify_archive
+from timetodo.ops.sources import DataSources
 
 
 def _gauge(text: str) -> float:
@@ -34,7 +35,7 @@ async def test_health_and_metrics_report_the_newest_verified_backup(tmp_path: Pa
         assert before["checks"]["backup"] == {"ok": True, "configured": False, "path": str(backups)}
         assert _gauge((await client.get("/metrics")).text) == -1
 
-        created = await create_backup(settings)
+        created = await create_backup(DataSources.from_settings(settings), backups)
         assert created.path.parent == backups
         assert (await client.get("/health/detailed")).json()["checks"]["backup"]["configured"] is False, (
             "an archive nobody verified does not count"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, free_port, run_script
-from timetodo.ops.ssh import SSHTarget
+from timetodo.ops.adapters.transport import SSHTarget
 
 
 @dataclass(frozen=True)

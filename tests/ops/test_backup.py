@@ -21,7 +21,8 @@ from tests.support import ROOT, Services, create_database, login, new_user
 from timetodo.core.schema import upgrade_async
 from timetodo.core.settings import Settings
 from timetodo.ops import backup
-from timetodo.ops.files import scan_tree
+from timetodo.ops.adapters.files import scan_tree
+from timetodo.ops.sources import DataSources
 
 TIMETODO = ROOT / ".venv" / "bin" / "timetodo"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 40
@@ -167,7 +168,9 @@ async def test_round_trip_sqlite(tmp_path: Path) -> None:
     data = await populate(source)
     events: list[backup.ProgressUpdate] = []
 
-    created = await backup.create_backup(source, tmp_path / "backups", progress=events.append)
+    created = await backup.create_backup(
+        DataSources.from_settings(source), tmp_path / "backups", progress=events.append
+    )
 
     assert created.path.parent == tmp_path / "backups" and backup.ARCHIVE_RE.match(created.path.name)
     assert not list((tmp_path / "backups").glob(".*")), "no temporary files left behind"
@@ -193,7 +196,7 @@ async def test_round_trip_sqlite(tmp_path: Path) -> None:
     assert verified.ok, verified.problems
 
     target = make_settings(tmp_path / "dst", DATABASE_URL=f"sqlite:///{tmp_path / 'dst' / 'app.db'}", REDIS_URL=None)
-    restored = await backup.restore_backup(target, created.path)
+    restored = await backup.restore_backup(DataSources.from_settings(target), created.path)
 
     assert restored.ok, [c for c in restored.checks if not c.ok]
     assert sqlite_counts(tmp_path / "dst" / "app.db") == sqlite_counts(source_db)
@@ -221,7 +224,7 @@ async def test_round_trip_postgres_and_redis(services: Services, tmp_path: Path)
         source_keys = set(await src_redis.keys("*"))
         assert len(source_keys) >= 6
 
-        created = await backup.create_backup(source, tmp_path / "backups")
+        created = await backup.create_backup(DataSources.from_settings(source), tmp_path / "backups")
         manifest = created.manifest
         assert manifest.database.kind == "postgresql" and backup.PG_PART in manifest.parts
         assert manifest.counts.tables == await pg_counts(source_url)
@@ -233,7 +236,7 @@ async def test_round_trip_postgres_and_redis(services: Services, tmp_path: Path)
         # into a fresh, empty (not even migrated) database, another Redis database and a new upload folder
         target_url = await create_database(services.postgres_url)
         target = make_settings(tmp_path / "dst", DATABASE_URL=target_url, REDIS_URL=redis_db(services.redis_url, 6))
-        restored = await backup.restore_backup(target, created.path)
+        restored = await backup.restore_backup(DataSources.from_settings(target), created.path)
 
         assert restored.ok, [c for c in restored.checks if not c.ok]
         assert await pg_counts(target_url) == await pg_counts(source_url)
@@ -337,7 +340,7 @@ async def test_cli_round_trip_refusals_and_retention(services: Services, tmp_pat
 async def sqlite_archive(tmp_path: Path) -> Path:
     source = await sqlite_settings(tmp_path / "src")
     await populate(source)
-    return (await backup.create_backup(source, tmp_path / "backups")).path
+    return (await backup.create_backup(DataSources.from_settings(source), tmp_path / "backups")).path
 
 
 async def test_truncated_or_corrupt_archive_is_named(sqlite_archive: Path, tmp_path: Path) -> None:
@@ -375,7 +378,7 @@ async def test_truncated_or_corrupt_archive_is_named(sqlite_archive: Path, tmp_p
     # a restore of it is refused before anything is touched
     target = make_settings(tmp_path / "dst", DATABASE_URL=f"sqlite:///{tmp_path / 'dst' / 'app.db'}", REDIS_URL=None)
     with pytest.raises(backup.ArchiveCorrupt) as exc:
-        await backup.restore_backup(target, broken)
+        await backup.restore_backup(DataSources.from_settings(target), broken)
     assert exc.value.part == "archive" and "nothing was restored" in exc.value.message
     assert not (tmp_path / "dst" / "app.db").exists()
 
@@ -414,7 +417,7 @@ async def test_part_not_matching_manifest_hash_is_named(sqlite_archive: Path, tm
 
     target = make_settings(tmp_path / "dst", DATABASE_URL=f"sqlite:///{tmp_path / 'dst' / 'app.db'}", REDIS_URL=None)
     with pytest.raises(backup.ArchiveCorrupt):
-        await backup.restore_backup(target, edited_file)
+        await backup.restore_backup(DataSources.from_settings(target), edited_file)
     assert not target.UPLOAD_DIR.exists() and not (tmp_path / "dst" / "app.db").exists()
 
 
@@ -429,7 +432,7 @@ async def test_pgdump_part_is_checked_with_pg_restore(services: Services, tmp_pa
         "UPDATE tasks SET description = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 250000)) "
         "WHERE id = (SELECT min(id) FROM tasks)",
     )
-    created = await backup.create_backup(source, tmp_path / "backups")
+    created = await backup.create_backup(DataSources.from_settings(source), tmp_path / "backups")
     archive = created.path
     assert created.manifest.parts[backup.PG_PART].size > 3 * 1024 * 1024
     assert backup.verify_archive(archive).ok
@@ -456,12 +459,12 @@ async def test_restore_into_database_with_data(tmp_path: Path, sqlite_archive: P
     before = sqlite_counts(db)
 
     with pytest.raises(backup.RestoreRefused) as refused:
-        await backup.restore_backup(target, sqlite_archive)
+        await backup.restore_backup(DataSources.from_settings(target), sqlite_archive)
     assert "already has data" in refused.value.message and refused.value.hint and "--force" in refused.value.hint
     assert sqlite_counts(db) == before
 
     with pytest.raises(backup.RestoreRefused) as refused:
-        await backup.restore_backup(target, sqlite_archive, force=True)
+        await backup.restore_backup(DataSources.from_settings(target), sqlite_archive, force=True)
     assert "maintenance mode is off" in refused.value.message
     assert refused.value.hint and "timetodo maintenance on" in refused.value.hint
     assert sqlite_counts(db) == before
@@ -474,7 +477,7 @@ async def test_restore_into_database_with_data(tmp_path: Path, sqlite_archive: P
         await set_maintenance(session, True, "restoring")
     await engine.dispose()
 
-    result = await backup.restore_backup(target, sqlite_archive, force=True)
+    result = await backup.restore_backup(DataSources.from_settings(target), sqlite_archive, force=True)
     assert result.ok and result.maintenance_on is True
     conn = sqlite3.connect(db)
     titles = {r[0] for r in conn.execute("SELECT title FROM tasks")}
@@ -491,7 +494,7 @@ async def test_retention_and_listing(tmp_path: Path) -> None:
     (folder / ".timetodo-20000101T000000Z.tar.partial").write_bytes(b"a crashed run")
     results = []
     for _ in range(4):
-        results.append(await backup.create_backup(source, folder, keep=2))
+        results.append(await backup.create_backup(DataSources.from_settings(source), folder, keep=2))
     names = [r.path.name for r in results]
     assert len(set(names)) == 4, "archives made within one second still get distinct names"
     assert sorted(p.name for p in folder.glob("timetodo-*.tar")) == sorted(names[-2:])
@@ -501,7 +504,7 @@ async def test_retention_and_listing(tmp_path: Path) -> None:
     assert [i.path.name for i in listed] == [names[3], names[2]]
     assert all(i.manifest is not None and i.manifest.database.kind == "sqlite" for i in listed)
     with pytest.raises(backup.BackupConfigError):
-        await backup.create_backup(source, folder, keep=0)
+        await backup.create_backup(DataSources.from_settings(source), folder, keep=0)
 
 
 async def test_unreachable_services_are_reported_without_secrets(tmp_path: Path) -> None:
@@ -509,13 +512,13 @@ async def test_unreachable_services_are_reported_without_secrets(tmp_path: Path)
         tmp_path, DATABASE_URL="postgresql://someone:s3cr3t-pw@127.0.0.1:1/nothing", REDIS_URL=None
     )
     with pytest.raises(backup.Unreachable) as exc:
-        await backup.create_backup(settings, tmp_path / "backups")
+        await backup.create_backup(DataSources.from_settings(settings), tmp_path / "backups")
     assert "s3cr3t-pw" not in str(exc.value) and "127.0.0.1" in str(exc.value)
     assert not list((tmp_path / "backups").iterdir()), "nothing left behind"
 
     sqlite_ok = await sqlite_settings(tmp_path / "s", REDIS_URL="redis://:r3dis-pw@127.0.0.1:1/0")
     with pytest.raises(backup.Unreachable) as exc:
-        await backup.create_backup(sqlite_ok, tmp_path / "backups")
+        await backup.create_backup(DataSources.from_settings(sqlite_ok), tmp_path / "backups")
     assert exc.value.part == "redis" and "r3dis-pw" not in str(exc.value)
     assert not list((tmp_path / "backups").iterdir())
 
@@ -542,14 +545,14 @@ async def test_sqlite_backup_is_consistent_while_the_app_writes(tmp_path: Path) 
 
     task = asyncio.create_task(writer())
     await until(10)
-    created = await backup.create_backup(source, tmp_path / "backups")
+    created = await backup.create_backup(DataSources.from_settings(source), tmp_path / "backups")
     await until(written[0] + 10)
     stop.set()
     await task
     # taken mid-stream: some tasks before, more after
     assert written[0] > created.manifest.counts.tables["tasks"] >= 10
     target = make_settings(tmp_path / "dst", DATABASE_URL=f"sqlite:///{tmp_path / 'dst' / 'app.db'}", REDIS_URL=None)
-    result = await backup.restore_backup(target, created.path)
+    result = await backup.restore_backup(DataSources.from_settings(target), created.path)
     assert result.ok
     assert sqlite_counts(tmp_path / "dst" / "app.db")["tasks"] == created.manifest.counts.tables["tasks"]
     assert sqlite_counts(db)["tasks"] == written[0]

@@ -16,7 +16,8 @@ import pytest
 
 from tests.support import Services, create_database
 from timetodo.core.schema import upgrade_async
-from timetodo.ops.delta import (
+from timetodo.ops.adapters.postgres import PgError
+from timetodo.ops.migrate.rollback import (
     Delta,
     DeltaConflict,
     DeltaError,
@@ -24,7 +25,6 @@ from timetodo.ops.delta import (
     apply_delta,
     compute_delta,
 )
-from timetodo.ops.postgres import PgError
 
 pytestmark = pytest.mark.slow
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from timetodo.ops.config import ConfigError, load_config, load_secrets
+from timetodo.ops.migrate.config import ConfigError, load_config, load_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "migration.example.toml"
@@ -108,3 +108,22 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "source = [unclosed"))
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_relative_paths_are_resolved_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "ops" / "move"
+    folder.mkdir(parents=True)
+    text = edited('env_file = "deploy/.env"', 'env_file = "secrets/target.env"')
+    text = text.replace('key_file = "~/.ssh/id_ed25519"\nknown_hosts', 'key_file = "keys/deploy"\nknown_hosts', 1)
+    text = text.replace('# bundle_dir = "deploy"', 'bundle_dir = "bundle"', 1).replace('# hook = "', 'hook = "', 1)
+    (folder / "migration.toml").write_text(text)
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the current directory plays no part
+    config = load_config(folder / "migration.toml")
+    assert config.target.env_file == folder / "secrets" / "target.env"
+    assert config.target.bundle_dir == folder / "bundle"
+    assert config.target.key_file == folder / "keys" / "deploy"
+    assert config.dns.hook == folder / "scripts" / "update-dns.sh"
+    assert config.work_dir == folder / "migration"
+    assert config.target.known_hosts == Path("~/.ssh/known_hosts").expanduser()  # absolute paths stay as they are

@@ -45,7 +45,15 @@ from rich.console import Console
 
 from tests.ops.conftest import Sshd
 from tests.support import ROOT, free_port
-from timetodo.ops.deploy import (
+from timetodo.ops.adapters.transport import (
+    CommandFailed,
+    CommandResult,
+    LocalTransport,
+    SSHTransport,
+    Transport,
+    open_transport,
+)
+from timetodo.ops.migrate.deploy import (
     ComposeRuntime,
     DeployError,
     PlannedCommand,
@@ -54,15 +62,7 @@ from timetodo.ops.deploy import (
     env_secrets,
     parse_env_text,
 )
-from timetodo.ops.prepare import PrepareResult, parse_prepare_output, prepare_script, run_prepare
-from timetodo.ops.ssh import (
-    CommandFailed,
-    CommandResult,
-    LocalTransport,
-    SSHTransport,
-    Transport,
-    open_transport,
-)
+from timetodo.ops.migrate.prepare import PrepareResult, parse_prepare_output, prepare_script, run_prepare
 
 APP_DIR = "/opt/timetodo"
 TIMETODO_BIN = str(Path(sys.executable).parent / "timetodo")

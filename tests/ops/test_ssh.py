@@ -19,7 +19,7 @@ import pytest
 
 from tests.ops.conftest import Sshd
 from tests.support import free_port
-from timetodo.ops.ssh import (
+from timetodo.ops.adapters.transport import (
     AuthError,
     CommandFailed,
     CommandTimeout,

@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakes.telegram import FakeTelegram
 from tests.support import free_port
-from timetodo.ops.telegram import TelegramClient, TelegramError, TelegramUnreachable, mask_bot_token
+from timetodo.ops.adapters.telegram import TelegramClient, TelegramError, TelegramUnreachable, mask_bot_token
 
 TOKEN = "123456789:AAHfakeTokenForTheTestsOnly_0123456789abc"
 WRONG_TOKEN = "987654321:AAHwrongTokenThatMustNeverLeak_zyxwvuts98"
@@ -152,7 +152,7 @@ async def test_switch_webhook_keeps_pending_updates_and_settings(fake: FakeTeleg
         "max_connections": 10,
         "allowed_updates": ["message", "callback_query"],
     }
-    assert result.as_dict()["after"]["pending_update_count"] == 3
+    assert result.to_dict()["after"]["pending_update_count"] == 3
 
 
 async def test_switch_ignores_an_error_older_than_the_switch(fake: FakeTelegram) -> None:

@@ -23,12 +23,11 @@ import redis.asyncio as aioredis
 from tests.fakes.telegram import FakeTelegram
 from tests.support import Services, create_database, free_port
 from timetodo.core.schema import upgrade_async
-from timetodo.ops import redis as redis_ops
-from timetodo.ops import validate
-from timetodo.ops.files import scan_tree
-from timetodo.ops.postgres import PgTarget, exported_snapshot
-from timetodo.ops.telegram import TelegramClient
-from timetodo.ops.validate import (
+from timetodo.ops.adapters import redis as redis_ops
+from timetodo.ops.adapters.files import scan_tree
+from timetodo.ops.adapters.postgres import PgTarget, exported_snapshot
+from timetodo.ops.adapters.telegram import TelegramClient
+from timetodo.ops.migrate.validate import (
     REPORT_JSON,
     REPORT_TXT,
     ValidationReport,
@@ -39,6 +38,7 @@ from timetodo.ops.validate import (
     compare_redis,
     percentile,
 )
+from timetodo.ops.migrate.validate import redis as validate_redis
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TASKS = 3500
@@ -529,7 +529,7 @@ async def test_redis_keys_expiring_during_the_run_are_not_errors(
     tgt_sync.set("expiring:target-side", "v", px=1500)
 
     # the worst moment for an expiry: SCAN has just returned the key, its reads have not run yet
-    real_scan = validate._scan
+    real_scan = validate_redis._scan
 
     async def scan_then_expire(client: Any, batch: int, limit: int | None) -> AsyncIterator[list[bytes]]:
         async for keys in real_scan(client, batch, limit):
@@ -542,7 +542,7 @@ async def test_redis_keys_expiring_during_the_run_are_not_errors(
                 time.sleep(0.01)
             yield keys
 
-    monkeypatch.setattr(validate, "_scan", scan_then_expire)
+    monkeypatch.setattr(validate_redis, "_scan", scan_then_expire)
     progress: list[tuple[int, int]] = []
     try:
         result = await compare_redis(

@@ -6,17 +6,19 @@ for: on PostgreSQL a share lock on the row (`SELECT … FOR SHARE`), on SQLite t
 that started before the switch finish first; later ones read the new value and are refused.
 
 `MaintenanceFlagCache` is only an optimisation (cheap early 503s); `guard_write` is the authoritative check. Tools
-outside the app (backup restore, the migration toolkit) switch the flag with `switch_maintenance`, never with SQL
-of their own.
+outside the app (backup restore, the migration toolkit) read and switch the flag of a database by its URL with
+`read_flag` / `switch_maintenance` (or the admin HTTP API), never with SQL of their own.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, select, text, update
+from sqlalchemy import Boolean, Integer, String, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -78,6 +80,36 @@ async def guard_write(session: AsyncSession, retry_after: int) -> None:
     if await flag_for_write(session):
         await session.rollback()
         raise MaintenanceActive(retry_after)
+
+
+@asynccontextmanager
+async def _session_for(database_url: str) -> AsyncIterator[AsyncSession]:
+    """A session on the database at `database_url` (any form the app accepts), without a pool."""
+    from timetodo.core.database import create_engine, create_sessionmaker
+    from timetodo.core.settings import Settings, normalize_database_url
+
+    engine = create_engine(Settings.model_construct(DATABASE_URL=normalize_database_url(database_url)), pooled=False)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
+async def read_flag(database_url: str) -> bool | None:
+    """The maintenance flag of the database at `database_url`; None when it has no app state (not migrated yet)."""
+    async with _session_for(database_url) as session:
+        connection = await session.connection()
+        if not await connection.run_sync(lambda conn: inspect(conn).has_table(AppState.__tablename__)):
+            return None
+        state = await session.get(AppState, APP_STATE_ID)
+        return None if state is None else bool(state.maintenance_enabled)
+
+
+async def switch_maintenance(database_url: str, enabled: bool, reason: str | None = None) -> MaintenanceStatus:
+    """`set_maintenance` on the database at `database_url` (for tools outside the app: restore, migration)."""
+    async with _session_for(database_url) as session:
+        return await set_maintenance(session, enabled, reason)
 
 
 class MaintenanceFlagCache:

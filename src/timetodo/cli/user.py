@@ -1,0 +1,54 @@
+"""`timetodo user …`: manage users."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from timetodo.cli.common import fail, load_settings, out_console, run_async, with_session
+from timetodo.core.settings import describe_settings_error
+from timetodo.ops.errors import EXIT_REFUSED
+
+app = typer.Typer(help="Manage users.", no_args_is_help=True)
+
+
+@app.command("create")
+def user_create(
+    email: Annotated[str, typer.Argument(help="E-mail (login name).")],
+    admin: Annotated[bool, typer.Option("--admin", help="Give the user admin rights.")] = False,
+    timezone: Annotated[str, typer.Option(help="IANA time zone.")] = "UTC",
+    password_env: Annotated[
+        str, typer.Option(help="Read the password from this environment variable instead of a prompt.")
+    ] = "TIMETODO_PASSWORD",
+) -> None:
+    """Create a user. Example: TIMETODO_PASSWORD=... timetodo user create admin@example.com --admin"""
+    from pydantic import TypeAdapter, ValidationError
+
+    from timetodo.auth.schemas import RegisterIn
+
+    settings = load_settings()
+    password = os.environ.get(password_env)
+    if password is None:
+        if not sys.stdin.isatty():
+            fail(f"no password: set {password_env} or run in a terminal to be asked")
+        password = getpass.getpass("Password: ")
+    try:
+        data = TypeAdapter(RegisterIn).validate_python({"email": email, "password": password, "timezone": timezone})
+    except ValidationError as exc:
+        fail(describe_settings_error(exc))
+
+    async def work(session: Any) -> Any:
+        from timetodo.auth.service import create_user
+        from timetodo.core.errors import AppError
+
+        try:
+            return await create_user(session, data.email, data.password, timezone=data.timezone, is_admin=admin)
+        except AppError as exc:
+            fail(str(exc.detail), code=EXIT_REFUSED)
+
+    user = run_async(lambda: with_session(settings, work))
+    out_console.print(f"created user {user.id} {user.email}{' (admin)' if admin else ''}", highlight=False)

@@ -1,0 +1,353 @@
+"""Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE).
+
+The stream format is one JSON object per line, binary-safe: `{"k": base64 key, "t": ttl ms (0 = none), "v": base64
+DUMP payload}`. The TTL is the one remaining when the key was dumped; RESTORE gives it back relative to the restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis as sync_redis
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from timetodo.core.logging import mask_secrets
+from timetodo.ops.errors import EXIT_UNREACHABLE, OpsError
+
+BATCH = 1000
+
+
+class RedisOpError(OpsError):
+    """A Redis command failed; the message is safe to show."""
+
+
+class RedisUnreachable(RedisOpError):
+    """The server could not be reached or refused the login."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+@dataclass
+class DumpStats:
+    keys: int = 0
+    skipped: int = 0
+    """Keys SCAN returned that were gone (expired or deleted) before DUMP or PTTL reached them."""
+    bytes: int = 0
+
+
+def _client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60)
+
+
+def _unreachable(url: str, exc: Exception) -> RedisUnreachable:
+    return RedisUnreachable(f"cannot reach Redis at {mask_secrets(url)}: {mask_secrets(str(exc))}")
+
+
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+
+
+def encode_entry(key: bytes, ttl_ms: int, payload: bytes) -> bytes:
+    return orjson.dumps({"k": base64.b64encode(key).decode(), "t": ttl_ms, "v": base64.b64encode(payload).decode()})
+
+
+def decode_entry(line: bytes) -> tuple[bytes, int, bytes]:
+    """(key, ttl ms with 0 = no expiry, DUMP payload); ValueError on a malformed line."""
+    try:
+        obj = orjson.loads(line)
+        key, ttl, payload = base64.b64decode(obj["k"], validate=True), int(obj["t"]), base64.b64decode(obj["v"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed Redis entry: {exc}") from None
+    if ttl < 0:
+        raise ValueError("malformed Redis entry: negative TTL")
+    return key, ttl, payload
+
+
+async def dump_keys(
+    url: str,
+    write: Callable[[bytes], Any],
+    *,
+    batch: int = BATCH,
+    on_keys: Callable[[int, int | None], None] | None = None,
+) -> DumpStats:
+    """Write every key of the URL's database as lines through `write`. `on_keys(done, total)` reports progress."""
+    client = _client(url)
+    stats = DumpStats()
+    seen: set[bytes] = set()
+    try:
+        try:
+            total = int(await client.dbsize())
+        except _CONNECTION_ERRORS as exc:
+            raise _unreachable(url, exc) from None
+        cursor = 0
+        while True:
+            cursor, found = await client.scan(cursor=cursor, count=batch)
+            keys = [k if isinstance(k, bytes) else k.encode() for k in found if k not in seen]  # may repeat keys
+            seen.update(keys)
+            if keys:
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.dump(key)
+                    pipe.pttl(key)
+                results = await pipe.execute()
+                for key, payload, pttl in zip(keys, results[0::2], results[1::2], strict=True):
+                    if payload is None or pttl == -2:
+                        stats.skipped += 1
+                        continue
+                    ttl = int(pttl) if pttl > 0 else (1 if pttl == 0 else 0)  # 0 left ≠ no expiry
+                    line = encode_entry(key, ttl, payload) + b"\n"
+                    write(line)
+                    stats.keys += 1
+                    stats.bytes += len(line)
+                if on_keys is not None:
+                    on_keys(stats.keys + stats.skipped, max(total, stats.keys + stats.skipped))
+            if cursor == 0:
+                break
+    except redis_errors.RedisError as exc:
+        if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+            raise _unreachable(url, exc) from None
+        raise RedisOpError(f"Redis dump failed: {mask_secrets(str(exc))}") from None
+    finally:
+        await client.aclose()
+    return stats
+
+
+def _batches(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[bytes, int, bytes]]]:
+    chunk: list[tuple[bytes, int, bytes]] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        chunk.append(decode_entry(line))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def restore_keys(
+    url: str,
+    lines: Iterable[bytes],
+    *,
+    batch: int = BATCH,
+    on_keys: Callable[[int], None] | None = None,
+) -> list[bytes]:
+    """RESTORE … REPLACE every entry into the URL's database, pipelined; returns the keys restored."""
+    client = _client(url)
+    restored: list[bytes] = []
+    try:
+        for entries in _batches(lines, batch):
+            pipe = client.pipeline(transaction=False)
+            for key, ttl, payload in entries:
+                pipe.restore(key, ttl, payload, replace=True)
+            await pipe.execute()
+            restored.extend(key for key, _, _ in entries)
+            if on_keys is not None:
+                on_keys(len(restored))
+    except _CONNECTION_ERRORS as exc:
+        raise _unreachable(url, exc) from None
+    except redis_errors.RedisError as exc:
+        raise RedisOpError(f"Redis restore failed: {mask_secrets(str(exc))}") from None
+    finally:
+        await client.aclose()
+    return restored
+
+
+async def count_present(url: str, keys: Iterable[bytes], *, batch: int = BATCH) -> int:
+    """How many of `keys` exist in the URL's database."""
+    client = _client(url)
+    present = 0
+    todo = list(keys)
+    try:
+        for start in range(0, len(todo), batch):
+            present += int(await client.exists(*todo[start : start + batch]))
+    except _CONNECTION_ERRORS as exc:
+        raise _unreachable(url, exc) from None
+    finally:
+        await client.aclose()
+    return present
+
+
+async def key_count(url: str) -> int:
+    client = _client(url)
+    try:
+        return int(await client.dbsize())
+    except _CONNECTION_ERRORS as exc:
+        raise _unreachable(url, exc) from None
+    finally:
+        await client.aclose()
+
+
+# ------------------------------------------------------------------------------------------- copying between servers
+
+log = logging.getLogger("timetodo.ops.copy")
+Progress = Callable[[int, int | None], None]
+
+
+class RedisCopy:
+    keys: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": self.keys, "skipped": self.skipped, "seconds": round(self.seconds, 3)}
+
+
+async def copy_redis(
+    source_url: str,
+    target_url: str,
+    *,
+    connections: int = 2,
+    batch: int = 1000,
+    flush_target: bool = False,
+    progress: Progress | None = None,
+) -> RedisCopy:
+    """Every key of the source's database onto the target's: SCAN, then DUMP + PTTL and RESTORE … ABSTTL REPLACE
+    in pipelined batches over `connections` connection pairs (threads). Keys gone between SCAN and DUMP are skipped
+    and counted; the absolute expiry keeps TTLs exact however long the copy takes."""
+    try:
+        return await asyncio.to_thread(
+            _copy_redis_sync, source_url, target_url, connections, batch, flush_target, progress
+        )
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(
+            f"Redis refused a command: {mask_secrets(str(exc))}",
+            "the target Redis must be the same engine and at least the source's version (RESTORE of DUMP payloads)",
+        ) from None
+
+
+class _Copier:
+    """The synchronous client (with hiredis) in threads: on a busy 2-core host it moves about twice the keys per
+    second of the asyncio client, and the sockets' waits overlap across threads. One (source, target) client pair
+    per thread; every client is closed at the end."""
+
+    def __init__(self, source_url: str, target_url: str, progress: Progress | None) -> None:
+        self.source_url, self.target_url, self.progress = source_url, target_url, progress
+        self.result = RedisCopy()
+        self.total: int | None = None
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.clients: list[sync_redis.Redis] = []
+
+    def client(self, url: str, timeout: float = 60) -> sync_redis.Redis:
+        client = sync_redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=timeout)
+        with self.lock:
+            self.clients.append(client)
+        return client
+
+    def pair(self) -> tuple[sync_redis.Redis, sync_redis.Redis]:
+        if not hasattr(self.local, "pair"):
+            self.local.pair = (self.client(self.source_url), self.client(self.target_url))
+        return self.local.pair  # type: ignore[no-any-return]
+
+    def move(self, keys: list[bytes]) -> None:
+        src, dst = self.pair()
+        pipe = src.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+        values = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        out = dst.pipeline(transaction=False)
+        moved = skipped = 0
+        for key, payload, pttl in zip(keys, values[0::2], values[1::2], strict=True):
+            if payload is None or pttl == -2:
+                skipped += 1
+            elif pttl >= 0:
+                out.restore(key, now_ms + max(int(pttl), 1), payload, replace=True, absttl=True)
+                moved += 1
+            else:
+                out.restore(key, 0, payload, replace=True)
+                moved += 1
+        if moved:
+            out.execute()
+        with self.lock:
+            self.result.keys += moved
+            self.result.skipped += skipped
+            if self.progress is not None:
+                self.progress(self.result.keys + self.result.skipped, self.total)
+
+    def run(self, connections: int, batch: int, flush_target: bool) -> None:
+        scan_client = self.client(self.source_url)
+        self.total = int(scan_client.dbsize())
+        if flush_target:
+            self.client(self.target_url, timeout=300).flushdb()
+        with ThreadPoolExecutor(max_workers=connections) as pool:
+            pending: set[Future[None]] = set()
+            seen: set[bytes] = set()
+            chunk: list[bytes] = []
+            for key in scan_client.scan_iter(count=batch):
+                if key in seen:  # SCAN may return a key twice
+                    continue
+                seen.add(key)
+                chunk.append(key)
+                if len(chunk) == batch:
+                    pending.add(pool.submit(self.move, chunk))
+                    chunk = []
+                    if len(pending) >= connections * 2:  # bounded memory: wait for the oldest batches
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            future.result()
+            if chunk:
+                pending.add(pool.submit(self.move, chunk))
+            for future in pending:
+                future.result()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def _copy_redis_sync(
+    source_url: str, target_url: str, connections: int, batch: int, flush_target: bool, progress: Progress | None
+) -> RedisCopy:
+    started = time.monotonic()
+    copier = _Copier(source_url, target_url, progress)
+    try:
+        copier.run(connections, batch, flush_target)
+    finally:
+        copier.close()
+    copier.result.seconds = time.monotonic() - started
+    return copier.result
+
+
+async def redis_version(url: str) -> tuple[str, str]:
+    """(engine, version) from INFO server, e.g. ("redis", "7.0.15") or ("valkey", "8.0.1")."""
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=10)
+    try:
+        info = await client.info("server")
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable at {mask_secrets(url)}: {mask_secrets(str(exc))}") from None
+    finally:
+        await client.aclose()
+    if "valkey_version" in info:
+        return "valkey", str(info["valkey_version"])
+    return "redis", str(info.get("redis_version", "0"))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def restore_compatible(source_engine: str, source_version: str, target_engine: str, target_version: str) -> bool:
+    """Can the target RESTORE the source's DUMP payloads? A payload carries its RDB version, which only an equal or
+    newer server reads: same engine needs major.minor ≥ the source's. Valkey forked Redis 7.2 (both report their
+    Redis-compatible version in INFO): across the two, payloads of Redis ≤ 7.2 are fine, later ones (RDB 12+) not."""
+    source, target = version_tuple(source_version)[:2], version_tuple(target_version)[:2]
+    if target < source:
+        return False
+    if source_engine == target_engine:
+        return True
+    return {source_engine, target_engine} == {"redis", "valkey"} and source <= (7, 2)

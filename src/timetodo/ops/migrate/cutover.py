@@ -1,0 +1,195 @@
+"""Step `cutover` (seed: the second half of run_migration.sh): freeze writes on the source (maintenance mode through
+its admin API), final copy, quick verification, switch DNS and the Telegram webhook.
+
+Guarantees: nothing is frozen when the credentials are wrong or the estimate exceeds the downtime budget; anything
+failing before the switch (or the budget running out) aborts with the source writable again; each phase is
+recorded when done, so a run killed at any point continues with `--resume` to the same end state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from timetodo.ops.adapters import postgres as pg
+from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.adapters.rsync import remote_sizes
+from timetodo.ops.errors import EXIT_BUDGET, EXIT_VERIFICATION, StepError
+from timetodo.ops.migrate.data import row_counts, sizes, source_place, staging_dir
+from timetodo.ops.migrate.estimate import FIXED_OVERHEAD_S, frozen_estimate
+from timetodo.ops.migrate.state import CutoverPhase
+from timetodo.ops.migrate.switch import switch
+from timetodo.ops.migrate.sync import copy_everything
+
+if TYPE_CHECKING:
+    from timetodo.ops.migrate.context import Context, PlanLine
+
+log = logging.getLogger("timetodo.ops.migrate")
+NAME = "cutover"
+
+
+async def plan(ctx: Context) -> list[PlanLine]:
+    dns = ctx.config.dns
+    return [
+        (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
+        ("local", "final dump/restore, Redis, files"),
+        ("local", "verify row/key/file counts"),
+        (ctx.target_ssh().describe(), "start the app"),
+        ("api.telegram.org", "setWebhook (pending updates kept); getWebhookInfo"),
+        ("local", "DNS: " + (str(dns.hook) if dns.hook else "print the record to change")),
+    ]
+
+
+class Budget:
+    def __init__(self, ctx: Context, started: float) -> None:
+        self.ctx, self.started = ctx, started
+        self.limit = ctx.config.downtime_budget_minutes * 60
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def check(self, phase: str, still_needed: float = 0.0) -> None:
+        if self.elapsed() + still_needed > self.limit:
+            raise StepError(
+                f"cutover would exceed the downtime budget ({self.limit:.0f} s) at '{phase}': "
+                f"{self.elapsed():.0f} s spent, about {still_needed:.0f} s still needed",
+                "the source is back out of maintenance; raise downtime_budget_minutes or move less data",
+                EXIT_BUDGET,
+            )
+
+
+async def _phase(ctx: Context, name: str, action: Callable[[], Awaitable[Any]]) -> CutoverPhase:
+    """Run one cutover phase once: done phases are skipped on --resume."""
+    phases = ctx.state.facts.cutover_phases
+    if name in phases:
+        return phases[name]
+    started = time.time()
+    value = await action()
+    phases[name] = CutoverPhase(started_at=started, ended_at=time.time(), result=value)
+    ctx.state.save()
+    log.info(f"cutover: {name} done", extra={"seconds": round(time.time() - started, 3)})
+    return phases[name]
+
+
+async def quick_verify(ctx: Context) -> dict[str, Any]:
+    """Row counts per table, key counts, file counts: source (frozen) against target, before the switch."""
+    source_rows = await row_counts(ctx.secrets.source_database_url)
+    target_rows = await row_counts(await ctx.target_db_url())
+    problems = [
+        f"{table}: source {source_rows.get(table)} rows, target {target_rows.get(table)}"
+        for table in sorted(set(source_rows) | set(target_rows))
+        if table != "alembic_version" and source_rows.get(table) != target_rows.get(table)
+    ]
+    keys: dict[str, int] = {}
+    target_redis = await ctx.target_redis_url()
+    if ctx.secrets.source_redis_url and target_redis:
+        keys = {
+            "source": await redisops.key_count(ctx.secrets.source_redis_url),
+            "target": await redisops.key_count(target_redis),
+        }
+        # keys expiring between the two counts make a small difference legitimate
+        if abs(keys["source"] - keys["target"]) > max(5, keys["source"] // 1000):
+            problems.append(f"Redis: source {keys['source']} keys, target {keys['target']}")
+    file_counts: dict[str, int] = {}
+    if source_place(ctx) is not None:
+        # names and sizes only: hashes are compared by validate, outside the freeze
+        staged = await asyncio.to_thread(sizes, staging_dir(ctx))
+        on_target = await remote_sizes(await ctx.target(), ctx.config.target_uploads_dir)
+        file_counts = {"source": len(staged), "target": len(on_target)}
+        differing = [name for name, size in staged.items() if on_target.get(name) != size]
+        if differing:
+            problems.append(f"uploads: {len(differing)} missing or of another size on the target")
+    return {"rows": sum(source_rows.values()), "keys": keys, "files": file_counts, "problems": problems}
+
+
+async def _freeze(ctx: Context) -> float:
+    """Maintenance on at the source (once: a resumed run finds it recorded); refused before freezing anything when
+    the credentials are wrong or the estimate exceeds the budget. The freeze's start time."""
+    if ctx.state.facts.freeze_started_at is None:
+        api = ctx.source_api()
+        await api.check_admin()  # wrong credentials: refuse before freezing anything
+        estimate = frozen_estimate(ctx)
+        limit = ctx.config.downtime_budget_minutes * 60
+        if estimate["seconds"] > limit:
+            raise StepError(
+                f"estimated write downtime {estimate['seconds']:.0f} s exceeds the budget {limit:.0f} s",
+                "raise downtime_budget_minutes",
+                EXIT_BUDGET,
+            )
+        await api.maintenance(True, "timetodo migrate: moving to a new host")
+        ctx.state.remember(freeze_started_at=time.time())
+    return float(ctx.state.facts.freeze_started_at or 0)
+
+
+async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
+    runtime = await ctx.runtime()
+    budget.check("final copy", frozen_estimate(ctx)["seconds"] - FIXED_OVERHEAD_S)
+    await _phase(ctx, "stop_target", lambda: runtime.stop())
+    await _phase(ctx, "final_copy", lambda: copy_everything(ctx, ctx.work_dir / "cutover" / "database", "cutover"))
+    budget.check("verification")
+    verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx))).result
+    if verification["problems"]:
+        ctx.state.facts.cutover_phases.pop("verify", None)
+        raise StepError(
+            "cutover verification failed: " + "; ".join(verification["problems"][:5]),
+            "nothing was switched; the source is writable again",
+            EXIT_VERIFICATION,
+        )
+    await _phase(ctx, "start_target", lambda: _start_and_wait(ctx))
+    budget.check("switch")
+    await _phase(ctx, "switch", lambda: switch(ctx))
+    ctx.state.remember(switched_at=time.time())
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    """Freeze writes on the source, final copy, quick verification, switch. Aborts (source writable again) when
+    anything fails before the switch or the downtime budget would be exceeded."""
+    freeze_started = await _freeze(ctx)
+    try:
+        if ctx.state.facts.switched_at is None:
+            await _copy_verify_switch(ctx, Budget(ctx, freeze_started))
+    except BaseException as exc:
+        if ctx.state.facts.switched_at is None and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            await _abort(ctx, str(exc))
+        raise
+    facts = ctx.state.facts
+    # writes were refused from the freeze until the target took them (DNS switched, the app already healthy)
+    downtime = float(facts.writes_switched_at or facts.switched_at or 0) - freeze_started
+    ctx.state.remember(write_downtime_seconds=downtime)
+    # outside the freeze: the cutover dump again into a snapshot database, for validation and a lossless rollback
+    await _phase(ctx, "snapshot", lambda: _restore_snapshot(ctx))
+    ctx.console.print(f"[bold green]switched[/]: writes frozen for {downtime:.1f} s")
+    return {"write_downtime_seconds": round(downtime, 3), "phases": facts.to_json().get("cutover_phases", {})}
+
+
+async def _start_and_wait(ctx: Context) -> dict[str, Any]:
+    runtime = await ctx.runtime()
+    await runtime.start()
+    await runtime.wait_healthy(timeout=120)
+    return {"healthy": True}
+
+
+async def _restore_snapshot(ctx: Context) -> dict[str, Any]:
+    snapshot = await ctx.snapshot_db_url()
+    name = snapshot.rsplit("/", 1)[1].split("?")[0]
+    await pg.ensure_database(await ctx.target_db_url(), name, recreate=True)
+    async with ctx.activity("snapshot: pg_restore into the cutover snapshot database"):
+        restored = await pg.restore_database(snapshot, ctx.work_dir / "cutover" / "database", ctx.config.parallel_jobs)
+    return {"database": name, **restored}
+
+
+async def _abort(ctx: Context, reason: str) -> None:
+    log.error("cutover aborted: " + reason)
+    try:
+        await ctx.source_api().maintenance(False)
+    except Exception:
+        log.exception("could not take the source out of maintenance: do it by hand (timetodo maintenance off)")
+        raise
+    ctx.state.forget("freeze_started_at", "cutover_phases")
+    ctx.console.print("[yellow]cutover aborted; the source is out of maintenance and keeps serving[/]")
+
+
+__all__ = ["Budget", "plan", "quick_verify", "run"]

@@ -1,0 +1,94 @@
+"""Step `rollback` (seed: rollback.sh): back to the source with nothing lost.
+
+The target app stops; every write it accepted after the switch is carried back to the source (`compute`: the
+row-level delta of the target against the cutover snapshot; `apply`: that delta applied to the source in one
+transaction, refused when the source changed meanwhile — `delta` holds the types and the guarantees); Redis and
+the uploads are copied back; the webhook and DNS point at the source again; the source leaves maintenance last.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.adapters.rsync import Place, rsync
+from timetodo.ops.migrate.data import source_place, staging_dir, target_place
+from timetodo.ops.migrate.rollback.apply import apply_delta
+from timetodo.ops.migrate.rollback.compute import compute_delta
+from timetodo.ops.migrate.rollback.delta import (
+    ApplyResult,
+    Delta,
+    DeltaConflict,
+    DeltaError,
+    NoPrimaryKey,
+    TableCounts,
+    TableDelta,
+)
+from timetodo.ops.migrate.switch import switch_back
+
+if TYPE_CHECKING:
+    from timetodo.ops.migrate.context import Context, PlanLine
+
+__all__ = [
+    "ApplyResult",
+    "Delta",
+    "DeltaConflict",
+    "DeltaError",
+    "NoPrimaryKey",
+    "TableCounts",
+    "TableDelta",
+    "apply_delta",
+    "compute_delta",
+    "plan",
+    "run",
+]
+
+NAME = "rollback"
+
+
+async def plan(ctx: Context) -> list[PlanLine]:
+    return [
+        (ctx.target_ssh().describe(), "stop the app"),
+        ("local", "row delta target vs cutover snapshot → applied to the source in one transaction"),
+        ("local", "Redis and uploads back; webhook and DNS back; source maintenance off"),
+    ]
+
+
+async def _carry_back(ctx: Context) -> dict[str, Any]:
+    """Every write the target accepted since the switch, back onto the source."""
+    result: dict[str, Any] = {}
+    target_db, snapshot = await ctx.target_db_url(), await ctx.snapshot_db_url()
+    # the maintenance flag is the one thing that must not travel back: the source leaves maintenance last
+    async with ctx.activity("rollback: what the target changed since the switch"):
+        changes = await compute_delta(target_db, snapshot, exclude=("alembic_version", "app_state"))
+    async with ctx.activity(f"rollback: {changes.total} row changes back to the source"):
+        applied = await apply_delta(changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot)
+    result["database"] = {"delta": changes.to_dict(), "applied": applied.to_dict()}
+    target_redis = await ctx.target_redis_url()
+    if ctx.secrets.source_redis_url and target_redis:
+        result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
+    src = source_place(ctx)
+    if src is not None:
+        pulled = await rsync(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
+        pushed = await rsync(Place(str(staging_dir(ctx))), src, delete=False)
+        result["files"] = {"pulled": pulled, "pushed": pushed}
+    return result
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    """Back to the source with nothing lost: stop the target app, carry every write it accepted after the switch
+    back to the source, webhook and DNS back, source out of maintenance."""
+    started = time.time()
+    result: dict[str, Any] = {}
+    await (await ctx.runtime()).stop()
+    if ctx.state.facts.switched_at is not None:
+        result.update(await _carry_back(ctx))
+        result.update(await switch_back(ctx))
+    await ctx.source_api().maintenance(False)
+    ctx.state.data["steps"].pop("cutover", None)
+    ctx.state.data["steps"].pop("validate", None)
+    ctx.state.forget("switched_at", "freeze_started_at", "cutover_phases")
+    result["seconds"] = round(time.time() - started, 3)
+    ctx.console.print(f"[bold]rolled back[/] in {result['seconds']:.1f} s")
+    return result

@@ -1,0 +1,104 @@
+"""The source deployment's HTTP API, as an admin: health, and maintenance mode switched through the app's own
+endpoint (the toolkit never writes the app's tables itself). The login is renewed when the token expires during a
+long migration, waiting as told when rate-limited."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from timetodo.ops.errors import EXIT_ERROR, EXIT_REFUSED, EXIT_UNREACHABLE, StepError
+
+log = logging.getLogger("timetodo.ops.migrate")
+LOGIN_RETRY_SECONDS = 90.0
+
+
+class SourceApi:
+    """The source deployment's HTTP API as an admin: health and maintenance mode."""
+
+    def __init__(self, base_url: str, *, email: str | None, password: str | None, token: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.email, self.password, self._token = email, password, token
+        self.client = httpx.AsyncClient(base_url=self.base_url, timeout=30)
+
+    async def _login(self) -> str:
+        if not (self.email and self.password):
+            raise StepError(
+                "the source admin token was refused (expired or wrong)",
+                "set admin_email + admin_password_env in migration.toml so the toolkit can log in again",
+                EXIT_REFUSED,
+            )
+        deadline = time.monotonic() + LOGIN_RETRY_SECONDS
+        while True:
+            resp = await self.client.post(
+                "/api/v1/auth/login", data={"username": self.email, "password": self.password}
+            )
+            if resp.status_code not in (429, 503) or time.monotonic() >= deadline:
+                break
+            # rate-limited (a resumed run logs in again) or briefly unavailable: wait as told, then try again
+            wait = min(float(resp.headers.get("Retry-After", "5") or 5), max(0.0, deadline - time.monotonic()))
+            log.info("source login deferred", extra={"status": resp.status_code, "wait_seconds": wait})
+            await asyncio.sleep(max(wait, 0.5))
+        if resp.status_code != 200:
+            raise StepError(
+                f"cannot log in to the source as {self.email}: HTTP {resp.status_code} {resp.text[:200]}",
+                "check source.admin_email and the password variable named in source.admin_password_env",
+                EXIT_REFUSED,
+            )
+        self._token = str(resp.json()["access_token"])
+        return self._token
+
+    async def token(self) -> str:
+        return self._token or await self._login()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        token = await self.token()
+        try:
+            resp = await self.client.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+            if resp.status_code == 401 and self.password:
+                token = await self._login()
+                resp = await self.client.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        except httpx.HTTPError as exc:
+            raise StepError(
+                f"source API {self.base_url} unreachable: {type(exc).__name__}: {exc}",
+                "check source.api_url",
+                EXIT_UNREACHABLE,
+            ) from None
+        return resp
+
+    async def health(self) -> bool:
+        try:
+            return (await self.client.get("/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def check_admin(self) -> dict[str, Any]:
+        """Fails (before anything is frozen) when the credentials do not give admin rights on the source."""
+        resp = await self.request("GET", "/api/v1/admin/maintenance")
+        if resp.status_code in (401, 403):
+            raise StepError(
+                f"the source refuses the admin credentials (HTTP {resp.status_code})",
+                "use an admin account (timetodo user create EMAIL --admin) and check the token/password variable",
+                EXIT_REFUSED,
+            )
+        if resp.status_code != 200:
+            raise StepError(f"GET /api/v1/admin/maintenance on the source answered {resp.status_code}", code=EXIT_ERROR)
+        return dict(resp.json())
+
+    async def maintenance(self, enabled: bool, reason: str = "") -> dict[str, Any]:
+        resp = await self.request("PUT", "/api/v1/admin/maintenance", json={"enabled": enabled, "reason": reason})
+        if resp.status_code != 200:
+            raise StepError(
+                f"switching maintenance {'on' if enabled else 'off'} on the source failed: HTTP {resp.status_code} "
+                f"{resp.text[:200]}",
+                code=EXIT_REFUSED if resp.status_code in (401, 403) else EXIT_ERROR,
+            )
+        log.info("source maintenance " + ("on" if enabled else "off"))
+        return dict(resp.json())
+
+    async def close(self) -> None:
+        await self.client.aclose()

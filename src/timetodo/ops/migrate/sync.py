@@ -1,0 +1,82 @@
+"""Step `sync` (seed: the first half of run_migration.sh): a first full copy of the database, Redis and the uploads
+onto the target while the source stays live. It measures the throughput the downtime estimate uses, and warms the
+target so that the final copy at cutover moves only what changed (files) or takes as long as this one (database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from timetodo.core.maintenance import switch_maintenance
+from timetodo.ops.adapters import postgres as pg
+from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.migrate.data import copy_files
+
+if TYPE_CHECKING:
+    from timetodo.ops.migrate.context import Context, PlanLine
+
+log = logging.getLogger("timetodo.ops.migrate")
+NAME = "sync"
+
+
+async def plan(ctx: Context) -> list[PlanLine]:
+    target, jobs = ctx.target_ssh().describe(), ctx.config.parallel_jobs
+    return [
+        (target, "stop the app"),
+        ("local", f"pg_dump -Fd -j{jobs} source; pg_restore --clean -j{jobs} target (SSH tunnel)"),
+        (target, "timetodo db upgrade"),
+        ("local", "Redis copy (ABSTTL REPLACE)"),
+        ("local", "rsync source → staging → target"),
+        (target, "start the app; wait healthy"),
+    ]
+
+
+async def writable(url: str) -> None:
+    """The dump carries the source's maintenance flag (on during cutover): the target must take writes. Switched
+    with the app's own function, never SQL of the toolkit's."""
+    await switch_maintenance(url, False, None)
+
+
+async def copy_everything(ctx: Context, dump_dir: Path, label: str) -> dict[str, Any]:
+    """Database, Redis and files from the source onto the target (whose app is stopped meanwhile). The three are
+    independent and run side by side: the freeze lasts as long as the slowest, not the sum."""
+    runtime = await ctx.runtime()
+    target_db = await ctx.target_db_url()
+    target_redis = await ctx.target_redis_url()
+    jobs = ctx.config.parallel_jobs
+    started = time.monotonic()
+
+    async def database() -> dict[str, Any]:
+        async with ctx.activity(f"{label}: pg_dump -Fd -j{jobs} (source)"):
+            dumped = await pg.dump_database(ctx.secrets.source_database_url, dump_dir, jobs)
+        log.info(f"{label}: database dumped", extra=dumped)
+        async with ctx.activity(f"{label}: pg_restore -j{jobs} (target)"):
+            restored = await pg.restore_database(target_db, dump_dir, jobs)
+        await writable(target_db)
+        await runtime.migrate_db()
+        return {"bytes": dumped["bytes"], "dump_seconds": dumped["seconds"], "restore_seconds": restored["seconds"]}
+
+    async def keys() -> dict[str, Any]:
+        if not (ctx.secrets.source_redis_url and target_redis):
+            return {}
+        async with ctx.activity(f"{label}: Redis keys (DUMP → RESTORE ABSTTL)") as progress:
+            copied = await redisops.copy_redis(
+                ctx.secrets.source_redis_url, target_redis, connections=jobs * 2, flush_target=True, progress=progress
+            )
+        return copied.to_dict()
+
+    db, redis_result, files = await asyncio.gather(database(), keys(), copy_files(ctx))
+    return {"db": db, "redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    runtime = await ctx.runtime()
+    await runtime.stop()
+    result = await copy_everything(ctx, ctx.work_dir / "sync" / "database", "sync")
+    await runtime.start()
+    await runtime.wait_healthy(timeout=300)
+    return result
