@@ -58,7 +58,9 @@ async def rsync(src: Place, dst: Place, *, delete: bool = True) -> dict[str, Any
     if delete:
         args.append("--delete")
     if remote:
-        args += ["-e", ssh_command(remote)]
+        # --secluded-args: the remote path travels inside rsync's protocol, not on the remote shell's command line, so
+        # no character of it (spaces, quotes, `;`, `$()`, newlines) is read by that shell
+        args += ["--secluded-args", "-e", ssh_command(remote)]
     await asyncio.to_thread(_mkdirs, *(p.path for p in (src, dst) if not p.ssh))
     if dst.ssh:
         args += ["--rsync-path", f"mkdir -p {shlex.quote(dst.path)} && rsync"]
@@ -103,6 +105,13 @@ async def remote_manifest(transport: Transport, directory: str) -> dict[str, str
         if digest and rel:
             manifest[rel.removeprefix("./")] = digest
     return manifest
+
+
+def usage_command(directory: str) -> str:
+    """Shell text printing the total bytes, then the number of files, under `directory` ("0 0" when absent). The
+    path is quoted and entered with `cd`, so no path (spaces, quotes, `;`, `$()`, a leading `-`) is read as shell
+    or as an option."""
+    return f"cd {shlex.quote(directory)} 2>/dev/null || exit 0; du -sb . 2>/dev/null | cut -f1; find . -type f | wc -l"
 
 
 async def remote_sizes(transport: Transport, directory: str) -> dict[str, int]:
