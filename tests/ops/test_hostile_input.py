@@ -169,7 +169,7 @@ TRICKY_ENV = {
     "TICKS": "`touch {marker}`",
     "SUBST": "$(touch {marker})",
     "SPACES": "two  spaces # not a comment",
-    "QUOTES": "it's \"quoted\"",
+    "QUOTES": 'it\'s "quoted"',
 }
 
 
