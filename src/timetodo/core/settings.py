@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     TELEGRAM_BOT_TOKEN: SecretStr | None = None
     TELEGRAM_API_BASE: str = "https://api.telegram.org"
     TELEGRAM_WEBHOOK_SECRET: SecretStr | None = None
+    TELEGRAM_CHAT_RATE: float = Field(1.0, gt=0, le=100)  # messages per second to one chat
+    TELEGRAM_GLOBAL_RATE: float = Field(30.0, gt=0, le=1000)  # messages per second for the bot
     PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
     LOG_LEVEL: str = "INFO"
     LOG_FILE: Path | None = None

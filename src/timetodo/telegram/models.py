@@ -3,14 +3,14 @@ bot owes (reminders, digests).
 
 Guarantees carried by the schema: one chat per user and one user per chat (two unique keys); a link token is
 stored only as its sha256 and used once (`used_at`); an `update_id` is recorded once (primary key); a reminder has at
-most one outbox row (unique `reminder_id`), written in the transaction that claims the reminder.
+most one outbox row per firing (unique `reminder_id, due_at`), written in the transaction that claims the reminder.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, UTCDateTime, utcnow
@@ -60,15 +60,17 @@ class TelegramOutbox(Base):
     row is sent by one instance; `attempts` and `next_attempt_at` drive retries with backoff."""
 
     __tablename__ = "telegram_outbox"
-    __table_args__ = (Index("ix_telegram_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_telegram_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        # a reminder fires again after a snooze (a new fire_at): one row per firing, never two
+        UniqueConstraint("reminder_id", "due_at", name="uq_telegram_outbox_reminder_id_due_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16), nullable=False)  # reminder | digest
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
     chat_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    reminder_id: Mapped[int | None] = mapped_column(
-        ForeignKey("reminders.id", ondelete="CASCADE"), nullable=True, unique=True
-    )
+    reminder_id: Mapped[int | None] = mapped_column(ForeignKey("reminders.id", ondelete="CASCADE"), nullable=True)
     task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)  # when it should have gone out
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")

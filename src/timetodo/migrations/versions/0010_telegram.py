@@ -78,7 +78,7 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_telegram_outbox_user_id_users"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_telegram_outbox")),
-        sa.UniqueConstraint("reminder_id", name=op.f("uq_telegram_outbox_reminder_id")),
+        sa.UniqueConstraint("reminder_id", "due_at", name="uq_telegram_outbox_reminder_id_due_at"),
     )
     op.create_index(
         "ix_telegram_outbox_state_next_attempt_at", "telegram_outbox", ["state", "next_attempt_at"], unique=False
