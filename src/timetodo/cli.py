@@ -20,6 +20,7 @@ from rich.console import Console
 
 from timetodo import __version__
 from timetodo.core.settings import Settings, describe_settings_error
+from timetodo.telegram import cli as telegram_cli
 
 EXIT_OK = 0
 EXIT_WARNINGS = 1
@@ -43,6 +44,7 @@ app.add_typer(backup_app, name="backup")
 from timetodo.ops.migration.cli import migrate_app  # noqa: E402 - the command groups are assembled here
 
 app.add_typer(migrate_app, name="migrate")
+app.add_typer(telegram_cli.app, name="telegram")
 
 err_console = Console(stderr=True)
 out_console = Console()
