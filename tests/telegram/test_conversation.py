@@ -230,3 +230,50 @@ async def test_maintenance_mode_refuses_writes_from_the_bot(chat: Chat) -> None:
         async with chat.app.state.sessionmaker() as session:
             await set_maintenance(session, False)
     assert await tasks_of(chat) == []
+
+
+async def test_lists_pages_reply_done_and_projects(chat: Chat) -> None:
+    await chat.link(timezone="UTC")
+    for n in range(12):
+        await chat.say(f"/add Chore {n:02d} today #home")
+    await chat.say("/add Overdue thing 2020-01-01")
+    await chat.say("/add Later thing in 3 days")
+    [today] = await chat.say("/today")
+    lines = today["text"].splitlines()
+    assert lines[1] == "1. Overdue thing · 2020-01-01" and "Page 1" in today["text"]
+    more = button(today, "More")
+    await chat.press(today["message_id"], more)
+    page_two = chat.fake.message(chat.chat_id, today["message_id"])
+    assert page_two is not None and "11. Chore 09" in page_two["text"] and "13. Chore 11" in page_two["text"]
+    assert "1. Overdue thing" in (await chat.reply("/overdue"))
+    [week] = await chat.say("/week")
+    assert "1. Chore 00" in week["text"] and "Overdue thing" not in week["text"]
+    await chat.press(week["message_id"], button(week, "More"))
+    week_two = chat.fake.message(chat.chat_id, week["message_id"])
+    assert week_two is not None and "13. Later thing" in week_two["text"]
+    home = await chat.reply("/list #home")
+    assert home.startswith("Open tasks in #home:") and "Later thing" not in home
+    assert "There is no project #nowhere" in await chat.reply("/list #nowhere")
+
+    [added] = await chat.say("/add Reply to me")
+    [answer] = await chat.say("/done", reply_to=added["message_id"])
+    assert "Done: Reply to me" in answer["text"]
+    [listing] = await chat.say("/list")  # numbering follows the last list shown
+    assert listing["text"].splitlines()[1] == "1. Overdue thing · 2020-01-01"
+    assert "Done: Overdue thing" in await chat.reply("/done 1")
+
+
+async def test_a_daily_digest_is_queued_once_per_day(chat: Chat) -> None:
+    from datetime import UTC, datetime
+
+    runtime = chat.app.state.telegram
+    await chat.link(timezone="UTC")
+    await chat.say("Digest item today")
+    assert "Daily digest at 00:00" in await chat.reply("/digest 00:00")
+    now = datetime.now(UTC)
+    assert await runtime.queue_digests(now) >= 1  # (other chats of this app may be due too)
+    assert await runtime.queue_digests(now) == 0  # once per local day
+    await runtime.send_due()
+    digests = [m for m in chat.sent() if m["text"].startswith("Good morning")]
+    assert len(digests) == 1 and "Digest item" in digests[0]["text"]
+    assert "Daily digest is off" in await chat.reply("/digest off")
