@@ -112,3 +112,4 @@ async def test_commands_are_set_in_both_languages(bot_app: FastAPI, fake_telegra
     assert [c["command"] for c in english] == [c["command"] for c in russian]
     assert {"add", "today", "list", "done", "timer", "tz", "help"} <= {c["command"] for c in english}
     assert next(c for c in russian if c["command"] == "today")["description"] == "Сегодня и просроченные"
+    assert fake_telegram.calls_to("setWebhook") == []  # the app never sets the webhook by itself
