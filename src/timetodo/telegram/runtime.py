@@ -104,6 +104,7 @@ class TelegramRuntime:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._username: str | None = None
 
     # lifecycle ---------------------------------------------------------------------------------------------------
@@ -118,6 +119,10 @@ class TelegramRuntime:
 
     async def stop(self) -> None:
         await self.drain(self.settings.GRACEFUL_SHUTDOWN_SECONDS)
+        self._stopping.set()
+        self._wake.set()
+        if self._loops:  # let a run in progress finish (cancelling asyncpg mid-connect leaks a future)
+            await asyncio.wait(self._loops, timeout=5)
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -182,7 +187,7 @@ class TelegramRuntime:
         self._wake.set()
 
     async def _send_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 sent = await self.send_due()
             except asyncio.CancelledError:
@@ -285,7 +290,10 @@ class TelegramRuntime:
     # digests -----------------------------------------------------------------------------------------------------
 
     async def _digest_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=DIGEST_INTERVAL)
+                return
             try:
                 if await self.queue_digests():
                     self._wake.set()
@@ -293,7 +301,6 @@ class TelegramRuntime:
                 raise
             except Exception:
                 log.exception("telegram digest run failed")
-            await asyncio.sleep(DIGEST_INTERVAL)
 
     async def queue_digests(self, now: datetime | None = None) -> int:
         """Queue today's digest of every user whose digest time has come (once per local day)."""
