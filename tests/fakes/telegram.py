@@ -174,6 +174,7 @@ class FakeTelegram:
         self.global_rate = global_rate
         self._sends: deque[tuple[float, int]] = deque()  # (monotonic time, chat id) of recent sends
         self._messages: dict[tuple[int, int], dict[str, Any]] = {}
+        self._sent_at: dict[tuple[int, int], float] = {}  # wall-clock time each bot message arrived
         self._next_message_id: dict[int, int] = {}
         self._blocked: set[int] = set()
         self._commands: dict[str, list[dict[str, Any]]] = {}
@@ -349,6 +350,11 @@ class FakeTelegram:
                 for m in items
                 if m.get("from", {}).get("is_bot") and (chat_id is None or m["chat"]["id"] == chat_id)
             ]
+
+    def sent_at(self, chat_id: int, message_id: int) -> float | None:
+        """When sendMessage created this message (time.time()), for latency measurements."""
+        with self._lock:
+            return self._sent_at.get((chat_id, message_id))
 
     def message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
         with self._lock:
@@ -664,6 +670,7 @@ class FakeTelegram:
             if markup is not None:
                 message["reply_markup"] = markup
             self._messages[(chat_id, message["message_id"])] = message
+            self._sent_at[(chat_id, message["message_id"])] = time.time()
             return {"ok": True, "result": dict(message)}
 
     def _own_message(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 MARGIN = 1.05
-LATE = 0.04  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
-MAX_RESLOTS = 5
+LATE = 0.15  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
+MAX_RESLOTS = 3
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])

@@ -46,8 +46,9 @@ log = logging.getLogger("timetodo.telegram")
 LEASE = timedelta(minutes=5)
 OUTBOX_BATCH = 200
 MAX_ATTEMPTS = 6
-SEND_CONCURRENCY = 64
+SEND_CONCURRENCY = 16  # enough for 30 msg/s; each holds a Redis connection while reserving
 DIGEST_INTERVAL = 30.0
+UPDATE_CONCURRENCY = 16  # updates processed at once per instance (each holds a database connection)
 
 MESSAGES = Counter(
     "timetodo_telegram_messages_total", "Bot messages from the outbox by kind and outcome", ["kind", "result"]
@@ -102,6 +103,7 @@ class TelegramRuntime:
         self.dispatcher: Dispatcher = botmod.create_dispatcher()
         self.ctx = botmod.BotContext(maker=maker, publish=publish, retry_after=self.retry_after)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._processing = asyncio.Semaphore(UPDATE_CONCURRENCY)
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -162,6 +164,10 @@ class TelegramRuntime:
         task.add_done_callback(self._inflight.discard)
 
     async def process(self, update: dict[str, Any] | Update) -> None:
+        async with self._processing:
+            await self._process(update)
+
+    async def _process(self, update: dict[str, Any] | Update) -> None:
         try:
             parsed = update if isinstance(update, Update) else Update.model_validate(update, context={"bot": self.bot})
             await self.dispatcher.feed_update(self.bot, parsed, ctx=self.ctx)
