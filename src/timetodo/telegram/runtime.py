@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from timetodo.core.cache import Cache, RedisCache
 from timetodo.core.database import utcnow
-from timetodo.core.errors import MaintenanceActive
+from timetodo.core.errors import MaintenanceActive, NotFound
 from timetodo.core.maintenance import guard_write
 from timetodo.core.settings import Settings
 from timetodo.tasks import service as tasks_service
@@ -242,7 +242,7 @@ class TelegramRuntime:
                 return text, markup
             try:
                 task = await tasks_service.get_task(session, user.id, int(row.task_id or 0))
-            except Exception:
+            except NotFound:
                 return None
             text = t(locale, "reminder", title=task.title)
             due = botmod._fmt_due(task)

@@ -26,7 +26,7 @@ from timetodo.auth import service as auth_service
 from timetodo.auth.models import User
 from timetodo.core.cache import Cache
 from timetodo.core.database import utcnow
-from timetodo.core.errors import Conflict, ErrorCode
+from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive
 from timetodo.core.maintenance import guard_write
 from timetodo.tasks import service as tasks_service
 from timetodo.tasks.models import Project, Task, task_to_dict
@@ -199,9 +199,7 @@ async def add_task(
             data.project_id = project.id
         task = await tasks_service.create_task(session, user.id, data)
         out = task_out(task)
-    if project is not None and created:
-        await publish(user.id, "project.created", {"id": project.id, "name": project.name})
-    await publish(user.id, "task.created", out)
+    await publish(user.id, "task.created", out)  # as POST /tasks does (POST /projects publishes nothing)
     return task, project, created
 
 
@@ -306,7 +304,7 @@ async def remember_list(
     async with maker() as session:
         try:
             await guard_write(session, retry_after)
-        except Exception:
+        except MaintenanceActive:
             return False
         found = await repository.link_of_chat(session, chat_id)
         if found is None:
