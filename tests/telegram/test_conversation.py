@@ -277,3 +277,31 @@ async def test_a_daily_digest_is_queued_once_per_day(chat: Chat) -> None:
     digests = [m for m in chat.sent() if m["text"].startswith("Good morning")]
     assert len(digests) == 1 and "Digest item" in digests[0]["text"]
     assert "Daily digest is off" in await chat.reply("/digest off")
+
+
+async def test_linking_while_telegram_is_unreachable_is_a_503(tmp_path_factory: Any) -> None:
+    import socket
+
+    from tests.conftest import asgi_client, make_settings, running_app
+    from tests.support import new_user
+    from tests.telegram.conftest import TOKEN
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("unreachable")
+    settings = make_settings(
+        tmp,
+        DATABASE_URL=f"sqlite:///{tmp / 'db.sqlite'}",
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_BASE=f"http://127.0.0.1:{port}",
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+    )
+    from timetodo.core.schema import upgrade_async
+
+    await upgrade_async(settings.DATABASE_URL)
+    async with running_app(settings) as app, asgi_client(app) as api:
+        headers, _ = await new_user(api)
+        response = await api.post("/api/v1/telegram/link", headers=headers)
+        assert response.status_code == 503 and response.json()["error"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "30"

@@ -11,6 +11,7 @@ import hmac
 from typing import Any
 
 import orjson
+from aiogram.exceptions import TelegramAPIError
 from fastapi import APIRouter, Request, Response, status
 
 from timetodo.core.deps import API_PREFIX, SessionDep, SettingsDep, UserIdDep
@@ -61,7 +62,15 @@ async def webhook(request: Request, settings: SettingsDep) -> Response:
 async def create_link(request: Request, user_id: UserIdDep, session: SessionDep, settings: SettingsDep) -> LinkOut:
     """A one-time deep link (10 minutes) that links the Telegram chat which opens it to your account."""
     runtime = _runtime(request)
-    username = await runtime.username()
+    try:
+        username = await runtime.username()
+    except (TelegramAPIError, OSError) as exc:  # getMe failed: the link needs the bot's username
+        raise AppError(
+            "the Telegram Bot API is unreachable; try again later",
+            code=ErrorCode.service_unavailable,
+            status_code=503,
+            headers={"Retry-After": "30"},
+        ) from exc
     token, expires = await service.create_link_token(session, user_id, settings.MAINTENANCE_RETRY_AFTER)
     return LinkOut(
         url=f"https://t.me/{username}?start={token}", token=token, command=f"/start {token}", expires_at=expires
