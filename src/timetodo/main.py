@@ -20,6 +20,7 @@ from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.events import EventHub
+from timetodo.core.forwarding import ForwardingCache, ForwardingMiddleware
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
 from timetodo.core.logging import configure_logging
@@ -92,6 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
         await app.state.cache.close()
+        forward_client = getattr(app.state, "forward_client", None)
+        if forward_client is not None:
+            await forward_client.aclose()
         await app.state.engine.dispose()
         mark_worker_dead(os.getpid())
 
@@ -113,6 +117,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
+    app.state.forwarding = ForwardingCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
     app.state.telegram = (
         TelegramRuntime(settings, app.state.sessionmaker, app.state.cache, app.state.events.publish)
@@ -145,6 +150,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
+    app.add_middleware(ForwardingMiddleware)  # outermost: forwarded traffic bypasses everything local
     return app
 
 
