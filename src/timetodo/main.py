@@ -15,6 +15,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from timetodo import __version__
 from timetodo.admin.router import router as admin_router
 from timetodo.auth.router import router as auth_router
+from timetodo.core import idempotency
 from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     task_hooks.observe(REMINDERS)
 
     install_error_handlers(app)
+    idempotency.install(app)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(tasks_router)

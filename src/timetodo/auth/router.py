@@ -37,9 +37,9 @@ async def login(
 
 
 @router.post("/auth/refresh", response_model=TokenPair)
-async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep) -> TokenPair:
+async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep, cache: CacheDep) -> TokenPair:
     """Trade a refresh token for a new pair. A token can be used once; reuse revokes every token of its login."""
-    return await service.refresh(session, settings, data.refresh_token)
+    return await service.refresh(session, settings, cache, data.refresh_token)
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)

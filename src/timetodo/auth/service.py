@@ -17,8 +17,8 @@ from timetodo.auth.schemas import RegisterIn, TokenPair, UserUpdate
 from timetodo.core.cache import Cache
 from timetodo.core.database import utcnow
 from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive, NotFound, RateLimited, Unauthorized
+from timetodo.core.maintenance import flag_for_write, guard_write
 from timetodo.core.maintenance import get_status as maintenance_status
-from timetodo.core.maintenance import guard_write
 from timetodo.core.security import (
     create_access_token,
     hash_password,
@@ -27,6 +27,7 @@ from timetodo.core.security import (
     verify_password,
 )
 from timetodo.core.settings import Settings
+from timetodo.core.validators import MAX_ID
 
 log = logging.getLogger("timetodo.auth")
 LOGIN_WINDOW_SECONDS = 60
@@ -117,9 +118,13 @@ async def login(session: AsyncSession, settings: Settings, email: str, password:
 async def _load_refresh_token(session: AsyncSession, token: str) -> tuple[RefreshToken, User]:
     invalid = Unauthorized("The refresh token is invalid", code=ErrorCode.invalid_token)
     token_id_text, _, secret = token.partition(".")
-    if not token_id_text.isdigit() or not secret:
+    # ASCII digits only (str.isdigit() also accepts "²"), and an id the database can hold
+    if not (token_id_text.isascii() and token_id_text.isdigit()) or len(token_id_text) > 19 or not secret:
         raise invalid
-    row = await repository.get_refresh_token(session, int(token_id_text))
+    token_id = int(token_id_text)
+    if not 1 <= token_id <= MAX_ID:
+        raise invalid
+    row = await repository.get_refresh_token(session, token_id)
     if row is None or not hmac.compare_digest(row.token_hash, sha256_hex(secret)):
         raise invalid
     user = await repository.get_user(session, row.user_id)
@@ -130,30 +135,50 @@ async def _load_refresh_token(session: AsyncSession, token: str) -> tuple[Refres
     return row, user
 
 
-async def refresh(session: AsyncSession, settings: Settings, token: str) -> TokenPair:
+def _revoked_family_key(family_id: str) -> str:
+    return f"auth:revoked-family:{family_id}"
+
+
+def _reused() -> Unauthorized:
+    return Unauthorized(
+        "This refresh token was already used; every session of this login is now revoked",
+        code=ErrorCode.refresh_token_reused,
+    )
+
+
+async def refresh(session: AsyncSession, settings: Settings, cache: Cache, token: str) -> TokenPair:
     """Rotate: the presented token is consumed and a new one of the same family issued.
 
-    Presenting an already-consumed token means it leaked: the whole family is revoked. In maintenance mode the
-    database is read-only, so the same refresh token is handed back with a fresh access token (no rotation).
+    The maintenance flag is read under the write guard's lock (`flag_for_write`), so a rotation either commits
+    before maintenance-on returns or sees the flag. In maintenance mode the database is read-only: the same refresh
+    token is handed back with a fresh access token (no rotation). Presenting an already-consumed token means it
+    leaked: the whole family is revoked — during maintenance the revocation is recorded in the cache (shared by every
+    instance) at once and written to the database by the first refresh of that family after maintenance.
     """
     row, user = await _load_refresh_token(session, token)
+    family_id, row_id, used = row.family_id, row.id, row.used_at is not None
+    user_id, is_admin = user.id, user.is_admin
+    await session.rollback()
+    frozen = await flag_for_write(session)  # holds the guard lock until this transaction ends
+    revoked_meanwhile = await cache.get(_revoked_family_key(family_id)) is not None
     now = utcnow()
-    if (await maintenance_status(session)).enabled:
-        if row.used_at is not None:
-            raise Unauthorized("This refresh token was already used", code=ErrorCode.refresh_token_reused)
-        access, expires_in = _access_token(settings, user.id, user.is_admin)
+    if frozen:
+        await session.rollback()
+        if used or revoked_meanwhile:
+            await cache.set(_revoked_family_key(family_id), b"1", settings.REFRESH_TOKEN_TTL_DAYS * 86400)
+            log.warning("refresh token reused during maintenance; family revoked", extra={"user_id": user_id})
+            raise _reused()
+        access, expires_in = _access_token(settings, user_id, is_admin)
         return TokenPair(access_token=access, refresh_token=token, expires_in=expires_in)
-    if row.used_at is not None or not await repository.mark_refresh_token_used(session, row.id, now):
-        await repository.revoke_family(session, row.family_id, now)
+    if used or revoked_meanwhile or not await repository.mark_refresh_token_used(session, row_id, now):
+        await repository.revoke_family(session, family_id, now)
         await session.commit()
-        log.warning("refresh token reused; family revoked", extra={"user_id": user.id})
-        raise Unauthorized(
-            "This refresh token was already used; every session of this login is now revoked",
-            code=ErrorCode.refresh_token_reused,
-        )
-    new_refresh = await _issue_refresh_token(session, settings, user.id, row.family_id)
+        await cache.delete(_revoked_family_key(family_id))
+        log.warning("refresh token reused; family revoked", extra={"user_id": user_id})
+        raise _reused()
+    new_refresh = await _issue_refresh_token(session, settings, user_id, family_id)
     await session.commit()
-    access, expires_in = _access_token(settings, user.id, user.is_admin)
+    access, expires_in = _access_token(settings, user_id, is_admin)
     return TokenPair(access_token=access, refresh_token=new_refresh, expires_in=expires_in)
 
 

@@ -115,8 +115,26 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     )
 
 
+class AppSession(AsyncSession):
+    """An AsyncSession whose `commit()` can be held: while `hold_commit` is set, `commit()` only flushes, and the
+    owner of the transaction (the idempotency middleware) commits once with `commit_held()` — so the business
+    write and the bookkeeping that goes with it commit together or not at all."""
+
+    hold_commit: bool = False
+
+    async def commit(self) -> None:
+        if self.hold_commit:
+            await self.flush()
+            return
+        await super().commit()
+
+    async def commit_held(self) -> None:
+        self.hold_commit = False
+        await super().commit()
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, class_=AppSession, expire_on_commit=False, autoflush=False)
 
 
 def pool_stats(engine: AsyncEngine) -> dict[str, int]:
@@ -134,6 +152,7 @@ def pool_stats(engine: AsyncEngine) -> dict[str, int]:
 
 
 __all__ = [
+    "AppSession",
     "Base",
     "BigIntPK",
     "TimestampMixin",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from timetodo.core.cache import Cache
 from timetodo.core.errors import ErrorCode, Unauthorized
 from timetodo.core.events import EventHub
+from timetodo.core.idempotency import claim_of
 from timetodo.core.maintenance import guard_write
 from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
@@ -37,17 +38,28 @@ async def get_events(request: Request) -> EventHub:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    claim = claim_of(request)
+    if claim is not None:
+        yield claim.open_session()  # owned (committed, closed) by the idempotency middleware
+        return
     async with request.app.state.sessionmaker() as session:
         yield session
 
 
-async def get_write_session(
-    session: Annotated[AsyncSession, Depends(get_session)],
-    settings: Annotated[Settings, Depends(get_settings)],
-) -> AsyncSession:
-    """A session whose transaction has passed the maintenance guard: use it for every write."""
-    await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
+async def begin_write(request: Request, session: AsyncSession) -> AsyncSession:
+    """Start the write transaction of `session`: the maintenance guard first, then the request's idempotency claim
+    (when it sent an Idempotency-Key). Endpoints that receive a body from the client call this only after the body
+    has arrived, so no transaction (nor lock) is held while a client is sending."""
+    await guard_write(session, request.app.state.settings.MAINTENANCE_RETRY_AFTER)
+    claim = claim_of(request)
+    if claim is not None and not claim.bound and not claim.replayed:
+        await claim.bind(session)
     return session
+
+
+async def get_write_session(request: Request, session: Annotated[AsyncSession, Depends(get_session)]) -> AsyncSession:
+    """A session whose transaction has passed the maintenance guard: use it for every write."""
+    return await begin_write(request, session)
 
 
 async def current_user_id(
