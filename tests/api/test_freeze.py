@@ -48,9 +48,7 @@ async def _switch_off(app: FastAPI) -> None:
 
 async def _snapshot(conn: asyncpg.Connection, table: str) -> str:
     return str(
-        await conn.fetchval(
-            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-        )
+        await conn.fetchval(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t")
     )
 
 

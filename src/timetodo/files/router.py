@@ -3,7 +3,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from starlette.responses import FileResponse
 
-from timetodo.core.deps import API_PREFIX, EventsDep, IdPath, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import (
+    API_PREFIX,
+    EventsDep,
+    IdPath,
+    SessionDep,
+    SettingsDep,
+    UserIdDep,
+    WriteSessionDep,
+    begin_write,
+)
 from timetodo.files import service
 from timetodo.files.schemas import AttachmentOut
 
@@ -34,11 +43,14 @@ async def upload(
     request: Request,
     user_id: UserIdDep,
     settings: SettingsDep,
-    session: WriteSessionDep,
+    session: SessionDep,
     events: EventsDep,
 ) -> AttachmentOut:
     """Upload one file (multipart field `file`), streamed to disk. 413 `payload_too_large` over MAX_UPLOAD_MB,
-    413 `quota_exceeded` over the per-user quota, 422 for an empty file. The type is sniffed from the content."""
+    413 `quota_exceeded` over the per-user quota, 422 for an empty file. The type is sniffed from the content.
+
+    The body is received completely (into a temporary file) before the write transaction opens: a client that
+    sends slowly holds no database lock or connection."""
     length = request.headers.get("content-length")
     incoming, filename = await service.receive_upload(
         request.stream(),
@@ -46,6 +58,11 @@ async def upload(
         int(length) if length and length.isdigit() else None,
         settings,
     )
+    try:
+        await begin_write(request, session)
+    except BaseException:
+        incoming.path.unlink(missing_ok=True)
+        raise
     attachment = await service.store_upload(session, settings, user_id, task_id, incoming, filename)
     out = AttachmentOut.model_validate(attachment)
     await events.publish(user_id, "attachment.created", out.model_dump(mode="json"))
