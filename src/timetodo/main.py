@@ -16,6 +16,7 @@ from timetodo import __version__
 from timetodo.admin.router import router as admin_router
 from timetodo.auth.router import router as auth_router
 from timetodo.core import idempotency
+from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
+    app.state.accounts = AccountStates(app.state.sessionmaker, settings.AUTH_STATE_CACHE_SECONDS)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from timetodo.auth import service
-from timetodo.auth.schemas import RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
+from timetodo.auth.schemas import PasswordChange, RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
 from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
 
 router = APIRouter(prefix=API_PREFIX, tags=["auth"])
@@ -46,6 +46,25 @@ async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep, c
 async def logout(data: RefreshIn, session: WriteSessionDep) -> Response:
     """Revoke this login's refresh tokens."""
     await service.logout(session, data.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(request: Request, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+    """Log out everywhere: every access token of this account stops working (within AUTH_STATE_CACHE_SECONDS on
+    other instances) and every refresh token is revoked; open WebSockets are closed at their next ping."""
+    await service.logout_all(session, request.app.state.accounts, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
+async def change_password(
+    request: Request, data: PasswordChange, user_id: UserIdDep, session: WriteSessionDep
+) -> Response:
+    """Change the password (the current one is required); every session of the account ends: log in again."""
+    await service.change_password(
+        session, request.app.state.accounts, user_id, data.current_password, data.new_password
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

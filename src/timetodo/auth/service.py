@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from timetodo.auth import repository
 from timetodo.auth.models import RefreshToken, User
 from timetodo.auth.schemas import RegisterIn, TokenPair, UserUpdate
+from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import Cache
 from timetodo.core.database import utcnow
 from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive, NotFound, RateLimited, Unauthorized
@@ -73,9 +74,11 @@ async def check_login_rate(cache: Cache, settings: Settings, email: str, client_
         raise RateLimited(int(retry_after + 0.999), "Too many login attempts; wait before trying again")
 
 
-def _access_token(settings: Settings, user_id: int, is_admin: bool) -> tuple[str, int]:
+def _access_token(settings: Settings, user_id: int, is_admin: bool, token_version: int) -> tuple[str, int]:
     ttl = timedelta(minutes=settings.ACCESS_TOKEN_TTL_MINUTES)
-    token = create_access_token(settings.SECRET_KEY.get_secret_value(), user_id, ttl, is_admin=is_admin)
+    token = create_access_token(
+        settings.SECRET_KEY.get_secret_value(), user_id, ttl, is_admin=is_admin, token_version=token_version
+    )
     return token, int(ttl.total_seconds())
 
 
@@ -103,15 +106,15 @@ async def login(session: AsyncSession, settings: Settings, email: str, password:
         # can reach the admin API — e.g. to end maintenance; everyone else waits.
         if not user.is_admin:
             raise MaintenanceActive(retry_after=settings.MAINTENANCE_RETRY_AFTER)
-        access, expires_in = _access_token(settings, user.id, user.is_admin)
+        access, expires_in = _access_token(settings, user.id, user.is_admin, user.token_version)
         return TokenPair(access_token=access, refresh_token=None, expires_in=expires_in)
     # the write (a refresh token) runs in its own transaction behind the maintenance guard, like every write
-    user_id, is_admin = user.id, user.is_admin
+    user_id, is_admin, version = user.id, user.is_admin, user.token_version
     await session.rollback()
     await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
     refresh = await _issue_refresh_token(session, settings, user_id)
     await session.commit()
-    access, expires_in = _access_token(settings, user_id, is_admin)
+    access, expires_in = _access_token(settings, user_id, is_admin, version)
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=expires_in)
 
 
@@ -157,7 +160,7 @@ async def refresh(session: AsyncSession, settings: Settings, cache: Cache, token
     """
     row, user = await _load_refresh_token(session, token)
     family_id, row_id, used = row.family_id, row.id, row.used_at is not None
-    user_id, is_admin = user.id, user.is_admin
+    user_id, is_admin, version = user.id, user.is_admin, user.token_version
     await session.rollback()
     frozen = await flag_for_write(session)  # holds the guard lock until this transaction ends
     revoked_meanwhile = await cache.get(_revoked_family_key(family_id)) is not None
@@ -168,7 +171,7 @@ async def refresh(session: AsyncSession, settings: Settings, cache: Cache, token
             await cache.set(_revoked_family_key(family_id), b"1", settings.REFRESH_TOKEN_TTL_DAYS * 86400)
             log.warning("refresh token reused during maintenance; family revoked", extra={"user_id": user_id})
             raise _reused()
-        access, expires_in = _access_token(settings, user_id, is_admin)
+        access, expires_in = _access_token(settings, user_id, is_admin, version)
         return TokenPair(access_token=access, refresh_token=token, expires_in=expires_in)
     if used or revoked_meanwhile or not await repository.mark_refresh_token_used(session, row_id, now):
         await repository.revoke_family(session, family_id, now)
@@ -178,7 +181,7 @@ async def refresh(session: AsyncSession, settings: Settings, cache: Cache, token
         raise _reused()
     new_refresh = await _issue_refresh_token(session, settings, user_id, family_id)
     await session.commit()
-    access, expires_in = _access_token(settings, user_id, is_admin)
+    access, expires_in = _access_token(settings, user_id, is_admin, version)
     return TokenPair(access_token=access, refresh_token=new_refresh, expires_in=expires_in)
 
 
@@ -186,6 +189,45 @@ async def logout(session: AsyncSession, token: str) -> None:
     row, _user = await _load_refresh_token(session, token)
     await repository.revoke_family(session, row.family_id, utcnow())
     await session.commit()
+
+
+async def end_sessions(session: AsyncSession, user: User) -> None:
+    """Every access token of `user` stops working, every refresh token is revoked (commit is the caller's)."""
+    user.token_version += 1
+    await repository.revoke_all_refresh_tokens(session, user.id, utcnow())
+
+
+async def logout_all(session: AsyncSession, accounts: AccountStates, user_id: int) -> None:
+    """Log out everywhere: this and every other session of the account end now."""
+    user = await get_user(session, user_id)
+    await end_sessions(session, user)
+    await session.commit()
+    accounts.forget(user_id)
+
+
+async def change_password(session: AsyncSession, accounts: AccountStates, user_id: int, current: str, new: str) -> None:
+    """Check the current password, set the new one and end every session (log in again with the new one)."""
+    user = await get_user(session, user_id)
+    if not await asyncio.to_thread(verify_password, current, user.password_hash):
+        raise Unauthorized("The current password is wrong", code=ErrorCode.invalid_credentials)
+    user.password_hash = await asyncio.to_thread(hash_password, new)
+    await end_sessions(session, user)
+    await session.commit()
+    accounts.forget(user_id)
+
+
+async def set_active(session: AsyncSession, accounts: AccountStates | None, email: str, active: bool) -> User:
+    """Deactivate (or reactivate) an account; deactivation ends every session."""
+    user = await repository.get_user_by_email(session, email)
+    if user is None:
+        raise NotFound(f"No user with e-mail {email}")
+    user.is_active = active
+    if not active:
+        await end_sessions(session, user)
+    await session.commit()
+    if accounts is not None:
+        accounts.forget(user.id)
+    return user
 
 
 async def get_user(session: AsyncSession, user_id: int) -> User:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from timetodo.core.errors import InvalidInput
 from timetodo.core.settings import Settings
 
 NAMING_CONVENTION = {
@@ -91,7 +92,31 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        # a raw NUL, or one JSON-escaped for a JSON column (PostgreSQL refuses both: text cannot hold NUL)
+        return "\x00" in value or "\\u0000" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nul(item) for item in value.values())
+    return False
+
+
+def _refuse_nul(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _executemany: bool) -> None:
+    """No text with a NUL character reaches the database, on either backend (PostgreSQL cannot store it and
+    answered with an error that became a 500; SQLite would store it and make filters misbehave)."""
+    if parameters and _has_nul(parameters):
+        raise InvalidInput("text must not contain the NUL character (\\u0000)")
+
+
 def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    engine = _create_engine(settings, pooled=pooled)
+    event.listen(engine.sync_engine, "before_cursor_execute", _refuse_nul)
+    return engine
+
+
+def _create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     url = settings.DATABASE_URL
     if settings.is_sqlite:
         path = url.split(":///", 1)[1] if ":///" in url else ""

@@ -150,6 +150,8 @@ class Claim:
     async def store(self, status: int, content_type: str, body: bytes) -> None:
         """Store the response and commit the request's transaction (the business write with it), once."""
         session = self.open_session()
+        if not session.is_active:  # the request's transaction failed (its error is the response)
+            await session.rollback()
         if status >= 500:
             await session.rollback()
             return

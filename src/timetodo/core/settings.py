@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     REMINDER_POLL_SECONDS: float = Field(1.0, gt=0, le=300)
     MAINTENANCE_CACHE_SECONDS: float = Field(1.0, ge=0, le=60)
     MAINTENANCE_RETRY_AFTER: int = Field(30, ge=1, le=3600)
+    AUTH_STATE_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
 
     @field_validator("ALLOWED_HOSTS", "CORS_ORIGINS", mode="before")
     @classmethod

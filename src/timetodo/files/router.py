@@ -13,6 +13,7 @@ from timetodo.core.deps import (
     WriteSessionDep,
     begin_write,
 )
+from timetodo.core.errors import ErrorCode, error_response
 from timetodo.files import service
 from timetodo.files.schemas import AttachmentOut
 
@@ -74,12 +75,21 @@ async def list_attachments(task_id: IdPath, user_id: UserIdDep, session: Session
     return [AttachmentOut.model_validate(a) for a in await service.list_attachments(session, user_id, task_id)]
 
 
-@router.get("/attachments/{attachment_id}", response_class=FileResponse)
+@router.api_route("/attachments/{attachment_id}", methods=["GET", "HEAD"], response_class=FileResponse)
 async def download(
-    attachment_id: IdPath, user_id: UserIdDep, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
-    """The file, with its sniffed Content-Type and `Content-Disposition: attachment`. Supports Range requests."""
+    attachment_id: IdPath, request: Request, user_id: UserIdDep, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The file, with its sniffed Content-Type and `Content-Disposition: attachment`. Supports Range requests
+    (an unsatisfiable or malformed range: 416 `range_not_satisfiable` with `Content-Range: bytes */SIZE`) and HEAD."""
     attachment = await service.get_attachment(session, user_id, attachment_id)
+    requested = request.headers.get("range")
+    if requested is not None and not service.range_ok(requested, attachment.size):
+        return error_response(
+            416,
+            ErrorCode.range_not_satisfiable,
+            f"the requested range is not within the file's {attachment.size} bytes",
+            {"Content-Range": f"bytes */{attachment.size}"},
+        )
     return FileResponse(
         service.blob_for(settings, attachment),
         media_type=attachment.content_type,

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from timetodo.timer.schemas import AwareDatetime
+from timetodo.core.validators import Instant
 
 
 class ReminderIn(BaseModel):
@@ -13,7 +13,7 @@ class ReminderIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    remind_at: AwareDatetime | None = None
+    remind_at: Instant | None = None
     minutes_before: Annotated[int, Field(ge=0, le=60 * 24 * 365)] | None = None
 
     @model_validator(mode="after")
