@@ -86,3 +86,20 @@ def test_socket_closed_when_its_token_expires(server: tuple[ServerProcess, dict[
     )
     ws_url = proc.url.replace("http://", "ws://") + "/api/v1/ws"
     assert asyncio.run(closed_with(ws_url, short, None)) == 4401
+
+
+def test_binary_first_frame_is_closed_with_1003(server: tuple[ServerProcess, dict[str, str]]) -> None:
+    """README promises 1003 for anything that is not JSON text (before: a binary frame was dropped, no code)."""
+    proc, _env = server
+    ws_url = proc.url.replace("http://", "ws://") + "/api/v1/ws"
+
+    async def scenario() -> int | None:
+        async with connect(ws_url) as ws:
+            await ws.send(b"\x00\x01binary")
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    assert asyncio.run(scenario()) == 1003
