@@ -23,6 +23,7 @@ from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.events import EventHub
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
+from timetodo.core.limits import BodyLimitMiddleware, ClientAddressMiddleware
 from timetodo.core.logging import configure_logging
 from timetodo.core.maintenance import MaintenanceFlagCache
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
@@ -128,7 +129,11 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.MAX_JSON_BODY_KB * 1024, upload_limit=settings.max_upload_bytes
+    )
     app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
+    app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS)
     return app
 
 

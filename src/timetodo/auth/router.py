@@ -7,7 +7,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from timetodo.auth import service
 from timetodo.auth.schemas import PasswordChange, RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
-from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep, begin_write
 
 router = APIRouter(prefix=API_PREFIX, tags=["auth"])
 
@@ -17,8 +17,13 @@ def client_ip(request: Request) -> str:
 
 
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-async def register(data: RegisterIn, session: WriteSessionDep) -> object:
-    """Create an account. The e-mail is case-insensitive and unique (409 `email_taken`)."""
+async def register(
+    request: Request, data: RegisterIn, settings: SettingsDep, cache: CacheDep, session: SessionDep
+) -> object:
+    """Create an account. The e-mail is case-insensitive and unique (409 `email_taken`). Limited to
+    REGISTRATIONS_PER_HOUR per client address (429 `rate_limited`)."""
+    await service.check_register_rate(cache, settings, client_ip(request))
+    await begin_write(request, session)
     return await service.register(session, data)
 
 

@@ -74,6 +74,17 @@ async def check_login_rate(cache: Cache, settings: Settings, email: str, client_
         raise RateLimited(int(retry_after + 0.999), "Too many login attempts; wait before trying again")
 
 
+REGISTER_WINDOW_SECONDS = 3600
+
+
+async def check_register_rate(cache: Cache, settings: Settings, client_ip: str) -> None:
+    """At most REGISTRATIONS_PER_HOUR registrations per client address (each costs an argon2 hash)."""
+    count, reset_in = await cache.hit(f"rl:register:ip:{client_ip}", REGISTER_WINDOW_SECONDS)
+    if count > settings.REGISTRATIONS_PER_HOUR:
+        log.warning("registration rate limit hit", extra={"client_ip": client_ip})
+        raise RateLimited(int(reset_in + 0.999), "Too many registrations from this address; try again later")
+
+
 def _access_token(settings: Settings, user_id: int, is_admin: bool, token_version: int) -> tuple[str, int]:
     ttl = timedelta(minutes=settings.ACCESS_TOKEN_TTL_MINUTES)
     token = create_access_token(

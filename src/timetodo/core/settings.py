@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     MAINTENANCE_CACHE_SECONDS: float = Field(1.0, ge=0, le=60)
     MAINTENANCE_RETRY_AFTER: int = Field(30, ge=1, le=3600)
     AUTH_STATE_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
+    REGISTRATIONS_PER_HOUR: int = Field(20, ge=1, le=100_000)
+    MAX_JSON_BODY_KB: int = Field(1024, ge=1, le=1024 * 1024)
+    METRICS_TOKEN: SecretStr | None = None
 
     @field_validator("ALLOWED_HOSTS", "CORS_ORIGINS", mode="before")
     @classmethod
