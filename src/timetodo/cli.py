@@ -96,6 +96,8 @@ def serve(
     Example: timetodo serve --host 0.0.0.0 --port 8000 --workers 4
     """
     settings = load_settings()
+    if problem := settings.serving_problem(host):
+        fail(problem)
     from timetodo.core.logging import configure_logging
 
     configure_logging(settings.LOG_LEVEL, settings.LOG_FILE)

@@ -30,6 +30,7 @@ from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.files.router import router as files_router
+from timetodo.files.storage import private_dir
 from timetodo.realtime.router import close_all, going_away_on_signals
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router
@@ -54,7 +55,7 @@ async def _export_pool_gauges(app: FastAPI) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.UPLOAD_DIR)
     gauges = asyncio.create_task(_export_pool_gauges(app))
     await app.state.events.start()
     log.info(

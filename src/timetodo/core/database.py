@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -83,6 +86,21 @@ def _asyncpg_url_and_args(url: str) -> tuple[str, dict[str, Any]]:
     return clean, connect_args
 
 
+def _sqlite_private(path: str) -> None:
+    """The database file and its WAL/shared-memory files readable by the app's user only (0600). SQLite creates
+    the -wal/-shm files with the database file's mode, so the file is created 0600 before the first connection."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    db = Path(path)
+    if not db.exists():
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (db, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -120,12 +138,11 @@ def _create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     url = settings.DATABASE_URL
     if settings.is_sqlite:
         path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = path.split("?", 1)[0]
+        _sqlite_private(path)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", lambda _c, _r: _sqlite_private(path))
         return engine
     clean, connect_args = _asyncpg_url_and_args(url)
     if not pooled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from enum import StrEnum
 from functools import lru_cache
@@ -57,6 +58,15 @@ def libpq_url(url: str) -> str:
         scheme = "postgresql"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "ssl"])
     return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -142,6 +152,17 @@ class Settings(BaseSettings):
             if len(secret) < MIN_PRODUCTION_SECRET_LENGTH:
                 raise ValueError(f"SECRET_KEY must be at least {MIN_PRODUCTION_SECRET_LENGTH} characters")
         return self
+
+    def serving_problem(self, host: str) -> str | None:
+        """Why serving on `host` with these settings is refused, or None. With the built-in development SECRET_KEY
+        anyone can forge a token for any user, so it is accepted only on a loopback address, in any ENVIRONMENT."""
+        if self.SECRET_KEY.get_secret_value() != DEFAULT_SECRET_KEY or _is_loopback_host(host):
+            return None
+        return (
+            f"SECRET_KEY is the built-in development key, which lets anyone forge tokens: refusing to listen on "
+            f"{host}. Set SECRET_KEY to a random value of {MIN_PRODUCTION_SECRET_LENGTH}+ characters, "
+            f"or serve on 127.0.0.1"
+        )
 
     @property
     def is_sqlite(self) -> bool:
