@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the whole suite: lint (ruff, mypy) and tests on SQLite and on PostgreSQL + Redis.
 # The tests start their own PostgreSQL 15, Redis, nginx and sshd on loopback through scripts/ (installed from
-# apt when missing). Extra arguments go to pytest, e.g. ./scripts/test.sh -k tasks
+# apt when missing), and build the production image with podman (`-m image` selects those tests, `-m "not image"`
+# skips them). Extra arguments go to pytest, e.g. ./scripts/test.sh -k tasks
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,6 +16,15 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# The production image built and run with podman (tests/deploy/test_image.py) from a debootstrapped Debian 12
+# (scripts/rootfs.sh, also the real OS of the prepare tests): runc is the runtime that works here, catatonit backs
+# `--init` (compose's `init: true`).
+command -v podman >/dev/null 2>&1 || need+=(podman containernetworking-plugins)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)  # debootstrap on Ubuntu
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}" >&2

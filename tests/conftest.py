@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,24 @@ from timetodo.core.settings import Settings
 from timetodo.main import create_app
 
 BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def debian12_rootfs() -> Path:
+    """A Debian 12 root filesystem tarball made by debootstrap (scripts/rootfs.sh): built once, cached by the
+    script's hash, shared by every test that needs a real operating system. Skips when it cannot be built here
+    (not root, no debootstrap, Debian's mirror unreachable); any other failure of the script fails."""
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.skip("scripts/rootfs.sh needs root and debootstrap (scripts/test.sh installs it)")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        ["bash", str(root / "scripts" / "rootfs.sh")], capture_output=True, text=True, timeout=900, check=False
+    )
+    if result.returncode != 0:
+        if re.search(r"Failed getting release file|Could not resolve|Temporary failure resolving", result.stderr):
+            pytest.skip(f"Debian's package mirror is unreachable from here: {result.stderr.strip()[-300:]}")
+        pytest.fail(f"scripts/rootfs.sh failed:\n{result.stderr[-3000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

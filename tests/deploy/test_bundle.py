@@ -40,6 +40,7 @@ RENDER = REPO / "render.yaml"
 SETTINGS_FIELDS = {name.upper() for name in Settings.model_fields}
 REQUIRED = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "SECRET_KEY")
 LONG_RUNNING = ("app", "postgres", "redis", "nginx")
+SERVICES = {"migrate", "backup", *LONG_RUNNING}
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/test.sh installs it)")
 
@@ -197,12 +198,18 @@ def test_dockerfile_contract() -> None:
     steps = _instructions(DOCKERFILE.read_text())
     froms = [rest for word, rest in steps if word == "FROM"]
     assert len(froms) == 2, "multi-stage: a build stage and a runtime stage"
-    assert all(rest.split()[0] == "python:3.11-slim" for rest in froms), froms
+    # Debian 12 pinned: its postgresql-client-15 matches the server's major.
+    assert all(rest.split()[0] == "python:3.11-slim-bookworm" for rest in froms), froms
     last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
     build, final = steps[:last_from], steps[last_from:]
 
     assert any(w == "RUN" and "uv sync --frozen --no-dev --no-editable" in r for w, r in build)
-    assert not any(w == "RUN" and ("apt-get" in r or "curl" in r) for w, r in final), "no extra packages at runtime"
+    installs = [r for w, r in final if w == "RUN" and "apt-get install" in r]
+    assert len(installs) == 1, "one apt transaction at runtime"
+    packages = set(re.findall(r'"?([a-z0-9.+-]+=[^"\s]+)"?', installs[0]))
+    assert packages == {"postgresql-client-15=15.*", "rsync=3.*"}, "only the backup and migration tools"
+    assert "--no-install-recommends" in installs[0] and "rm -rf /var/lib/apt/lists/*" in installs[0]
+    assert not any("curl" in r for _, r in final)
     assert any(w == "COPY" and "--from=build" in r and "/app/.venv" in r for w, r in final)
 
     users = [r for w, r in final if w == "USER"]
@@ -222,7 +229,7 @@ def test_dockerfile_contract() -> None:
         assert name in SETTINGS_FIELDS | {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}, name
 
     volumes = [json.loads(r) for w, r in final if w == "VOLUME"]
-    assert volumes == [["/data/uploads", "/app/logs"]]
+    assert volumes == [["/data/uploads", "/data/backups", "/app/logs"]]
     assert ("EXPOSE", "8000") in final
     assert ("STOPSIGNAL", "SIGTERM") in final
 
@@ -303,7 +310,7 @@ def compose_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, 
 
 def test_compose_config_is_valid(compose_config: tuple[dict[str, Any], dict[str, str]]) -> None:
     config, _ = compose_config
-    assert set(config["services"]) == {"migrate", *LONG_RUNNING}
+    assert set(config["services"]) == SERVICES
 
 
 @pytest.mark.parametrize("variable", REQUIRED)
@@ -376,7 +383,8 @@ def test_compose_topology(compose_config: tuple[dict[str, Any], dict[str, str]])
     assert any("/data/uploads" in m for m in mounts["app"]) and any("/app/logs" in m for m in mounts["app"])
     assert any("/etc/nginx/conf.d/default.conf" in m for m in mounts["nginx"])
     raw = yaml.safe_load(COMPOSE.read_text())
-    assert set(raw["volumes"]) == {"pgdata", "redisdata", "uploads", "logs"}
+    assert set(raw["volumes"]) == {"pgdata", "redisdata", "uploads", "backups", "logs"}
+    assert any(m.endswith(":/data/backups:rw") or m.endswith(":/data/backups") for m in mounts["app"])
     nginx_source = next(v for v in raw["services"]["nginx"]["volumes"] if "conf.d" in v).split(":")[0]
     assert (COMPOSE.parent / nginx_source).resolve() == NGINX_CONF
 
@@ -385,7 +393,7 @@ def test_app_environment_is_made_of_settings(
     compose_config: tuple[dict[str, Any], dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, env = compose_config
-    for service in ("app", "migrate"):
+    for service in ("app", "migrate", "backup"):
         environment = config["services"][service]["environment"]
         unknown = set(environment) - SETTINGS_FIELDS
         assert not unknown, f"{service} receives variables the app does not read: {sorted(unknown)}"
@@ -405,6 +413,54 @@ def test_app_environment_is_made_of_settings(
     assert not loaded["TELEGRAM_BOT_TOKEN"], "an empty token means: bot off"
     subnet = config["networks"]["frontend"]["ipam"]["config"][0]["subnet"]
     assert loaded["FORWARDED_ALLOW_IPS"] == subnet, "trust X-Forwarded-* from the nginx network only"
+
+
+def test_compose_backup_service(compose_config: tuple[dict[str, Any], dict[str, str]], tmp_path: Path) -> None:
+    """The nightly backup job: the app image, after migrate, on the internal network only, the keep count and the
+    time from the env file. (tests/deploy/test_image.py runs its script in the image for real.)"""
+    config, env = compose_config
+    backup, app = config["services"]["backup"], config["services"]["app"]
+    assert backup["image"] == app["image"] and backup.get("build") == app.get("build")
+    assert set(backup["networks"]) == {"backend"} and not backup.get("ports")
+    assert backup["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert backup["environment"] == app["environment"], "the same database, Redis and directories as the app"
+    assert backup["restart"] == "unless-stopped" and backup.get("init") is True
+    assert backup["healthcheck"].get("disable") is True or backup["healthcheck"].get("test") == ["NONE"]
+    mounts = [str(v) for v in backup["volumes"]]
+    assert any(m.endswith(":/data/uploads:ro") for m in mounts), "the job only reads the uploads"
+    assert any(m.startswith("backups:/data/backups") for m in mounts)
+    script = backup["command"][2]
+    assert f'--keep "{env["BACKUP_KEEP"]}"' in script and f'"{env["BACKUP_AT"]}"' in script
+    assert "timetodo backup verify" in script and ".last-verified" in script
+    assert int(env["BACKUP_KEEP"]) == 14 and env["BACKUP_AT"] == "03:30", "nightly, two weeks, by default"
+
+    values = _env_file(_filled_env(tmp_path))
+    values.update(BACKUP_KEEP="30", BACKUP_AT="01:15", BACKUPS_PATH="/srv/backups")
+    custom = tmp_path / "custom.env"
+    custom.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = _run_compose(custom, "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert '--keep "30"' in services["backup"]["command"][2] and '"01:15"' in services["backup"]["command"][2]
+    for name in ("app", "backup"):
+        assert any(str(v).startswith("/srv/backups:/data/backups") for v in services[name]["volumes"]), name
+
+
+@pytest.mark.parametrize("image", ["redis:7-alpine", "valkey/valkey:8-alpine"])
+def test_compose_redis_image_follows_the_source(tmp_path: Path, image: str) -> None:
+    """REDIS_IMAGE picks the key-value server (Valkey 8 for a new Render Key Value); the command and the
+    healthcheck work with either image (options only, so each image's entrypoint starts its own server)."""
+    values = _env_file(_filled_env(tmp_path))
+    values["REDIS_IMAGE"] = image
+    env_file = tmp_path / "redis.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    result = _run_compose(env_file, "config")
+    assert result.returncode == 0, result.stderr
+    redis = yaml.safe_load(result.stdout)["services"]["redis"]
+    assert redis["image"] == image
+    assert redis["command"][0].startswith("--"), "an option first: the image's entrypoint prepends its server"
+    probe = redis["healthcheck"]["test"][1]
+    assert "valkey-cli" in probe and "redis-cli" in probe
 
 
 def test_env_example_documents_every_compose_variable() -> None:

@@ -1,11 +1,20 @@
-"""`/health` (liveness, no I/O) and `/health/detailed` (every dependency; 503 when one is down)."""
+"""`/health` (liveness, no I/O) and `/health/detailed` (every dependency; 503 when one is down).
+
+`/health/detailed` and `/metrics` also report the newest *verified* backup: the scheduled backup job (the `backup`
+service of deploy/docker-compose.yml) names it in `$DATA_DIR/backups/.last-verified` after `timetodo backup verify`
+accepted it. That report is informational: a missing or old backup never makes the service unhealthy (a fresh
+install has none), it shows `stale` after BACKUP_STALE_SECONDS.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import shutil
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -15,12 +24,17 @@ from timetodo import __version__
 from timetodo.core.errors import ErrorCode, error_response
 from timetodo.core.limits import is_loopback
 from timetodo.core.maintenance import get_status as maintenance_status
-from timetodo.core.metrics import render_latest
+from timetodo.core.metrics import render_latest, set_backup_age
 from timetodo.core.schema import current_revision, head_revision
 
 router = APIRouter(tags=["operations"])
 MIN_FREE_BYTES = 200 * 1024 * 1024
 CHECK_TIMEOUT = 5.0
+BACKUP_MARKER = ".last-verified"
+# Nightly backups: a day plus slack for a slow run before the newest one counts as stale.
+BACKUP_STALE_SECONDS = 26 * 3600
+# The archive names of timetodo.ops.backup (`timetodo-<UTC stamp>[-N].tar`); core does not import ops.
+_ARCHIVE_NAME = re.compile(r"^timetodo-(\d{8}T\d{6}Z)(?:-\d+)?\.tar$")
 
 
 @router.get("/health")
@@ -36,6 +50,35 @@ async def _timed(coro: Any) -> tuple[bool, float, Any]:
         return True, (time.perf_counter() - start) * 1000, value
     except Exception as exc:  # reported in the body, never raised
         return False, (time.perf_counter() - start) * 1000, f"{type(exc).__name__}: {exc}"[:300]
+
+
+def backup_status(backup_dir: Path, now: datetime | None = None) -> dict[str, Any]:
+    """The newest verified backup in `backup_dir` (named by the backup job's marker file) and its age.
+
+    Always `ok` (see the module docstring); `configured` is false until the job has verified a first archive."""
+    marker = backup_dir / BACKUP_MARKER
+    try:
+        name = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return {"ok": True, "configured": False, "path": str(backup_dir)}
+    except OSError as exc:
+        return {"ok": True, "configured": True, "path": str(backup_dir), "error": f"{marker}: {exc.strerror}"}
+    match = _ARCHIVE_NAME.match(name)
+    if match is None:
+        return {"ok": True, "configured": True, "path": str(backup_dir), "error": f"{marker}: not an archive name"}
+    if not (backup_dir / name).is_file():
+        return {"ok": True, "configured": True, "path": str(backup_dir), "error": f"{name} is gone"}
+    created = datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    age = max(0, int(((now or datetime.now(UTC)) - created).total_seconds()))
+    return {
+        "ok": True,
+        "configured": True,
+        "path": str(backup_dir),
+        "newest_verified": name,
+        "created_at": created.isoformat(),
+        "age_seconds": age,
+        "stale": age > BACKUP_STALE_SECONDS,
+    }
 
 
 async def detailed_report(app: Any) -> tuple[bool, dict[str, Any]]:
@@ -86,6 +129,7 @@ async def detailed_report(app: Any) -> tuple[bool, dict[str, Any]]:
 
     ok, _ms, value = await _timed(read_flag())
     checks["maintenance"] = {"ok": ok, "enabled": bool(value) if ok else None}
+    checks["backup"] = await asyncio.to_thread(backup_status, settings.DATA_DIR / "backups")
 
     healthy = all(c["ok"] for c in checks.values())
     return healthy, {
@@ -129,5 +173,7 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics, for operators only (METRICS_TOKEN bearer, or loopback when no token is set)."""
     if not operator(request):
         return error_response(403, ErrorCode.forbidden, "metrics are for operators: send the METRICS_TOKEN")
+    backup = await asyncio.to_thread(backup_status, request.app.state.settings.DATA_DIR / "backups")
+    set_backup_age(backup.get("age_seconds"))
     body, content_type = render_latest()
     return Response(body, media_type=content_type)

@@ -32,6 +32,12 @@ DB_POOL = Gauge(
     multiprocess_mode="livesum",
 )
 WS_CONNECTIONS = Gauge("timetodo_websocket_connections", "Open WebSocket connections", multiprocess_mode="livesum")
+# Set on every scrape from the backup job's marker (core/health.py); -1 while no verified backup exists.
+BACKUP_AGE = Gauge(
+    "timetodo_backup_newest_verified_age_seconds",
+    "Age of the newest verified backup archive in seconds (-1: none yet)",
+    multiprocess_mode="livemostrecent",
+)
 
 
 def multiprocess_enabled() -> bool:
@@ -44,6 +50,10 @@ def render_latest() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def set_backup_age(age_seconds: float | None) -> None:
+    BACKUP_AGE.set(-1 if age_seconds is None else age_seconds)
 
 
 def mark_worker_dead(pid: int) -> None:
