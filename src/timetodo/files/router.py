@@ -75,7 +75,8 @@ async def list_attachments(task_id: IdPath, user_id: UserIdDep, session: Session
     return [AttachmentOut.model_validate(a) for a in await service.list_attachments(session, user_id, task_id)]
 
 
-@router.api_route("/attachments/{attachment_id}", methods=["GET", "HEAD"], response_class=FileResponse)
+@router.head("/attachments/{attachment_id}", response_class=FileResponse, operation_id="download_head")
+@router.get("/attachments/{attachment_id}", response_class=FileResponse)
 async def download(
     attachment_id: IdPath, request: Request, user_id: UserIdDep, session: SessionDep, settings: SettingsDep
 ) -> Response:
