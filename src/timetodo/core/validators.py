@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 # Files in the zoneinfo folder that are not IANA zone names: `localtime` is the host's own zone (it may differ or be
 # missing on another host, e.g. after a migration), `posixrules`/`Factory` are tzdata internals.
@@ -31,7 +31,12 @@ def check_timezone(name: str) -> str:
     return name
 
 
-TimeZoneName = Annotated[str, AfterValidator(check_timezone)]
+TimeZoneName = Annotated[
+    str,
+    AfterValidator(check_timezone),
+    # the OpenAPI schema lists the accepted names, so clients and the API fuzzer see the real constraint
+    WithJsonSchema({"type": "string", "enum": sorted(_zones() | {"UTC"}), "description": "An IANA time zone name"}),
+]
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
@@ -63,9 +68,16 @@ def check_instant(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-SafeDate = Annotated[dt.date, AfterValidator(check_date)]
-WallClock = Annotated[dt.datetime, AfterValidator(check_wall_clock)]
-Instant = Annotated[dt.datetime, AfterValidator(check_instant)]
+# (a year range is not expressed as a pattern in the schema: with `format` it leaves generators nothing to try)
+SafeDate = Annotated[dt.date, AfterValidator(check_date), Field(description="A date, years 1900–2999")]
+WallClock = Annotated[
+    dt.datetime, AfterValidator(check_wall_clock), Field(description="A date and time, years 1900–2999")
+]
+Instant = Annotated[
+    dt.datetime,
+    AfterValidator(check_instant),
+    Field(description="An instant with a UTC offset (…Z or …+03:00), years 1900–2999"),
+]
 
 
 def check_no_nul(value: str) -> str:

@@ -11,7 +11,15 @@ from timetodo.core.validators import Instant
 class ReminderIn(BaseModel):
     """Either `remind_at` (an instant with offset) or `minutes_before` the task's due."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["remind_at"], "not": {"required": ["minutes_before"]}},
+                {"required": ["minutes_before"], "not": {"required": ["remind_at"]}},
+            ]
+        },
+    )
 
     remind_at: Instant | None = None
     minutes_before: Annotated[int, Field(ge=0, le=60 * 24 * 365)] | None = None

@@ -67,7 +67,16 @@ class Recurrence(BaseModel):
 class Due(BaseModel):
     """A date (`{"date": "2026-11-23"}`) or a wall-clock datetime with a time zone (null = floating)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of `date` / `datetime`; `timezone` only with `datetime` (the validator below, stated in the schema)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["date"], "not": {"anyOf": [{"required": ["datetime"]}, {"required": ["timezone"]}]}},
+                {"required": ["datetime"], "not": {"required": ["date"]}},
+            ]
+        },
+    )
 
     date: SafeDate | None = None
     datetime: WallClock | None = None
