@@ -39,6 +39,9 @@ async def get_events(request: Request) -> EventHub:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session. Closed as soon as the endpoint returns, before the response is sent (scope
+    "function"), so a client that reads its response slowly (a big page, a file download) holds no database
+    connection or transaction."""
     claim = claim_of(request)
     if claim is not None:
         yield claim.open_session()  # owned (committed, closed) by the idempotency middleware
@@ -58,7 +61,10 @@ async def begin_write(request: Request, session: AsyncSession) -> AsyncSession:
     return session
 
 
-async def get_write_session(request: Request, session: Annotated[AsyncSession, Depends(get_session)]) -> AsyncSession:
+_SESSION = Depends(get_session, scope="function")
+
+
+async def get_write_session(request: Request, session: Annotated[AsyncSession, _SESSION]) -> AsyncSession:
     """A session whose transaction has passed the maintenance guard: use it for every write."""
     return await begin_write(request, session)
 
@@ -78,7 +84,7 @@ async def current_user_id(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, _SESSION]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 UserIdDep = Annotated[int, Depends(current_user_id)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
