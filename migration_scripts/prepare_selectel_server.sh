@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the target host (Docker, deploy user, ufw, swap, fail2ban, unattended-upgrades) and self-check it
-# Thin wrapper over `timetodo migrate`; the configuration is ${MIGRATION_CONFIG:-migration.toml}.
+# Thin wrapper over `timetodo migrate prepare` (every flag passed through); the configuration is ${MIGRATION_CONFIG:-migration.toml}.
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then exec timetodo migrate prepare --help; fi
-exec timetodo migrate prepare --config "${MIGRATION_CONFIG:-migration.toml}" "$@"
+# shellcheck source-path=SCRIPTDIR source=_timetodo.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_timetodo.sh"
+migrate prepare "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Back to the source with nothing lost: [--force] skips the confirmation
-# Thin wrapper over `timetodo migrate`; the configuration is ${MIGRATION_CONFIG:-migration.toml}.
+# Thin wrapper over `timetodo migrate rollback` (every flag passed through); the configuration is ${MIGRATION_CONFIG:-migration.toml}.
 set -euo pipefail
-if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then exec timetodo migrate rollback --help; fi
-exec timetodo migrate rollback --config "${MIGRATION_CONFIG:-migration.toml}" "$@"
+# shellcheck source-path=SCRIPTDIR source=_timetodo.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_timetodo.sh"
+migrate rollback "$@"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,8 @@ async def test_files_verify(app: FastAPI, client: httpx.AsyncClient, auth: dict[
     orphan_path = storage.blob_path(settings.UPLOAD_DIR, orphan)
     orphan_path.parent.mkdir(parents=True, exist_ok=True)
     orphan_path.write_bytes(b"orphan")
+    an_hour_ago = time.time() - 3600
+    os.utime(orphan_path, (an_hour_ago, an_hour_ago))  # verify only treats blobs older than its run as orphans
     async with app.state.sessionmaker() as session:
         report = await verify_files(session, settings.UPLOAD_DIR)
     assert corrupt["sha256"] in report.corrupt and missing["sha256"] in report.missing

@@ -1005,9 +1005,8 @@ async def test_process_runtime_plan_runs_nothing() -> None:
     assert fake.ops == []
     text = "\n".join(p.command for p in plan)
     assert "write /opt/timetodo/.env (mode 0600)" in text
-    assert (
-        "cd /opt/timetodo && set -a && . /opt/timetodo/.env && set +a && exec /opt/venv/bin/timetodo db upgrade" in text
-    )
+    assert "cd /opt/timetodo && exec /opt/venv/bin/timetodo db upgrade" in text
+    assert ". /opt/timetodo/.env" not in text  # the env file is parsed in Python, never sourced by a shell
     assert "/opt/venv/bin/timetodo serve --host 127.0.0.1 --port 8001 --no-migrate" in text
     assert "http://127.0.0.1:8001/health/detailed" in text
     with pytest.raises(ValueError, match="absolute"):

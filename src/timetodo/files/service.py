@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,10 +255,30 @@ class VerifyReport:
         return not (self.missing or self.corrupt or self.orphaned)
 
 
-async def verify_files(session: AsyncSession, root: Path, delete_orphans: bool = False) -> VerifyReport:
+ORPHAN_GRACE_SECONDS = 2.0
+"""A blob committed less than this before a verify run started counts as committed during it (file system clocks
+are coarse): it is never deleted by that run."""
+
+
+async def verify_files(
+    session: AsyncSession,
+    root: Path,
+    delete_orphans: bool = False,
+    *,
+    on_listed: Callable[[], Awaitable[None]] | None = None,
+) -> VerifyReport:
     """Re-hash every stored file: missing (in the DB, not on disk), corrupt (hash differs), orphaned (on disk, not
-    referenced by any live attachment), stale partial uploads."""
+    referenced by any live attachment), stale partial uploads.
+
+    `delete_orphans` removes an orphan only when it was committed before the run started (its mtime, set by every
+    upload that commits it) and, at the moment of deletion, the database still has no live attachment for it,
+    checked under the blob's lock that uploads take too: an upload that finishes while the run goes on keeps its
+    file. `on_listed` is awaited once the live attachments are listed (tests hold the run there)."""
+    started = time.time() - ORPHAN_GRACE_SECONDS
     expected = await repository.live_hashes(session)
+    await session.commit()  # end the read: the re-checks below see uploads committed since
+    if on_listed is not None:
+        await on_listed()
     report = VerifyReport()
     for sha256, _size in sorted(expected.items()):
         report.checked += 1
@@ -270,11 +290,13 @@ async def verify_files(session: AsyncSession, root: Path, delete_orphans: bool =
         else:
             report.ok += 1
     for sha256, path in storage.iter_blobs(root):
-        if sha256 not in expected:
-            report.orphaned.append(sha256)
-            if delete_orphans:
-                path.unlink(missing_ok=True)
-                report.removed.append(sha256)
+        if sha256 in expected or _committed_since(path, started):
+            continue
+        if delete_orphans:
+            if not await _remove_orphan(session, path, sha256, started):
+                continue  # an upload committed it meanwhile: not an orphan
+            report.removed.append(sha256)
+        report.orphaned.append(sha256)
     incoming = root / storage.INCOMING
     if incoming.is_dir():
         for partial in incoming.iterdir():
@@ -283,3 +305,22 @@ async def verify_files(session: AsyncSession, root: Path, delete_orphans: bool =
                 if delete_orphans:
                     partial.unlink(missing_ok=True)
     return report
+
+
+def _committed_since(path: Path, started: float) -> bool:
+    try:
+        return path.stat().st_mtime >= started
+    except FileNotFoundError:
+        return True  # gone already: nothing to report or delete
+
+
+async def _remove_orphan(session: AsyncSession, path: Path, sha256: str, started: float) -> bool:
+    """Delete the blob if no live attachment refers to it now and no upload committed it since `started`."""
+    await repository.lock_blob(session, sha256)
+    try:
+        if await repository.hash_in_use(session, sha256) or _committed_since(path, started):
+            return False
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        return True
+    finally:
+        await session.commit()

@@ -132,6 +132,10 @@ def commit_blob(root: Path, incoming: IncomingFile) -> Path:
         incoming.path.unlink(missing_ok=True)
     else:
         os.replace(incoming.path, final)
+    # the blob's mtime is the time it was last committed: `files verify --delete-orphans` never deletes a blob
+    # committed after its run started (an upload finishing meanwhile), also when the bytes were already there
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(final)
     return final
 
 

@@ -49,8 +49,18 @@ class Place:
 _STATS = re.compile(r"Number of regular files transferred: ([\d,]+).*?Total transferred file size: ([\d,]+)", re.S)
 
 
-async def rsync(src: Place, dst: Place, *, delete: bool = True) -> dict[str, Any]:
-    """rsync -a from `src` to `dst` (at most one side remote), leaving out in-progress uploads."""
+RSYNC_VANISHED = 24
+"""rsync's exit status "some files vanished before they could be transferred"."""
+_VANISHED_LINE = re.compile(r"^file has vanished: ", re.M)
+
+
+async def rsync(src: Place, dst: Place, *, delete: bool = True, live: bool = False) -> dict[str, Any]:
+    """rsync -a from `src` to `dst` (at most one side remote), leaving out in-progress uploads.
+
+    `live`: the source is still in use (no write freeze), so a file deleted between rsync's listing and its
+    transfer is normal: exit 24 ("some files vanished") is then a success and the vanished files are counted in
+    `vanished`. Without `live` (inside the freeze, or any copy that must be exact) exit 24 is an error like any
+    other non-zero exit."""
     if src.ssh and dst.ssh:
         raise RsyncError("rsync between two remote hosts: relay through a local directory")
     remote = src.ssh or dst.ssh
@@ -58,7 +68,9 @@ async def rsync(src: Place, dst: Place, *, delete: bool = True) -> dict[str, Any
     if delete:
         args.append("--delete")
     if remote:
-        args += ["-e", ssh_command(remote)]
+        # --secluded-args: the remote path travels inside rsync's protocol, not on the remote shell's command line, so
+        # no character of it (spaces, quotes, `;`, `$()`, newlines) is read by that shell
+        args += ["--secluded-args", "-e", ssh_command(remote)]
     await asyncio.to_thread(_mkdirs, *(p.path for p in (src, dst) if not p.ssh))
     if dst.ssh:
         args += ["--rsync-path", f"mkdir -p {shlex.quote(dst.path)} && rsync"]
@@ -76,16 +88,20 @@ async def rsync(src: Place, dst: Place, *, delete: bool = True) -> dict[str, Any
             "seconds": round(seconds, 3),
         },
     )
-    if proc.returncode != 0:
+    errors = err.decode("utf-8", "replace")
+    vanished = len(_VANISHED_LINE.findall(errors))
+    if proc.returncode == RSYNC_VANISHED and live:
+        log.warning("rsync: files vanished during a live copy", extra={"vanished": vanished})
+    elif proc.returncode != 0:
         raise RsyncError(
             f"rsync {src.rsync_path()} → {dst.rsync_path()} failed (exit {proc.returncode}): "
-            f"{mask_secrets(err.decode('utf-8', 'replace').strip()[-400:])}",
+            f"{mask_secrets(errors.strip()[-400:])}",
             "check the SSH access and that rsync is installed on both sides",
         )
     match = _STATS.search(out.decode("utf-8", "replace"))
     files = int(match.group(1).replace(",", "")) if match else 0
     size = int(match.group(2).replace(",", "")) if match else 0
-    return {"files": files, "bytes": size, "seconds": round(seconds, 3)}
+    return {"files": files, "bytes": size, "seconds": round(seconds, 3), "vanished": vanished}
 
 
 MANIFEST_COMMAND = (
@@ -103,6 +119,13 @@ async def remote_manifest(transport: Transport, directory: str) -> dict[str, str
         if digest and rel:
             manifest[rel.removeprefix("./")] = digest
     return manifest
+
+
+def usage_command(directory: str) -> str:
+    """Shell text printing the total bytes, then the number of files, under `directory` ("0 0" when absent). The
+    path is quoted and entered with `cd`, so no path (spaces, quotes, `;`, `$()`, a leading `-`) is read as shell
+    or as an option."""
+    return f"cd {shlex.quote(directory)} 2>/dev/null || exit 0; du -sb . 2>/dev/null | cut -f1; find . -type f | wc -l"
 
 
 async def remote_sizes(transport: Transport, directory: str) -> dict[str, int]:

@@ -34,7 +34,7 @@ async def plan(ctx: Context) -> list[PlanLine]:
 
 
 async def run(ctx: Context) -> dict[str, Any]:
-    await pull_files(ctx)
+    await pull_files(ctx, live=True)  # before the freeze: uploads deleted meanwhile are not an error
     sources = DataSources(ctx.secrets.source_database_url, ctx.secrets.source_redis_url, staging_dir(ctx))
     async with ctx.activity("backup: database (pg_dump -Fc, one snapshot), Redis, uploads → archive"):
         created = await create_backup(sources, ctx.work_dir / "backups")

@@ -128,7 +128,9 @@ async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
     runtime = await ctx.runtime()
     budget.check("final copy", frozen_estimate(ctx)["seconds"] - FIXED_OVERHEAD_S)
     await _phase(ctx, "stop_target", lambda: runtime.stop())
-    await _phase(ctx, "final_copy", lambda: copy_everything(ctx, ctx.work_dir / "cutover" / "database", "cutover"))
+    await _phase(
+        ctx, "final_copy", lambda: copy_everything(ctx, ctx.work_dir / "cutover" / "database", "cutover", live=False)
+    )
     budget.check("verification")
     verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx))).result
     if verification["problems"]:

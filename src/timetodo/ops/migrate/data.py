@@ -53,18 +53,23 @@ def target_place(ctx: Context) -> Place:
     return Place(ctx.config.target_uploads_dir, ctx.target_ssh())
 
 
-async def pull_files(ctx: Context) -> dict[str, Any] | None:
-    """source uploads → local staging (incremental); None when no source uploads are configured."""
+async def pull_files(ctx: Context, *, live: bool = False) -> dict[str, Any] | None:
+    """source uploads → local staging (incremental); None when no source uploads are configured. `live`: the
+    source is not frozen, files deleted by users during the copy are counted (`vanished`), not an error."""
     src = source_place(ctx)
     if src is None:
         return None
     async with ctx.activity("uploads: source → staging (rsync)"):
-        return await rsync(src, Place(str(staging_dir(ctx))))
+        return await rsync(src, Place(str(staging_dir(ctx))), live=live)
 
 
-async def copy_files(ctx: Context) -> dict[str, Any]:
-    """source uploads → local staging → target uploads (incremental both hops; --delete keeps them exact)."""
-    pull = await pull_files(ctx)
+async def copy_files(ctx: Context, *, live: bool = False) -> dict[str, Any]:
+    """source uploads → local staging → target uploads (incremental both hops; --delete keeps them exact).
+
+    `live` (the copy before the freeze): a file a user deletes while it runs vanishes from the source between
+    rsync's listing and its transfer; that is counted in `vanished`, not fatal, because the final copy under the
+    freeze (`live` False: any vanished file is then an error) makes the uploads exact."""
+    pull = await pull_files(ctx, live=live)
     if pull is None:
         return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
     async with ctx.activity("uploads: staging → target (rsync)"):
@@ -73,6 +78,7 @@ async def copy_files(ctx: Context) -> dict[str, Any]:
     return {
         "files": push["files"],
         "bytes": push["bytes"],
+        "vanished": pull["vanished"],
         "pulled": pull,
         "seconds": pull["seconds"] + push["seconds"],
     }

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.adapters.rsync import usage_command
 from timetodo.ops.errors import EXIT_REFUSED, OpsError, StepError
 from timetodo.ops.migrate.data import connect, mb, source_place
 from timetodo.ops.migrate.estimate import estimate_downtime
@@ -111,7 +112,7 @@ async def _source_uploads(ctx: Context, checks: Checks) -> None:
         try:
             transport = await ctx.source_files()
             result = await transport.run(
-                f"du -sb {place.path} 2>/dev/null | cut -f1; find {place.path} -type f 2>/dev/null | wc -l",
+                usage_command(place.path),
                 timeout=600,
                 check=False,
             )

@@ -41,9 +41,10 @@ async def writable(url: str) -> None:
     await switch_maintenance(url, False, None)
 
 
-async def copy_everything(ctx: Context, dump_dir: Path, label: str) -> dict[str, Any]:
+async def copy_everything(ctx: Context, dump_dir: Path, label: str, *, live: bool) -> dict[str, Any]:
     """Database, Redis and files from the source onto the target (whose app is stopped meanwhile). The three are
-    independent and run side by side: the freeze lasts as long as the slowest, not the sum."""
+    independent and run side by side: the freeze lasts as long as the slowest, not the sum. `live`: the source is
+    not frozen (the copy before the cutover), so uploads deleted meanwhile are counted, not fatal."""
     runtime = await ctx.runtime()
     target_db = await ctx.target_db_url()
     target_redis = await ctx.target_redis_url()
@@ -69,14 +70,14 @@ async def copy_everything(ctx: Context, dump_dir: Path, label: str) -> dict[str,
             )
         return copied.to_dict()
 
-    db, redis_result, files = await asyncio.gather(database(), keys(), copy_files(ctx))
+    db, redis_result, files = await asyncio.gather(database(), keys(), copy_files(ctx, live=live))
     return {"db": db, "redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
 async def run(ctx: Context) -> dict[str, Any]:
     runtime = await ctx.runtime()
     await runtime.stop()
-    result = await copy_everything(ctx, ctx.work_dir / "sync" / "database", "sync")
+    result = await copy_everything(ctx, ctx.work_dir / "sync" / "database", "sync", live=True)
     await runtime.start()
     await runtime.wait_healthy(timeout=300)
     return result

@@ -8,17 +8,19 @@ import shlex
 import time
 from typing import Any
 
-from timetodo.ops.adapters.transport import Transport
+from timetodo.ops.adapters.transport import Transport, TransportError
 from timetodo.ops.migrate.deploy.runtime import (
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
     HOST_RE,
     PROBE_PY,
     PROBE_TIMEOUT,
+    DeployError,
     DeployResult,
     PlannedCommand,
     RuntimeBase,
     env_secrets,
+    parse_env_text,
     stderr_tail,
 )
 
@@ -62,6 +64,7 @@ class ProcessRuntime(RuntimeBase):
         self.listen_host = host
         self.port = port
         self.python_env = dict(python_env or {})
+        self._env: dict[str, str] | None = None
         self.stop_timeout = stop_timeout
         self.pid_path = self._path("timetodo.pid")
         self.log_path = self._path("logs", "serve.log")
@@ -69,14 +72,15 @@ class ProcessRuntime(RuntimeBase):
         probe_host = f"[{probe_host}]" if ":" in probe_host else probe_host
         self.health_url = f"http://{probe_host}:{port}{HEALTH_PATH}"
 
-    # ---- commands (as shell text; only paths and options, never a secret)
+    # ---- commands (as shell text; only quoted paths and options, never a secret). The env file's variables are not
+    # sourced by a shell (`$`, backticks and `$(...)` in a value would be expanded or run): `app_env()` parses it in
+    # Python and the transport hands them to the command as its environment.
 
-    def _with_env(self, *argv: str) -> str:
-        q = shlex.quote
-        return f"cd {q(self.app_dir)} && set -a && . {q(self.env_path)} && set +a && exec {shlex.join(argv)}"
+    def _in_app_dir(self, *argv: str) -> str:
+        return f"cd {shlex.quote(self.app_dir)} && exec {shlex.join(argv)}"
 
     def migrate_command(self) -> str:
-        return self._with_env(self.timetodo_bin, "db", "upgrade")
+        return self._in_app_dir(self.timetodo_bin, "db", "upgrade")
 
     def serve_argv(self) -> list[str]:
         return [self.timetodo_bin, "serve", "--host", self.listen_host, "--port", str(self.port), "--no-migrate"]
@@ -94,11 +98,10 @@ class ProcessRuntime(RuntimeBase):
                 '  echo "already running: pid $pid"; exit 0',
                 "fi",
                 f"rm -f {q(self.pid_path)}",
-                f"set -a && . {q(self.env_path)} && set +a || exit 1",
                 f"setsid sh -c {q(inner)} >>{q(self.log_path)} 2>&1 </dev/null &",
                 "i=0",
                 f'while [ ! -s {q(self.pid_path)} ] && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i+1)); done',
-                f'[ -s {q(self.pid_path)} ] || {{ echo "the server did not start, see {self.log_path}" >&2; exit 1; }}',
+                f"[ -s {q(self.pid_path)} ] || {{ echo {q('the server did not start, see ' + self.log_path)} >&2; exit 1; }}",
                 f'echo "started: pid $(cat {q(self.pid_path)})"',
             ]
         )
@@ -166,6 +169,7 @@ class ProcessRuntime(RuntimeBase):
     async def deploy(self, env_text: str, *, health_timeout: float = DEFAULT_HEALTH_TIMEOUT) -> DeployResult:
         started = time.monotonic()
         self._steps = []
+        self._env = parse_env_text(env_text)  # refuses an unreadable line before touching the host
         self._secrets = env_secrets(env_text)
         await self._timed("env", self._write_env(env_text))
         await self._timed("migrate", self.migrate_db())
@@ -180,11 +184,23 @@ class ProcessRuntime(RuntimeBase):
             self.name, self.host, self.app_dir, self.health_url, health, list(self._steps), time.monotonic() - started
         )
 
+    async def app_env(self) -> dict[str, str]:
+        """The variables of the env file, parsed here in Python (never sourced by a shell): what deploy wrote, or
+        the file on the target when this runtime did not write it (a `start` after `sync`)."""
+        if self._env is None:
+            try:
+                text = await self.transport.read_text(self.env_path)
+            except (TransportError, OSError) as exc:
+                raise DeployError("env", f"reading {self.env_path} on {self.host}: {exc}") from None
+            self._env = parse_env_text(text, where=f"{self.env_path} on {self.host}")
+            self._secrets = env_secrets(text)
+        return {**self.python_env, **self._env}
+
     async def migrate_db(self) -> None:
         await self._run(
             "migrate",
             self.migrate_command(),
-            env=self.python_env or None,
+            env=await self.app_env(),
             hint=f"check DATABASE_URL in the env file: the database must be reachable from {self.host}",
         )
 
@@ -195,7 +211,7 @@ class ProcessRuntime(RuntimeBase):
         return await self._run(
             "start",
             self.start_command(),
-            env=self.python_env or None,
+            env=await self.app_env(),
             timeout=60,
             hint=f"see {self.log_path} on the target",
         )

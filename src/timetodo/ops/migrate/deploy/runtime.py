@@ -22,6 +22,7 @@ failed deploy leaves nothing of its own running.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import posixpath
 import re
@@ -29,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
+
+from dotenv.parser import parse_stream
 
 from timetodo.ops.adapters.transport import CommandFailed, Transport, TransportError
 from timetodo.ops.errors import OpsError
@@ -40,7 +43,8 @@ POLL_INTERVAL = 0.5
 DEFAULT_HEALTH_TIMEOUT = 120.0
 
 _SECRET_KEY_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ENV_HINT = "write NAME=VALUE, one a line; put a value with spaces or # in 'single quotes' (kept literally)"
 HOST_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 
 # One urllib request, printed as "<body>\n<status>" (status 0 when there was no HTTP answer), like curl -w below.
@@ -159,19 +163,26 @@ class Runtime(Protocol):
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
-def parse_env_text(text: str) -> dict[str, str]:
-    """KEY=VALUE lines of a dotenv / shell env file (comments, blank lines and `export` allowed; quotes removed)."""
+class EnvFileError(OpsError):
+    """The env file has a line that is not `KEY=VALUE` under dotenv rules; the message names the line, not its
+    content (it may hold a secret)."""
+
+
+def parse_env_text(text: str, *, where: str = "the env file") -> dict[str, str]:
+    """KEY=VALUE lines of a dotenv file, read by python-dotenv's parser without interpolation: comments, blank lines
+    and `export` allowed; 'single quotes' literal, "double quotes" with backslash escapes; a `$`, a backtick or
+    `$(...)` in a value is kept as written (nothing is run, nothing expanded). A line the parser cannot read, a key
+    without `=`, or a name that is not a shell variable name raises `EnvFileError` naming the line."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            raise EnvFileError(f"{where}, line {line}: not a KEY=VALUE line", _ENV_HINT)
+        if binding.key is None:  # blank or comment
             continue
-        match = _ENV_LINE.match(line)
-        if match is None:
-            continue
-        name, value = match.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[name] = value
+        if binding.value is None or not _ENV_NAME.match(binding.key):
+            raise EnvFileError(f"{where}, line {line}: {binding.key!r} is not NAME=VALUE", _ENV_HINT)
+        values[binding.key] = binding.value
     return values
 
 
