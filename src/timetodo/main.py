@@ -23,6 +23,7 @@ from timetodo.core.database import create_engine, create_sessionmaker, pool_stat
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.events import EventHub
 from timetodo.core.forwarding import ForwardingCache, ForwardingMiddleware
+from timetodo.core.fs import private_dir
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
 from timetodo.core.limits import BodyLimitMiddleware, ClientAddressMiddleware
@@ -32,7 +33,6 @@ from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.files.router import router as files_router
-from timetodo.files.storage import private_dir
 from timetodo.realtime.router import close_all, going_away_on_signals
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router

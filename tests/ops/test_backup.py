@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import sqlite3
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -556,3 +557,25 @@ async def test_sqlite_backup_is_consistent_while_the_app_writes(tmp_path: Path) 
     assert result.ok
     assert sqlite_counts(tmp_path / "dst" / "app.db")["tasks"] == created.manifest.counts.tables["tasks"]
     assert sqlite_counts(db)["tasks"] == written[0]
+
+
+async def test_archives_and_restored_files_are_private(tmp_path: Path) -> None:
+    """Archives 0600 in a 0700 folder; restored uploads 0600 in 0700 folders — whatever the umask."""
+    source = await sqlite_settings(tmp_path / "src")
+    await populate(source)
+    old_umask = os.umask(0o022)
+    try:
+        created = await backup.create_backup(DataSources.from_settings(source), tmp_path / "backups")
+        target = make_settings(
+            tmp_path / "dst", DATABASE_URL=f"sqlite:///{tmp_path / 'dst' / 'app.db'}", REDIS_URL=None
+        )
+        restored = await backup.restore_backup(DataSources.from_settings(target), created.path)
+    finally:
+        os.umask(old_umask)
+    assert restored.ok
+    assert stat.S_IMODE(created.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
+    restored_paths = [p for p in target.UPLOAD_DIR.rglob("*") if ".incoming" not in p.parts]
+    assert any(p.is_file() for p in restored_paths)
+    for path in [target.UPLOAD_DIR, *restored_paths]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o600 if path.is_file() else 0o700), path

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import filetype
 
+from timetodo.core.fs import PRIVATE_FILE, private_dir, private_tree
+
 INCOMING = ".incoming"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -76,19 +78,6 @@ class IncomingFile:
         return self.hasher.hexdigest()
 
 
-PRIVATE_DIR = 0o700
-PRIVATE_FILE = 0o600
-
-
-def private_dir(path: Path) -> Path:
-    """Create `path` (and missing parents) readable by the app's user only; tighten it if it exists looser."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        with contextlib.suppress(PermissionError):  # not ours to change (a mounted volume): files stay 0600
-            path.chmod(PRIVATE_DIR)
-    return path
-
-
 class IncomingWriter:
     """Write an upload chunk by chunk; raises OverflowError past `limit` bytes. Files are 0600, folders 0700."""
 
@@ -126,8 +115,7 @@ class IncomingWriter:
 def commit_blob(root: Path, incoming: IncomingFile) -> Path:
     """Move an incoming file to its content address (keeping the existing copy when the content is already there)."""
     final = blob_path(root, incoming.sha256)
-    for folder in reversed(final.relative_to(root).parents):
-        private_dir(root / folder)
+    private_tree(root, final.parent.relative_to(root))
     if final.exists():
         incoming.path.unlink(missing_ok=True)
     else:

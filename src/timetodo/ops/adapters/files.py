@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
+from timetodo.core.fs import private_tree
 from timetodo.files.storage import INCOMING
 
 CHUNK = 1024 * 1024
@@ -221,8 +222,8 @@ def fsync_dir(path: Path) -> None:
 def write_file_atomic(root: Path, rel: str, src: Readable, on_bytes: ByteCallback | None = None) -> tuple[str, int]:
     """Write `root/rel` from a stream through a temp file in the same folder and a rename; returns sha256, size."""
     target = root / safe_relpath(rel)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".restore-", dir=target.parent)
+    private_tree(root, target.parent.relative_to(root))
+    fd, tmp_name = tempfile.mkstemp(prefix=".restore-", dir=target.parent)  # 0600
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from timetodo import __version__
+from timetodo.core.fs import PRIVATE_FILE, private_dir
 from timetodo.ops.adapters import files as fileops
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
@@ -175,7 +176,7 @@ async def create_backup(
         raise BackupConfigError("--keep must be at least 1")
     folder = directory
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
     except OSError as exc:
         raise BackupConfigError(f"cannot create the backup folder {folder}: {exc.strerror}") from None
     created_at = datetime.now(UTC).replace(microsecond=0)
@@ -183,7 +184,7 @@ async def create_backup(
     partial = folder / f".{final.name}.partial"
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.stem}-", dir=folder))
     try:
-        with partial.open("wb") as fh:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "wb") as fh:
             writer = fileops.TarWriter(fh)
             manifest = await _write_parts(sources, writer, scratch, created_at, progress)
             writer.close()

@@ -17,6 +17,7 @@ from typing import IO
 import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
+from timetodo.core.fs import private_dir
 from timetodo.core.logging import mask_secrets
 from timetodo.core.maintenance import read_flag, switch_maintenance
 from timetodo.ops.adapters import files as fileops
@@ -258,7 +259,7 @@ async def _reach_targets(sources: DataSources, restore_redis: bool) -> None:
         except redisops.RedisUnreachable as exc:
             raise unreachable(exc, "redis") from None
     try:
-        sources.uploads_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(sources.uploads_dir)
     except OSError as exc:
         raise BackupConfigError(f"cannot create UPLOAD_DIR {sources.uploads_dir}: {exc.strerror}") from None
 
