@@ -1,5 +1,10 @@
 """`compare_http`: the same authenticated GETs answered identically by both hosts, and p50/p95 latency of each measured
-in the same run by interleaving requests; the target must stay within 10 % of the source.
+in the same run by interleaving requests.
+
+The target should stay within 10 % of the source. Over that budget is a **warning** with the figures; it is an
+error only when the target is far outside the noise of a busy host: its median above twice the source's plus
+`FAR_SLACK_MS`. (After the switch the target carries the clients' traffic while the frozen source is idle, and a
+p95 of a few dozen samples swings with background load: a strict budget failed correct migrations.)
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import httpx
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.migrate.validate.common import DEFAULT_SLACK_MS, LATENCY_FACTOR
+
+FAR_FACTOR = 2.0
+FAR_SLACK_MS = 10.0
 
 
 @dataclass
@@ -79,10 +87,18 @@ class HttpComparison:
         return self.target_p50_ms <= self.budget_p50_ms and self.target_p95_ms <= self.budget_p95_ms
 
     @property
+    def far_outside_noise(self) -> bool | None:
+        """The target's median is above twice the source's + FAR_SLACK_MS: slower beyond what load explains."""
+        if self.target_p50_ms is None or self.source_p50_ms is None:
+            return None
+        return self.target_p50_ms > self.source_p50_ms * FAR_FACTOR + FAR_SLACK_MS
+
+    @property
     def budget_rule(self) -> str:
         return (
-            f"target p50 and p95 must be ≤ the source's × {LATENCY_FACTOR} "
-            f"(or ≤ the source's + {self.slack_ms:g} ms when that is larger: sub-millisecond loopback noise)"
+            f"target p50 and p95 should be ≤ the source's × {LATENCY_FACTOR} "
+            f"(or ≤ the source's + {self.slack_ms:g} ms when that is larger: sub-millisecond loopback noise); "
+            f"an error only when the target's p50 > the source's × {FAR_FACTOR:g} + {FAR_SLACK_MS:g} ms"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +121,7 @@ class HttpComparison:
             "slack_ms": self.slack_ms,
             "budget_rule": self.budget_rule,
             "target_within_budget": self.target_within_budget,
+            "far_outside_noise": self.far_outside_noise,
             "errors": list(self.errors),
             "warnings": list(self.warnings),
         }
@@ -201,11 +218,12 @@ def _conclude(
         result.target_p50_ms, result.target_p95_ms = percentile(times[1], 50), percentile(times[1], 95)
     within = result.target_within_budget
     if within is False:
-        result.errors.append(
+        message = (
             f"latency: target p50 {result.target_p50_ms:.1f} ms / p95 {result.target_p95_ms:.1f} ms exceeds the "
             f"budget p50 {result.budget_p50_ms:.1f} ms / p95 {result.budget_p95_ms:.1f} ms "
             f"(source p50 {result.source_p50_ms:.1f} ms / p95 {result.source_p95_ms:.1f} ms; {result.budget_rule})"
         )
+        (result.errors if result.far_outside_noise else result.warnings).append(message)
     elif within is None and paths:
         result.errors.append("latency: could not be measured on both hosts")
     if not paths:
