@@ -261,6 +261,7 @@ class Writer:
         self.current, self.token, self.prefix = current, token, prefix
         self.acked: dict[str, str] = {}
         self.failures = 0
+        self.failure_times: list[float] = []  # wall clock, comparable with the state file's timestamps
         self.last_ack: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -297,6 +298,7 @@ class Writer:
                     except httpx.HTTPError:
                         pass
                     self.failures += 1
+                    self.failure_times.append(time.time())
                     if self._stop.is_set():
                         return  # an unacknowledged write at the very end: not counted
                     await asyncio.sleep(0.05)

@@ -82,12 +82,25 @@ def test_cutover_over_the_downtime_budget_stops_before_freezing(world: World) ->
 
 
 def test_migration_and_rollback_lose_nothing(world: World) -> None:
-    with Writer(world.current, world.writer_token, "w") as writer:
+    old_address = world.base / "old-address"  # a client whose DNS never moves: it keeps using the source
+    old_address.write_text(world.source.url)
+    with (
+        Writer(world.current, world.writer_token, "w") as writer,
+        Writer(old_address, world.writer_token, "o") as old_writer,
+    ):
         time.sleep(1)
         result = world.migrate("run", "--yes")
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)  # more writes, now on the target
+        time.sleep(1.5)  # more writes, now on the target (the old-address client's through the source's forwarding)
     assert world.current.read_text() == world.target_url
+    facts = world.state()["facts"]
+    # the client on the old address saw errors only inside the write freeze: forwarding took over at the switch
+    window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
+    outside = [t for t in old_writer.failure_times if not window[0] <= t <= window[1]]
+    assert outside == [], f"{len(outside)} failed requests outside the freeze {window}: {outside[:5]}"
+    on_target_old = asyncio.run(titles(world.target_db, "o"))
+    assert old_writer.acked and [uid for uid in old_writer.acked if on_target_old.get(uid) != 1] == []
+    print(f"client-visible downtime on the old address: {old_writer.max_gap():.2f} s")
     assert writer.acked, "the writer never got a write through"
     on_target = asyncio.run(titles(world.target_db, "w"))
     missing = [uid for uid in writer.acked if on_target.get(uid) != 1]
@@ -116,10 +129,13 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     # the webhook points at the target, pending updates kept
     assert world.telegram.webhook_url == world.target_url + "/api/v1/telegram/webhook"
     assert len(world.telegram.pending_updates) == 3
-    # the source is frozen, the target serves writes
+    # the source is frozen and forwards its API to the target, which serves writes
     with httpx.Client() as c:
         auth = {"Authorization": f"Bearer {world.writer_token}"}
-        assert c.post(world.source.url + "/api/v1/tasks", json={"title": "x"}, headers=auth).status_code == 503
+        via_source = c.post(world.source.url + "/api/v1/tasks", json={"title": "via-old-host"}, headers=auth)
+        assert via_source.status_code == 201
+        assert asyncio.run(titles(world.target_db, "via-old")) == {"via-old-host": 1}
+        assert asyncio.run(titles(world.source_db, "via-old")) == {}
         assert (
             c.post(world.target_url + "/api/v1/tasks", json={"title": "post-migration"}, headers=auth).status_code
             == 201

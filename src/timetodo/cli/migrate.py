@@ -157,6 +157,25 @@ def rollback(
     _execute(config, accept_new_host_key, roll_back)
 
 
+@app.command("finish")
+def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: AcceptOption = False) -> None:
+    """End the migration once DNS has moved every client: the source stops forwarding its API to the target (it
+    stays frozen, so a rollback is still possible).
+
+    Example: timetodo migrate finish -c migration.toml
+    """
+    from timetodo.ops.migrate.switch import end_forwarding
+
+    async def body(ctx: Context) -> int:
+        if await end_forwarding(ctx):
+            console.print("[bold]finished[/]: the source no longer forwards; it stays in maintenance mode")
+        else:
+            console.print("nothing to finish: the source is not forwarding")
+        return EXIT_OK
+
+    _execute(config, accept_new_host_key, body)
+
+
 @app.command("status")
 def status(config: ConfigOption = Path("migration.toml")) -> None:
     """Where the migration stands (from the state file).

@@ -1,5 +1,5 @@
-"""The source deployment's HTTP API, as an admin: health, and maintenance mode switched through the app's own
-endpoint (the toolkit never writes the app's tables itself). The login is renewed when the token expires during a
+"""The source deployment's HTTP API, as an admin: health, maintenance mode and forwarding mode switched through the
+app's own endpoints (the toolkit never writes the app's tables itself). The login is renewed when the token expires during a
 long migration, waiting as told when rate-limited."""
 
 from __future__ import annotations
@@ -99,6 +99,25 @@ class SourceApi:
             )
         log.info("source maintenance " + ("on" if enabled else "off"))
         return dict(resp.json())
+
+    async def forwarding(self, target: str | None) -> bool:
+        """Proxy the source's API to `target` (None: stop). False when the source is an app version without
+        forwarding mode (clients on the old address then get 503 until DNS has moved them)."""
+        if target is None:
+            resp = await self.request("DELETE", "/api/v1/admin/forwarding")
+        else:
+            resp = await self.request("PUT", "/api/v1/admin/forwarding", json={"target": target})
+        if resp.status_code in (404, 405):
+            log.warning("the source has no forwarding mode (an older version): clients on the old address get 503")
+            return False
+        if resp.status_code != 200:
+            raise StepError(
+                f"{'ending' if target is None else 'starting'} forwarding on the source failed: HTTP "
+                f"{resp.status_code} {resp.text[:200]}",
+                code=EXIT_REFUSED if resp.status_code in (401, 403) else EXIT_ERROR,
+            )
+        log.info("source forwarding " + (f"to {target}" if target else "ended"))
+        return True
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -51,6 +51,8 @@ class Facts(BaseModel):
     cutover_phases: dict[str, CutoverPhase] = {}
     writes_switched_at: float | None = None
     webhook_before: str | None = None
+    forwarding_started_at: float | None = None  # the source proxies its API to the target from then on
+    forwarding_ended_at: float | None = None  # `migrate finish`, or a rollback
     switched_at: float | None = None
     write_downtime_seconds: float | None = None
 

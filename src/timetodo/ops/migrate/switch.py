@@ -31,9 +31,15 @@ async def point_dns(ctx: Context, old: str, new: str) -> dict[str, Any]:
 
 
 async def switch(ctx: Context) -> dict[str, Any]:
-    """DNS first (it moves the clients' writes; printed or handed to the hook), then the Telegram webhook to the
-    target with pending updates kept, confirmed by getWebhookInfo."""
-    result: dict[str, Any] = {"dns": await point_dns(ctx, ctx.config.source.api_url, ctx.config.target.public_url)}
+    """The source's forwarding mode first (from then on a client still on the old address reaches the target: its
+    writes are accepted again), then DNS (printed or handed to the hook), then the Telegram webhook to the target
+    with pending updates kept, confirmed by getWebhookInfo."""
+    forwarded = await ctx.source_api().forwarding(ctx.config.target.public_url)
+    if forwarded:
+        ctx.state.forget("forwarding_ended_at")
+        ctx.state.remember(forwarding_started_at=time.time())
+    result: dict[str, Any] = {"forwarding": ctx.config.target.public_url if forwarded else None}
+    result["dns"] = await point_dns(ctx, ctx.config.source.api_url, ctx.config.target.public_url)
     ctx.state.remember(writes_switched_at=time.time())
     client = ctx.telegram()
     if client is not None:
@@ -49,9 +55,19 @@ async def switch(ctx: Context) -> dict[str, Any]:
     return result
 
 
+async def end_forwarding(ctx: Context) -> bool:
+    """The source answers for itself again (still frozen until rollback or the operator unfreezes it)."""
+    if ctx.state.facts.forwarding_started_at is None or ctx.state.facts.forwarding_ended_at is not None:
+        return False
+    await ctx.source_api().forwarding(None)
+    ctx.state.remember(forwarding_ended_at=time.time())
+    return True
+
+
 async def switch_back(ctx: Context) -> dict[str, Any]:
-    """The Telegram webhook back to where it pointed before the switch, then DNS back to the source."""
-    result: dict[str, Any] = {}
+    """Forwarding ended (the source must not proxy to a target that is about to stop), the Telegram webhook back to
+    where it pointed before the switch, then DNS back to the source."""
+    result: dict[str, Any] = {"forwarding_ended": await end_forwarding(ctx)}
     client = ctx.telegram()
     if client is not None:
         async with client:

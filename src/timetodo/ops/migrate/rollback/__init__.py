@@ -25,7 +25,7 @@ from timetodo.ops.migrate.rollback.delta import (
     TableCounts,
     TableDelta,
 )
-from timetodo.ops.migrate.switch import switch_back
+from timetodo.ops.migrate.switch import end_forwarding, switch_back
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
@@ -49,6 +49,7 @@ NAME = "rollback"
 
 async def plan(ctx: Context) -> list[PlanLine]:
     return [
+        (ctx.config.source.api_url, "DELETE /api/v1/admin/forwarding (when the switch started it)"),
         (ctx.target_ssh().describe(), "stop the app"),
         ("local", "row delta target vs cutover snapshot → applied to the source in one transaction"),
         ("local", "Redis and uploads back; webhook and DNS back; source maintenance off"),
@@ -80,7 +81,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     """Back to the source with nothing lost: stop the target app, carry every write it accepted after the switch
     back to the source, webhook and DNS back, source out of maintenance."""
     started = time.time()
-    result: dict[str, Any] = {}
+    # first: a source still forwarding would proxy its clients to a target that is about to stop
+    result: dict[str, Any] = {"forwarding_ended": await end_forwarding(ctx)}
     await (await ctx.runtime()).stop()
     if ctx.state.facts.switched_at is not None:
         result.update(await _carry_back(ctx))

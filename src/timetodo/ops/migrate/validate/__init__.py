@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 NAME = "validate"
+# the deployment's own switches (maintenance, forwarding), not user data: the frozen source forwards, the target not
+DEPLOYMENT_STATE = ("app_state",)
 VALIDATION_PATHS = ["/api/v1/users/me", "/api/v1/projects?limit=50", "/api/v1/tasks?limit=50"]
 
 
@@ -62,7 +64,9 @@ async def plan(ctx: Context) -> list[PlanLine]:
 async def _compare_stores(ctx: Context, report: ValidationReport, switched: bool) -> None:
     # after the switch the target takes writes: compare the frozen source with the cutover snapshot instead
     other_db = await ctx.snapshot_db_url() if switched else await ctx.target_db_url()
-    report.database = await compare_databases(ctx.secrets.source_database_url, other_db)
+    report.database = await compare_databases(
+        ctx.secrets.source_database_url, other_db, exclude_tables=DEPLOYMENT_STATE
+    )
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
         report.redis = await compare_redis(ctx.secrets.source_redis_url, target_redis)
