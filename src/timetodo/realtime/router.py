@@ -43,6 +43,21 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code=code, reason=reason)
 
 
+_CLOSED = object()
+
+
+async def _parsed_or_closed(ws: WebSocket, raw: str | None) -> Any:
+    """The client's message as JSON, or `_CLOSED` once the socket is closed with 1003 (a binary frame, not JSON)."""
+    if raw is None:
+        await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON text frames")
+        return _CLOSED
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON")
+        return _CLOSED
+
+
 @router.websocket("/ws")
 async def events_socket(ws: WebSocket) -> None:
     """Protocol: send `{"type":"auth","token":"<access token>"}` first (within the auth timeout); then the server
@@ -59,13 +74,8 @@ async def events_socket(ws: WebSocket) -> None:
         return
     except (WebSocketDisconnect, KeyError, RuntimeError):
         return
-    if raw is None:
-        await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON text frames")
-        return
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON")
+    message = await _parsed_or_closed(ws, raw)
+    if message is _CLOSED:
         return
     if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(message.get("token"), str):
         await _close(ws, CLOSE_POLICY, "the first message must be {type: auth, token}")
@@ -125,13 +135,8 @@ async def _serve(ws: WebSocket, ping_seconds: float, still_valid: Callable[[], A
                 return
             continue
         silent = 0
-        if raw is None:
-            await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON text frames")
-            return
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON")
+        message = await _parsed_or_closed(ws, raw)
+        if message is _CLOSED:
             return
         if isinstance(message, dict) and message.get("type") == "ping":
             await ws.send_text('{"type":"pong"}')
