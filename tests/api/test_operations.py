@@ -217,7 +217,8 @@ async def test_maintenance_on_waits_for_inflight_writes(app: FastAPI, settings: 
     try:
         await asyncio.sleep(0.3)
         async with maker() as session:
-            await set_maintenance(session, True)
+            # must not be starved by the writers that keep coming (it once waited forever on PostgreSQL)
+            await asyncio.wait_for(set_maintenance(session, True), 20)
         frozen = await count_tasks()
         await asyncio.sleep(0.3)
         assert await count_tasks() == frozen

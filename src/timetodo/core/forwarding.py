@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
@@ -42,7 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from timetodo.core.database import utcnow
 from timetodo.core.errors import ErrorCode, error_response
-from timetodo.core.maintenance import APP_STATE_ID, AppState
+from timetodo.core.maintenance import APP_STATE_ID, AppState, update_app_state
 from timetodo.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = logging.getLogger("timetodo.forwarding")
@@ -116,12 +115,9 @@ async def get_forwarding(session: AsyncSession) -> Forwarding:
 async def set_forwarding(session: AsyncSession, target: str | None, minutes: int | None = None) -> Forwarding:
     """Start (`target`) or end (`None`) forwarding for every instance; `minutes` bounds it in time."""
     until = utcnow() + timedelta(minutes=minutes) if target is not None and minutes else None
-    await session.execute(
-        update(AppState)
-        .where(AppState.id == APP_STATE_ID)
-        .values(forward_to=normalise_target(target) if target is not None else None, forward_until=until)
+    await update_app_state(
+        session, forward_to=normalise_target(target) if target is not None else None, forward_until=until
     )
-    await session.commit()
     return await get_forwarding(session)
 
 

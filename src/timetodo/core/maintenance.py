@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -56,14 +57,25 @@ async def get_status(session: AsyncSession) -> MaintenanceStatus:
     return MaintenanceStatus(state.maintenance_enabled, state.maintenance_reason, state.maintenance_changed_at)
 
 
+async def update_app_state(session: AsyncSession, **values: Any) -> None:
+    """Change the shared row and commit, waiting for every write transaction in flight — and never starved by them.
+
+    PostgreSQL: an `UPDATE` alone waits for the row's share locks, but new writers can keep joining the existing
+    share lock while it waits (row locks are not queued fairly), so under continuous writes it could wait forever.
+    `LOCK TABLE … IN EXCLUSIVE MODE` first: it conflicts with the RowShareLock every guard's `FOR SHARE` holds, and
+    the table lock queue is fair, so writers arriving after it queue behind it; plain reads of the row (the flag
+    caches) are not blocked."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("LOCK TABLE app_state IN EXCLUSIVE MODE"))
+    await session.execute(update(AppState).where(AppState.id == APP_STATE_ID).values(**values))
+    await session.commit()
+
+
 async def set_maintenance(session: AsyncSession, enabled: bool, reason: str | None = None) -> MaintenanceStatus:
     """Switch the flag and commit. Switching on waits for every write transaction in flight (see the module)."""
-    await session.execute(
-        update(AppState)
-        .where(AppState.id == APP_STATE_ID)
-        .values(maintenance_enabled=enabled, maintenance_reason=reason, maintenance_changed_at=utcnow())
+    await update_app_state(
+        session, maintenance_enabled=enabled, maintenance_reason=reason, maintenance_changed_at=utcnow()
     )
-    await session.commit()
     return await get_status(session)
 
 
