@@ -142,6 +142,14 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert asyncio.run(titles(world.source_db, "post")) == {"post-migration": 1}
     assert world.telegram.webhook_url == world.source.url + "/api/v1/telegram/webhook"
     assert len(world.telegram.pending_updates) == 3
+    # the final report keeps the cutover and validation after the rollback, every step in the order it ran
+    final = json.loads((world.base / "work" / "migration_final_report.json").read_text())
+    ran = ["preflight", "backup", "prepare", "deploy", "sync", "cutover", "validate", "rollback"]
+    assert [phase["step"] for phase in final["phases"]] == ran
+    assert final["write_downtime_seconds"] == pytest.approx(downtime)
+    assert final["verification_ok"] is True and final["outcome"] == "rolled back to the source"
+    page = (world.base / "work" / "migration_final_report.html").read_text()
+    assert 'id="timeline"' in page and 'id="verification"' in page and final["write_freeze"] in page
     with httpx.Client() as c:
         assert (
             c.post(
@@ -213,6 +221,11 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     state = json.loads(state_file.read_text())
     assert all(state["steps"][s]["status"] == "done" for s in ("preflight", "backup", "sync", "cutover", "validate"))
     assert state["steps"]["cutover"]["attempts"] >= 2
+    # the final report: every attempt a row, in the order they ran; the killed cutover stays as an interrupted row
+    phases = json.loads((world.base / "work-resume" / "migration_final_report.json").read_text())["phases"]
+    assert [p["started_at"] for p in phases] == sorted(p["started_at"] for p in phases)
+    assert [(p["attempt"], p["status"]) for p in phases if p["step"] == "cutover"] == [(1, "interrupted"), (2, "done")]
+    assert [p["attempt"] for p in phases if p["step"] == "preflight"] == list(range(1, len(kill_points) + 2))
 
 
 def _plan(world: World, config_text: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
