@@ -1,7 +1,7 @@
 """The final migration report: built from the state's run history, rendered as text, JSON and HTML with the same
 facts; the HTML page opened in headless Chromium.
 
-`data/migration_state_rolled_back.json` is the state file a real run left (tests/e2e/test_migrate.py: migration with
+`fixtures/migration_state_rolled_back.json` is the state file a real run left (tests/e2e/test_migrate.py: migration with
 a writer, then rollback; paths renamed, the rollback's per-key delta lists trimmed)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from timetodo.ops.migrate.report import build, render_html, render_text, write_f
 from timetodo.ops.migrate.report.model import Window, human_seconds
 from timetodo.ops.migrate.state import MigrationState
 
-RECORDED = Path(__file__).parent / "data" / "migration_state_rolled_back.json"
+RECORDED = Path(__file__).parent / "fixtures" / "migration_state_rolled_back.json"
 RAN = ["preflight", "backup", "prepare", "deploy", "sync", "cutover", "validate", "rollback"]
 CUTOVER_PHASES = ["stop_target", "final_copy", "verify", "start_target", "switch", "snapshot"]
 HOSTILE = '<img src=x onerror="alert(1)"> & <b>'
