@@ -26,6 +26,9 @@ command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)  # debootstrap on Ubuntu
+# a real ACME server (tests/ops/test_acme.py) and the client the deploy uses
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+command -v certbot >/dev/null 2>&1 || need+=(certbot)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}" >&2

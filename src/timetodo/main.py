@@ -20,6 +20,7 @@ from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.events import EventHub
+from timetodo.core.forwarding import ForwardingCache, ForwardingMiddleware
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
 from timetodo.core.logging import configure_logging
@@ -35,6 +36,8 @@ from timetodo.reminders.service import TaskReminders, scheduler_running
 from timetodo.sync.router import router as sync_router
 from timetodo.tasks import hooks as task_hooks
 from timetodo.tasks.router import router as tasks_router
+from timetodo.telegram.router import router as telegram_router
+from timetodo.telegram.runtime import TelegramRuntime
 from timetodo.timer.router import router as timer_router
 
 log = logging.getLogger("timetodo")
@@ -55,6 +58,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     gauges = asyncio.create_task(_export_pool_gauges(app))
     await app.state.events.start()
+    telegram: TelegramRuntime | None = app.state.telegram
+    if telegram is not None:
+        await telegram.start()
     # everything alive after start-up (modules, the app, SQLAlchemy's caches: >100 000 objects) stays alive: move
     # it out of the collector's reach, so a full collection scans only what requests allocate (it took ~90 ms and
     # stalled every request in flight, which set the p99)
@@ -74,16 +80,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.events.publish,
             settings.REMINDER_POLL_SECONDS,
             settings.MAINTENANCE_RETRY_AFTER,
+            telegram.enqueue_reminders if telegram is not None else None,
         ):
             with going_away_on_signals(app.state.events):
                 yield
     finally:
+        if telegram is not None:
+            await telegram.stop()
         await close_all(app.state.events)
         await app.state.events.stop()
         gauges.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
         await app.state.cache.close()
+        forward_client = getattr(app.state, "forward_client", None)
+        if forward_client is not None:
+            await forward_client.aclose()
         await app.state.engine.dispose()
         mark_worker_dead(os.getpid())
 
@@ -105,7 +117,13 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
+    app.state.forwarding = ForwardingCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
+    app.state.telegram = (
+        TelegramRuntime(settings, app.state.sessionmaker, app.state.cache, app.state.events.publish)
+        if settings.TELEGRAM_BOT_TOKEN is not None
+        else None
+    )
 
     install_error_handlers(app)
     app.include_router(health_router)
@@ -117,6 +135,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.include_router(sync_router)
     app.include_router(realtime_router)
     app.include_router(admin_router)
+    app.include_router(telegram_router)
 
     if settings.CORS_ORIGINS:
         app.add_middleware(
@@ -131,6 +150,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
+    app.add_middleware(ForwardingMiddleware)  # outermost: forwarded traffic bypasses everything local
     return app
 
 

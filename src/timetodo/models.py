@@ -7,6 +7,7 @@ from timetodo.core.maintenance import AppState
 from timetodo.files.models import Attachment
 from timetodo.reminders.models import Reminder
 from timetodo.tasks.models import Project, Task, TaskCompletion
+from timetodo.telegram.models import TelegramLink, TelegramLinkToken, TelegramOutbox, TelegramUpdate
 from timetodo.timer.models import TimeEntry
 
 __all__ = [
@@ -19,6 +20,10 @@ __all__ = [
     "Reminder",
     "Task",
     "TaskCompletion",
+    "TelegramLink",
+    "TelegramLinkToken",
+    "TelegramOutbox",
+    "TelegramUpdate",
     "TimeEntry",
     "User",
 ]

@@ -66,6 +66,7 @@ class NginxProcess:
         return ["-c", str(self.conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")]
 
     def write_config(self, upstreams: list[str]) -> None:
+        self.upstreams = upstreams
         self.conf.write_text(
             render_nginx_config(
                 upstreams=upstreams,

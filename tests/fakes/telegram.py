@@ -5,7 +5,8 @@ https://core.telegram.org/bots/api — requests go to `{base_url}/bot<token>/<me
 `{"ok": false, "error_code": N, "description": "...", "parameters": {"retry_after": N}}` with the HTTP status equal to
 the error code.
 
-Implemented methods: getMe, setWebhook, deleteWebhook, getWebhookInfo, getUpdates. Webhook URLs must be https (on
+Implemented methods: getMe, setWebhook, deleteWebhook, getWebhookInfo, getUpdates, sendMessage, editMessageText,
+editMessageReplyMarkup, answerCallbackQuery, setMyCommands, getMyCommands. Webhook URLs must be https (on
 ports 80, 88, 443 or 8443, like the real API) — except on loopback hosts (127.0.0.1, localhost, ::1) where http and
 any port are accepted so tests can point the bot at local servers.
 
@@ -16,7 +17,13 @@ Behaviour worth knowing, modelled on the real API:
   their switch); deleteWebhook clears them;
 * getUpdates answers 409 Conflict while a webhook is set.
 
-Test hooks: `enqueue_update`, `deliver` (or `auto_deliver=True`), `fail_next`, `calls`.
+* sending to a chat: at most `chat_rate` messages per chat and `global_rate` per bot in any sliding second when
+  `limits=True` (like Telegram's "about one message per second per chat, 30 per second overall"); above that the
+  answer is 429 `Too Many Requests: retry after N` with `parameters.retry_after`;
+* a chat that blocked the bot (`block_chat`) answers 403 `Forbidden: bot was blocked by the user`.
+
+Test hooks: `enqueue_update`, `deliver` (or `auto_deliver=True`), `fail_next`, `calls`, `message_update`,
+`callback_update`, `sent_messages`, `block_chat`, `throttled` (429s answered).
 
     with FakeTelegram("123456:ABC...") as tg:
         client = TelegramClient(token, api_base=tg.base_url)
@@ -43,7 +50,22 @@ import httpx
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 WEBHOOK_PORTS = {80, 88, 443, 8443}
 SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-METHODS = {"getme", "setwebhook", "deletewebhook", "getwebhookinfo", "getupdates"}
+METHODS = {
+    "getme",
+    "setwebhook",
+    "deletewebhook",
+    "getwebhookinfo",
+    "getupdates",
+    "sendmessage",
+    "editmessagetext",
+    "editmessagereplymarkup",
+    "answercallbackquery",
+    "setmycommands",
+    "getmycommands",
+}
+MAX_TEXT = 4096
+MAX_CALLBACK_DATA = 64
+LIMIT_WINDOW = 0.95  # seconds: a sliding second, with a little tolerance for clock jitter between processes
 _PATH = re.compile(r"^/bot([^/]+)/([A-Za-z]+)/?$")
 
 
@@ -121,6 +143,9 @@ class FakeTelegram:
         delivery_interval: float = 0.2,
         delivery_timeout: float = 5.0,
         verify_tls: bool = True,
+        limits: bool = False,
+        chat_rate: int = 1,
+        global_rate: int = 30,
     ) -> None:
         self.token = token
         self.username = username
@@ -144,6 +169,18 @@ class FakeTelegram:
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self.limits = limits
+        self.chat_rate = chat_rate
+        self.global_rate = global_rate
+        self._sends: deque[tuple[float, int]] = deque()  # (monotonic time, chat id) of recent sends
+        self._messages: dict[tuple[int, int], dict[str, Any]] = {}
+        self._sent_at: dict[tuple[int, int], float] = {}  # wall-clock time each bot message arrived
+        self._next_message_id: dict[int, int] = {}
+        self._blocked: set[int] = set()
+        self._commands: dict[str, list[dict[str, Any]]] = {}
+        self._answered: list[dict[str, Any]] = []
+        self.throttled = 0
+        self._next_callback_id = 1
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -232,6 +269,106 @@ class FakeTelegram:
             queue = self._failures.setdefault(method.lower(), deque())
             for _ in range(times):
                 queue.append(ApiError(error_code, description, retry_after))
+
+    def block_chat(self, chat_id: int, blocked: bool = True) -> None:
+        """Make sends to `chat_id` answer 403 "bot was blocked by the user" (or stop doing so)."""
+        with self._lock:
+            (self._blocked.add if blocked else self._blocked.discard)(chat_id)
+
+    def message_update(
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        user_id: int | None = None,
+        language_code: str = "en",
+        reply_to: int | None = None,
+        chat_type: str = "private",
+    ) -> dict[str, Any]:
+        """An update with a text message from a user (the private chat's id is the user's id)."""
+        with self._lock:
+            message_id = self._new_message_id(chat_id)
+        sender = {"id": user_id or chat_id, "is_bot": False, "first_name": "Test", "language_code": language_code}
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": chat_type},
+            "from": sender,
+            "text": text,
+        }
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        if reply_to is not None:
+            with self._lock:
+                original = self._messages.get((chat_id, reply_to))
+            message["reply_to_message"] = (
+                dict(original)
+                if original
+                else {
+                    "message_id": reply_to,
+                    "date": int(time.time()),
+                    "chat": {"id": chat_id, "type": chat_type},
+                }
+            )
+        return {"message": message}
+
+    def callback_update(
+        self, chat_id: int, message_id: int, data: str, *, user_id: int | None = None, language_code: str = "en"
+    ) -> dict[str, Any]:
+        """An update for a press on an inline button of the bot's message `message_id` in `chat_id`."""
+        with self._lock:
+            original = self._messages.get((chat_id, message_id))
+            callback_id = str(self._next_callback_id)
+            self._next_callback_id += 1
+        message = (
+            dict(original)
+            if original
+            else {
+                "message_id": message_id,
+                "date": int(time.time()),
+                "chat": {"id": chat_id, "type": "private"},
+            }
+        )
+        sender = {"id": user_id or chat_id, "is_bot": False, "first_name": "Test", "language_code": language_code}
+        return {
+            "callback_query": {
+                "id": callback_id,
+                "from": sender,
+                "message": message,
+                "chat_instance": str(chat_id),
+                "data": data,
+            }
+        }
+
+    def sent_messages(self, chat_id: int | None = None) -> list[dict[str, Any]]:
+        """Messages the bot sent or edited, oldest first, as they are now (text, reply_markup, chat, message_id)."""
+        with self._lock:
+            items = sorted(self._messages.values(), key=lambda m: (m["chat"]["id"], m["message_id"]))
+            return [
+                dict(m)
+                for m in items
+                if m.get("from", {}).get("is_bot") and (chat_id is None or m["chat"]["id"] == chat_id)
+            ]
+
+    def sent_at(self, chat_id: int, message_id: int) -> float | None:
+        """When sendMessage created this message (time.time()), for latency measurements."""
+        with self._lock:
+            return self._sent_at.get((chat_id, message_id))
+
+    def message(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._messages.get((chat_id, message_id))
+            return dict(found) if found else None
+
+    @property
+    def answered_callbacks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(item) for item in self._answered]
+
+    def commands(self, language_code: str = "") -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._commands.get(language_code, []))
 
     @property
     def pending_updates(self) -> list[dict[str, Any]]:
@@ -364,6 +501,9 @@ class FakeTelegram:
                     raise failures.popleft()
             body = getattr(self, f"_api_{name}")(params)
         except ApiError as exc:
+            if exc.code == 429:
+                with self._lock:
+                    self.throttled += 1
             return exc.code, exc.body()
         return 200, body
 
@@ -451,6 +591,160 @@ class FakeTelegram:
 
     def _api_getwebhookinfo(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "result": self.webhook_info()}
+
+    # ---- messages --------------------------------------------------------------------------------------------------
+
+    def _new_message_id(self, chat_id: int) -> int:
+        message_id = self._next_message_id.get(chat_id, 1)
+        self._next_message_id[chat_id] = message_id + 1
+        return message_id
+
+    def _chat_id(self, params: dict[str, Any]) -> int:
+        if "chat_id" not in params or params["chat_id"] in ("", None):
+            raise bad_request("chat_id is empty")
+        try:
+            return _as_int("chat_id", params["chat_id"])
+        except ApiError:
+            raise bad_request("chat not found") from None
+
+    def _text(self, params: dict[str, Any]) -> str:
+        text = str(params.get("text", "") or "")
+        if not text.strip():
+            raise bad_request("message text is empty")
+        if len(text) > MAX_TEXT:
+            raise bad_request("message is too long")
+        return text
+
+    def _markup(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        markup = params.get("reply_markup")
+        if markup in (None, ""):
+            return None
+        if isinstance(markup, str):
+            try:
+                markup = json.loads(markup)
+            except json.JSONDecodeError:
+                raise bad_request("can't parse reply keyboard markup JSON object") from None
+        if not isinstance(markup, dict):
+            raise bad_request("can't parse reply keyboard markup JSON object")
+        for row in markup.get("inline_keyboard", []):
+            for button in row:
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                    raise bad_request("BUTTON_DATA_INVALID")
+                if not button.get("text"):
+                    raise bad_request("text buttons are unallowed in the inline keyboard")
+        return markup
+
+    def _check_chat(self, chat_id: int) -> None:
+        """403 for blocked chats; 429 above the per-chat or global rate when limits are on (records the send)."""
+        if chat_id in self._blocked:
+            raise ApiError(403, "Forbidden: bot was blocked by the user")
+        if not self.limits:
+            return
+        now = time.monotonic()
+        while self._sends and now - self._sends[0][0] > LIMIT_WINDOW:
+            self._sends.popleft()
+        if sum(1 for _, chat in self._sends if chat == chat_id) >= self.chat_rate:
+            raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
+        if len(self._sends) >= self.global_rate:
+            raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
+        self._sends.append((now, chat_id))
+
+    def _bot_user(self) -> dict[str, Any]:
+        me = self._api_getme({})["result"]
+        return {"id": me["id"], "is_bot": True, "first_name": me["first_name"], "username": me["username"]}
+
+    def _api_sendmessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = self._chat_id(params)
+        text = self._text(params)
+        markup = self._markup(params)
+        with self._lock:
+            self._check_chat(chat_id)
+            message: dict[str, Any] = {
+                "message_id": self._new_message_id(chat_id),
+                "from": self._bot_user(),
+                "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "group"},
+                "date": int(time.time()),
+                "text": text,
+            }
+            if markup is not None:
+                message["reply_markup"] = markup
+            self._messages[(chat_id, message["message_id"])] = message
+            self._sent_at[(chat_id, message["message_id"])] = time.time()
+            return {"ok": True, "result": dict(message)}
+
+    def _own_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = self._chat_id(params)
+        message_id = _as_int("message_id", params.get("message_id", ""))
+        message = self._messages.get((chat_id, message_id))
+        if message is None:
+            raise bad_request("message to edit not found")
+        if not message.get("from", {}).get("is_bot"):
+            raise bad_request("message can't be edited")
+        return message
+
+    def _api_editmessagetext(self, params: dict[str, Any]) -> dict[str, Any]:
+        text = self._text(params)
+        markup = self._markup(params)
+        with self._lock:
+            message = self._own_message(params)
+            self._check_chat(message["chat"]["id"])
+            if message["text"] == text and message.get("reply_markup") == markup:
+                raise bad_request(
+                    "message is not modified: specified new message content and reply markup are exactly the same "
+                    "as a current content and reply markup of the message"
+                )
+            message["text"], message["edit_date"] = text, int(time.time())
+            if markup is None:
+                message.pop("reply_markup", None)
+            else:
+                message["reply_markup"] = markup
+            return {"ok": True, "result": dict(message)}
+
+    def _api_editmessagereplymarkup(self, params: dict[str, Any]) -> dict[str, Any]:
+        markup = self._markup(params)
+        with self._lock:
+            message = self._own_message(params)
+            self._check_chat(message["chat"]["id"])
+            if message.get("reply_markup") == markup:
+                raise bad_request("message is not modified")
+            if markup is None:
+                message.pop("reply_markup", None)
+            else:
+                message["reply_markup"] = markup
+            return {"ok": True, "result": dict(message)}
+
+    def _api_answercallbackquery(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not params.get("callback_query_id"):
+            raise bad_request("query is too old and response timeout expired or query ID is invalid")
+        text = str(params.get("text", "") or "")
+        if len(text) > 200:
+            raise bad_request("MESSAGE_TOO_LONG")
+        with self._lock:
+            self._answered.append({"callback_query_id": str(params["callback_query_id"]), "text": text})
+        return {"ok": True, "result": True}
+
+    def _api_setmycommands(self, params: dict[str, Any]) -> dict[str, Any]:
+        commands = params.get("commands", [])
+        if isinstance(commands, str):
+            try:
+                commands = json.loads(commands)
+            except json.JSONDecodeError:
+                raise bad_request("can't parse commands JSON array") from None
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise bad_request("can't parse commands JSON array")
+        for item in commands:
+            if not isinstance(item, dict) or not re.fullmatch(r"[a-z0-9_]{1,32}", str(item.get("command", ""))):
+                raise bad_request("BOT_COMMAND_INVALID")
+            if not 1 <= len(str(item.get("description", ""))) <= 256:
+                raise bad_request("BOT_COMMAND_DESCRIPTION_INVALID")
+        language = str(params.get("language_code", "") or "")
+        with self._lock:
+            self._commands[language] = [dict(item) for item in commands]
+        return {"ok": True, "result": True}
+
+    def _api_getmycommands(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": self.commands(str(params.get("language_code", "") or ""))}
 
     def _api_getupdates(self, params: dict[str, Any]) -> dict[str, Any]:
         offset = _as_int("offset", params["offset"]) if "offset" in params else None

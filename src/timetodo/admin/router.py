@@ -4,10 +4,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from timetodo.auth.service import get_user
-from timetodo.core import maintenance
+from timetodo.core import forwarding, maintenance
 from timetodo.core.deps import API_PREFIX, SessionDep, UserIdDep
 from timetodo.core.errors import Forbidden
 
@@ -25,6 +25,28 @@ class MaintenanceOut(BaseModel):
     enabled: bool
     reason: str | None
     changed_at: datetime
+
+
+class ForwardingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(max_length=500, description="Base URL of the new host, e.g. https://api.example.com")
+    minutes: int | None = Field(None, ge=1, le=7 * 24 * 60, description="End by itself after this long")
+
+    @field_validator("target")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return forwarding.normalise_target(value)
+
+
+class ForwardingOut(BaseModel):
+    target: str | None
+    until: datetime | None
+    active: bool
+
+
+def _forwarding_out(state: forwarding.Forwarding) -> ForwardingOut:
+    return ForwardingOut(target=state.target, until=state.until, active=state.active())
 
 
 async def require_admin(user_id: UserIdDep, session: SessionDep) -> int:
@@ -49,3 +71,25 @@ async def put_maintenance(data: MaintenanceIn, request: Request, _admin: AdminDe
     status = await maintenance.set_maintenance(session, data.enabled, data.reason)
     request.app.state.maintenance_cache.set(status.enabled)
     return status
+
+
+@router.get("/forwarding", response_model=ForwardingOut)
+async def get_forwarding(_admin: AdminDep, session: SessionDep) -> object:
+    return _forwarding_out(await forwarding.get_forwarding(session))
+
+
+@router.put("/forwarding", response_model=ForwardingOut)
+async def put_forwarding(data: ForwardingIn, request: Request, _admin: AdminDep, session: SessionDep) -> object:
+    """Proxy every API request and WebSocket of every instance to `target` (after a migration's switch).
+    This host's `/api/v1/admin/…`, health and metrics stay local."""
+    state = await forwarding.set_forwarding(session, data.target, data.minutes)
+    request.app.state.forwarding.set(state)
+    return _forwarding_out(state)
+
+
+@router.delete("/forwarding", response_model=ForwardingOut)
+async def delete_forwarding(request: Request, _admin: AdminDep, session: SessionDep) -> object:
+    """End forwarding: this host answers for itself again (within MAINTENANCE_CACHE_SECONDS on every instance)."""
+    state = await forwarding.set_forwarding(session, None)
+    request.app.state.forwarding.set(state)
+    return _forwarding_out(state)

@@ -26,6 +26,7 @@ from timetodo import __version__
 from timetodo.cli import backup, db, files, maintenance, migrate, nginx, serve, user
 from timetodo.cli.common import out_console
 from timetodo.ops.errors import EXIT_OK
+from timetodo.telegram import cli as telegram_cli
 
 app = typer.Typer(help="Time to DO: serve the API and run its operations.", no_args_is_help=True)
 app.registered_commands += serve.app.registered_commands
@@ -37,6 +38,7 @@ for _name, _group in (
     ("backup", backup.app),
     ("migrate", migrate.app),
     ("nginx", nginx.app),
+    ("telegram", telegram_cli.app),
 ):
     app.add_typer(_group, name=_name)
 

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     timer_not_running = "timer_not_running"
     time_entry_overlap = "time_entry_overlap"
     service_unavailable = "service_unavailable"
+    bad_gateway = "bad_gateway"
     internal_error = "internal_error"
     http_error = "http_error"
 

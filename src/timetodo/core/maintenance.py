@@ -37,6 +37,9 @@ class AppState(Base):
     maintenance_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     maintenance_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     maintenance_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    # forwarding mode (timetodo.core.forwarding): the base URL every API request is proxied to, and until when
+    forward_to: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    forward_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ access_log = logging.getLogger("timetodo.access")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Writes that stay possible in maintenance mode (they write nothing to the database then, or turn it off).
-MAINTENANCE_EXEMPT = ("/api/v1/admin/maintenance", "/api/v1/auth/refresh", "/api/v1/auth/login")
+# Writes that stay possible in maintenance mode: they write nothing to the database then, or only the shared
+# app_state row (admins switching maintenance or forwarding).
+MAINTENANCE_EXEMPT = ("/api/v1/admin/", "/api/v1/auth/refresh", "/api/v1/auth/login")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),

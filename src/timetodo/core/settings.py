@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +82,8 @@ class Settings(BaseSettings):
     TELEGRAM_BOT_TOKEN: SecretStr | None = None
     TELEGRAM_API_BASE: str = "https://api.telegram.org"
     TELEGRAM_WEBHOOK_SECRET: SecretStr | None = None
+    TELEGRAM_CHAT_RATE: float = Field(1.0, gt=0, le=100)  # messages per second to one chat
+    TELEGRAM_GLOBAL_RATE: float = Field(30.0, gt=0, le=1000)  # messages per second for the bot
     PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
     LOG_LEVEL: str = "INFO"
     LOG_FILE: Path | None = None
@@ -97,6 +100,27 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET", mode="before")
+    @classmethod
+    def _telegram_unset(cls, value: Any) -> Any:
+        """An empty value (as in .env.example) means unset: no bot."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if text is None or (isinstance(text, str) and not text.strip()) else value
+
+    @field_validator("TELEGRAM_BOT_TOKEN")
+    @classmethod
+    def _telegram_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", value.get_secret_value()):
+            raise ValueError("must look like 123456789:AA… (the token @BotFather gave you)")
+        return value
+
+    @field_validator("TELEGRAM_WEBHOOK_SECRET")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's secret_token rule)")
+        return value
 
     @field_validator("LOG_LEVEL")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -129,22 +130,35 @@ async def delete_reminder(session: AsyncSession, owner_id: int, reminder_id: int
     await session.commit()
 
 
-async def claim_due(session: AsyncSession, retry_after: int, now: datetime | None = None) -> list[dict[str, Any]]:
-    """One scheduler tick: claim (mark sent) every due reminder not claimed by another instance."""
+OnClaimed = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[None]]
+
+
+async def claim_due(
+    session: AsyncSession, retry_after: int, now: datetime | None = None, on_claimed: OnClaimed | None = None
+) -> list[dict[str, Any]]:
+    """One scheduler tick: claim (mark sent) every due reminder not claimed by another instance. `on_claimed` runs
+    inside the claiming transaction (the app wires Telegram delivery here: its outbox rows commit with the claim, so
+    a reminder is handed to delivery exactly once, decided by the reminder's own state)."""
     await guard_write(session, retry_after)
     claimed = await repository.claim_due(session, now or utcnow(), CLAIM_BATCH)
+    if claimed and on_claimed is not None:
+        await on_claimed(session, claimed)
     await session.commit()
     return claimed
 
 
 async def run_scheduler(
-    maker: async_sessionmaker[AsyncSession], publish: Any, interval: float, retry_after: int
+    maker: async_sessionmaker[AsyncSession],
+    publish: Any,
+    interval: float,
+    retry_after: int,
+    on_claimed: OnClaimed | None = None,
 ) -> None:
     """Fire due reminders forever: claim in the database, then publish `reminder.fired` to the owner."""
     while True:
         try:
             async with maker() as session:
-                fired = await claim_due(session, retry_after)
+                fired = await claim_due(session, retry_after, on_claimed=on_claimed)
             for item in fired:
                 await publish(
                     item["owner_id"],
@@ -164,9 +178,13 @@ async def run_scheduler(
 
 @contextlib.asynccontextmanager
 async def scheduler_running(
-    maker: async_sessionmaker[AsyncSession], publish: Any, interval: float, retry_after: int
+    maker: async_sessionmaker[AsyncSession],
+    publish: Any,
+    interval: float,
+    retry_after: int,
+    on_claimed: OnClaimed | None = None,
 ) -> Any:
-    task = asyncio.create_task(run_scheduler(maker, publish, interval, retry_after))
+    task = asyncio.create_task(run_scheduler(maker, publish, interval, retry_after, on_claimed))
     try:
         yield task
     finally:

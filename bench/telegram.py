@@ -1,0 +1,229 @@
+"""Telegram bot benchmark: reminder delivery against Telegram's limits, and webhook throughput for `/add`.
+
+1. Reminders: two app instances (in one process, separate engines, Redis-shared limiter) on PostgreSQL + Redis,
+   `--chats` linked chats and `--reminders` reminders due at the same moment, a fake Bot API with Telegram-like
+   limits (1 msg/s per chat, 30/s overall). Reports: every reminder delivered exactly once, 429s from the fake,
+   p50/p99 lateness vs `remind_at`, and throughput against the limiter's ceiling (the baseline: what the limits allow
+   — target within 10 %; p99 lateness = the queueing the limits impose, `reminders / 30` seconds, no more).
+2. Webhook: `--updates` `/add` updates through the app's webhook (secret check, update claim in Redis, parse, task
+   created in PostgreSQL, reply sent to the fake) against a bare aiogram dispatcher whose one handler replies to the
+   same fake (baseline; target ≥ 50 % of it), both driven in-process with the same concurrency.
+
+    uv run python bench/telegram.py [--chats 300] [--reminders 1000] [--updates 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiogram import Dispatcher  # noqa: E402
+from aiogram.types import Message, Update  # noqa: E402
+from tests.conftest import asgi_client, make_settings, running_app  # noqa: E402
+from tests.fakes.telegram import FakeTelegram  # noqa: E402
+from tests.support import Services, create_database  # noqa: E402
+from tests.telegram.conftest import SECRET, TOKEN, WEBHOOK  # noqa: E402
+
+from timetodo.auth.models import User  # noqa: E402
+from timetodo.core.database import utcnow  # noqa: E402
+from timetodo.core.schema import upgrade_async  # noqa: E402
+from timetodo.reminders.models import Reminder  # noqa: E402
+from timetodo.tasks.models import Task  # noqa: E402
+from timetodo.telegram.bot import create_bot  # noqa: E402
+from timetodo.telegram.limiter import MemoryLimiter  # noqa: E402
+from timetodo.telegram.models import TelegramLink  # noqa: E402
+
+CHAT_BASE = 9_000_000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def settings_for(services: Services, fake: FakeTelegram, tmp: Path, **extra: Any) -> Any:
+    url = await create_database(services.postgres_url)
+    settings = make_settings(
+        tmp,
+        DATABASE_URL=url,
+        REDIS_URL=services.redis_url,
+        TELEGRAM_BOT_TOKEN=TOKEN,
+        TELEGRAM_API_BASE=fake.base_url,
+        TELEGRAM_WEBHOOK_SECRET=SECRET,
+        REMINDER_POLL_SECONDS=0.2,
+        MAINTENANCE_CACHE_SECONDS=1.0,  # the production default (the tests' settings use 0)
+        **extra,
+    )
+    await upgrade_async(settings.DATABASE_URL)
+    return settings
+
+
+async def reminders(services: Services, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    with FakeTelegram(TOKEN, limits=True) as fake:
+        settings = await settings_for(services, fake, tmp / "reminders")
+        async with running_app(settings) as first, running_app(settings) as second:
+            due = utcnow() + timedelta(seconds=8)
+            async with first.state.sessionmaker() as session:
+                users = [
+                    User(email=f"b{n}@example.com", password_hash="!", timezone="UTC", locale="en")
+                    for n in range(args.chats)
+                ]
+                session.add_all(users)
+                await session.flush()
+                session.add_all(
+                    TelegramLink(user_id=u.id, chat_id=CHAT_BASE + n, last_list=[]) for n, u in enumerate(users)
+                )
+                tasks = [
+                    Task(owner_id=users[n % args.chats].id, title=f"R{n}", done=False, labels=[], priority=4)
+                    for n in range(args.reminders)
+                ]
+                session.add_all(tasks)
+                await session.flush()
+                session.add_all(
+                    Reminder(owner_id=t.owner_id, task_id=t.id, remind_at=due, fire_at=due, state="scheduled")
+                    for t in tasks
+                )
+                await session.commit()
+            chats = set(range(CHAT_BASE, CHAT_BASE + args.chats))
+            deadline = time.monotonic() + args.reminders / 30 * 2 + 60
+
+            def delivered() -> list[dict[str, Any]]:
+                return [m for m in fake.sent_messages() if m["chat"]["id"] in chats]
+
+            while len(delivered()) < args.reminders and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2)
+            messages = delivered()
+            del second
+    ids = Counter(
+        b["callback_data"].split(":")[2]
+        for m in messages
+        for row in m["reply_markup"]["inline_keyboard"]
+        for b in row
+        if b["callback_data"].startswith("1:r15:")
+    )
+    times = sorted(fake.sent_at(m["chat"]["id"], m["message_id"]) or 0.0 for m in messages)
+    lateness = [t - due.timestamp() for t in times]
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    throughput = (len(times) - 1) / span if span else 0.0
+    return {
+        "reminders": args.reminders,
+        "chats": args.chats,
+        "delivered": len(messages),
+        "distinct": len(ids),
+        "duplicates": sum(1 for v in ids.values() if v > 1),
+        "429s": fake.throttled,
+        "throughput_per_s": round(throughput, 2),
+        "ceiling_per_s": 30.0,
+        "ratio": round(throughput / 30.0, 3),
+        "lateness_p50_s": round(percentile(lateness, 0.5), 2),
+        "lateness_p99_s": round(percentile(lateness, 0.99), 2),
+        "queueing_floor_s": round(args.reminders / 30.0, 2),
+    }
+
+
+async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    numbers = itertools.count(1)
+    with FakeTelegram(TOKEN) as fake:
+        settings = await settings_for(
+            services, fake, tmp / "webhook", TELEGRAM_CHAT_RATE=100.0, TELEGRAM_GLOBAL_RATE=1000.0
+        )
+        async with running_app(settings) as app, asgi_client(app) as client:
+            async with app.state.sessionmaker() as session:
+                users = [
+                    User(email=f"w{n}@example.com", password_hash="!", timezone="UTC", locale="en")
+                    for n in range(args.concurrency)
+                ]
+                session.add_all(users)
+                await session.flush()
+                session.add_all(
+                    TelegramLink(user_id=u.id, chat_id=CHAT_BASE + 500_000 + n, last_list=[])
+                    for n, u in enumerate(users)
+                )
+                await session.commit()
+            headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+
+            async def one(chat: int) -> None:
+                n = next(numbers)
+                update = {"update_id": n, **fake.message_update(chat, f"/add Task {n} tomorrow at 9 #bench !2")}
+                response = await client.post(WEBHOOK, json=update, headers=headers)
+                assert response.status_code == 200
+
+            async def app_round() -> float:
+                started = time.perf_counter()
+                per = args.updates // args.concurrency
+                for _ in range(per):
+                    await asyncio.gather(*(one(CHAT_BASE + 500_000 + c) for c in range(args.concurrency)))
+                await app.state.telegram.drain()
+                return per * args.concurrency / (time.perf_counter() - started)
+
+            await app_round()  # warm-up
+            app_rate = await app_round()
+
+        # baseline: a bare aiogram handler answering through the same fake, fed the same updates
+        bot = create_bot(TOKEN, fake.base_url, MemoryLimiter(100, 1000))
+        dispatcher = Dispatcher()
+
+        @dispatcher.message()
+        async def echo(message: Message) -> None:
+            await message.answer(f"Added: {message.text}")
+
+        async def bare_round() -> float:
+            started = time.perf_counter()
+            per = args.updates // args.concurrency
+            for _ in range(per):
+                batch = []
+                for c in range(args.concurrency):
+                    n = next(numbers)
+                    raw = {"update_id": n, **fake.message_update(CHAT_BASE + 600_000 + c, f"/add Task {n}")}
+                    batch.append(dispatcher.feed_update(bot, Update.model_validate(raw, context={"bot": bot})))
+                await asyncio.gather(*batch)
+            return per * args.concurrency / (time.perf_counter() - started)
+
+        try:
+            await bare_round()
+            bare_rate = await bare_round()
+        finally:
+            await bot.session.close()
+    return {
+        "updates": args.updates,
+        "concurrency": args.concurrency,
+        "app_updates_per_s": round(app_rate, 1),
+        "bare_aiogram_per_s": round(bare_rate, 1),
+        "ratio": round(app_rate / bare_rate, 3),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    services = Services.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-telegram-") as tmp:
+            base = Path(tmp)
+            (base / "reminders").mkdir()
+            (base / "webhook").mkdir()
+            if not args.skip_reminders:
+                print("reminders:", await reminders(services, args, base), flush=True)
+            print("webhook:", await webhook(services, args, base), flush=True)
+    finally:
+        services.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chats", type=int, default=300)
+    parser.add_argument("--reminders", type=int, default=1000)
+    parser.add_argument("--updates", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--skip-reminders", action="store_true")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,342 @@
+"""The bot inside one app instance: takes updates (webhook or long polling), sends what the outbox holds, and
+sends daily digests.
+
+Guarantees:
+* an update is processed by the instance that claimed its `update_id` (see `service.claim_update`), after the
+  webhook has answered; `stop()` waits for updates in flight;
+* an outbox row is sent by the instance that claimed it (FOR UPDATE SKIP LOCKED / the SQLite write lock) and marked
+  sent afterwards. If an instance dies between sending and marking, the row's lease expires and it is sent again
+  (at-least-once only across a crash: a lost reminder is worse than a repeated one);
+* sends pass the shared limiter; a 429 waits `retry_after` (then the row is retried later), a 403 "blocked"
+  unlinks the chat, other failures retry with exponential backoff up to `MAX_ATTEMPTS`; all counted in /metrics;
+* a digest is claimed once per user and local day (one UPDATE … WHERE digest_sent_on < today) and goes out through
+  the outbox like a reminder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiogram import Bot, Dispatcher
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError, TelegramNetworkError, TelegramRetryAfter
+from aiogram.types import Update
+from prometheus_client import Counter, Histogram
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from timetodo.core.cache import Cache, RedisCache
+from timetodo.core.database import utcnow
+from timetodo.core.errors import MaintenanceActive, NotFound
+from timetodo.core.maintenance import guard_write
+from timetodo.core.settings import Settings
+from timetodo.tasks import service as tasks_service
+from timetodo.telegram import bot as botmod
+from timetodo.telegram import repository, service
+from timetodo.telegram.limiter import MemoryLimiter, RedisLimiter, SendLimiter
+from timetodo.telegram.models import TelegramOutbox
+from timetodo.telegram.texts import t
+
+log = logging.getLogger("timetodo.telegram")
+LEASE = timedelta(minutes=5)
+OUTBOX_BATCH = 200
+MAX_ATTEMPTS = 6
+SEND_CONCURRENCY = 16  # enough for 30 msg/s; each holds a Redis connection while reserving
+DIGEST_INTERVAL = 30.0
+UPDATE_CONCURRENCY = 16  # updates processed at once per instance (each holds a database connection)
+
+MESSAGES = Counter(
+    "timetodo_telegram_messages_total", "Bot messages from the outbox by kind and outcome", ["kind", "result"]
+)
+UPDATES = Counter("timetodo_telegram_updates_total", "Telegram updates by outcome", ["result"])
+RETRIES = Counter("timetodo_telegram_retry_after_total", "429 answers waited out (retry_after)")
+LATENESS = Histogram(
+    "timetodo_telegram_reminder_lateness_seconds",
+    "Seconds from a reminder's fire time to its message being sent",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
+)
+
+
+def create_limiter(settings: Settings, cache: Cache) -> SendLimiter:
+    if isinstance(cache, RedisCache):
+        return RedisLimiter(cache.client, settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE)
+    return MemoryLimiter(settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE)
+
+
+def _round_robin(rows: Sequence[TelegramOutbox]) -> list[TelegramOutbox]:
+    """Interleave chats (first message of every chat, then the second, …) so that one busy chat does not hold back
+    the others behind the limiter."""
+    queues: OrderedDict[int, list[TelegramOutbox]] = OrderedDict()
+    for row in rows:
+        queues.setdefault(row.chat_id, []).append(row)
+    ordered: list[TelegramOutbox] = []
+    while queues:
+        for chat_id in list(queues):
+            ordered.append(queues[chat_id].pop(0))
+            if not queues[chat_id]:
+                del queues[chat_id]
+    return ordered
+
+
+class TelegramRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        maker: async_sessionmaker[AsyncSession],
+        cache: Cache,
+        publish: service.Publish,
+    ) -> None:
+        assert settings.TELEGRAM_BOT_TOKEN is not None
+        self.settings = settings
+        self.maker = maker
+        self.cache = cache
+        self.retry_after = settings.MAINTENANCE_RETRY_AFTER
+        self.limiter = create_limiter(settings, cache)
+        self.bot: Bot = botmod.create_bot(
+            settings.TELEGRAM_BOT_TOKEN.get_secret_value(), settings.TELEGRAM_API_BASE, self.limiter, RETRIES.inc
+        )
+        self.dispatcher: Dispatcher = botmod.create_dispatcher()
+        self.ctx = botmod.BotContext(maker=maker, publish=publish, retry_after=self.retry_after)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._processing = asyncio.Semaphore(UPDATE_CONCURRENCY)
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._username: str | None = None
+
+    # lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def start(self, *, background: bool = True) -> None:
+        if background:
+            self._loops = [
+                asyncio.create_task(self._setup(), name="telegram-setup"),
+                asyncio.create_task(self._send_loop(), name="telegram-outbox"),
+                asyncio.create_task(self._digest_loop(), name="telegram-digest"),
+            ]
+
+    async def stop(self) -> None:
+        await self.drain(self.settings.GRACEFUL_SHUTDOWN_SECONDS)
+        self._stopping.set()
+        self._wake.set()
+        if self._loops:  # let a run in progress finish (cancelling asyncpg mid-connect leaks a future)
+            await asyncio.wait(self._loops, timeout=5)
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loop
+        self._loops = []
+        await self.bot.session.close()
+
+    async def drain(self, wait_seconds: float = 30.0) -> None:
+        """Wait for the updates in flight (tests call it to see a conversation's answers)."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=wait_seconds)
+
+    async def _setup(self) -> None:
+        """The command menu in both languages. Never setWebhook here: `timetodo telegram set-webhook` does that."""
+        try:
+            await self.bot.set_my_commands(botmod.bot_commands("en"))
+            await self.bot.set_my_commands(botmod.bot_commands("ru"), language_code="ru")
+        except (TelegramAPIError, OSError) as exc:
+            log.warning("could not set the bot's commands: %s", type(exc).__name__)
+
+    async def username(self) -> str:
+        if self._username is None:
+            self._username = (await self.bot.me()).username or ""
+        return self._username
+
+    # updates ----------------------------------------------------------------------------------------------------
+
+    async def claim(self, update_id: int) -> bool:
+        fresh = await service.claim_update(self.cache, self.maker, update_id, self.retry_after)
+        UPDATES.labels("accepted" if fresh else "duplicate").inc()
+        return fresh
+
+    def spawn(self, update: dict[str, Any]) -> None:
+        task = asyncio.create_task(self.process(update))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def process(self, update: dict[str, Any] | Update) -> None:
+        async with self._processing:
+            await self._process(update)
+
+    async def _process(self, update: dict[str, Any] | Update) -> None:
+        try:
+            parsed = update if isinstance(update, Update) else Update.model_validate(update, context={"bot": self.bot})
+            await self.dispatcher.feed_update(self.bot, parsed, ctx=self.ctx)
+        except Exception:
+            UPDATES.labels("failed").inc()
+            log.exception("telegram update failed")
+
+    async def poll(self, stop: asyncio.Event | None = None) -> None:
+        """Long polling for development (no public URL): getUpdates, claim, process — until `stop` is set."""
+        offset: int | None = None
+        while stop is None or not stop.is_set():
+            updates = await self.bot.get_updates(offset=offset, timeout=20, allowed_updates=botmod.ALLOWED_UPDATES)
+            for update in updates:
+                offset = update.update_id + 1
+                if await self.claim(update.update_id):
+                    await self.process(update)
+
+    # outbox ------------------------------------------------------------------------------------------------------
+
+    async def enqueue_reminders(self, session: AsyncSession, fired: Sequence[dict[str, Any]]) -> None:
+        """The scheduler's hook (inside its claiming transaction)."""
+        await service.enqueue_reminders(session, fired)
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sent = await self.send_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram outbox run failed")
+                sent = 0
+            if sent < OUTBOX_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.REMINDER_POLL_SECONDS)
+                self._wake.clear()
+
+    async def send_due(self) -> int:
+        """Claim due outbox rows and send them; returns how many were claimed."""
+        now = utcnow()
+        async with self.maker() as session:
+            try:
+                await guard_write(session, self.retry_after)
+            except MaintenanceActive:
+                return 0
+            rows = await repository.claim_outbox(session, now, now + LEASE, OUTBOX_BATCH)
+            await session.commit()
+        if not rows:
+            return 0
+        gate = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(row: TelegramOutbox) -> None:
+            async with gate:
+                await self._deliver(row)
+
+        await asyncio.gather(*(one(row) for row in _round_robin(rows)))
+        return len(rows)
+
+    async def _render(self, row: TelegramOutbox) -> tuple[str, Any] | None:
+        async with self.maker() as session:
+            found = await service.chat_user(session, row.chat_id)
+            if found is None or found[1].id != row.user_id:
+                return None  # unlinked (or relinked elsewhere) since it was queued
+            user = found[1]
+            locale = user.locale
+            if row.kind == "digest":
+                rows = await botmod.fetch_list(self.ctx, user, "today")
+                header = t(locale, "digest")
+                text, markup = botmod.render_list(locale, header, rows, 0, "t")
+                await service.remember_list(self.maker, row.chat_id, [r.id for r in rows], self.retry_after)
+                return text, markup
+            try:
+                task = await tasks_service.get_task(session, user.id, int(row.task_id or 0))
+            except NotFound:
+                return None
+            text = t(locale, "reminder", title=task.title)
+            due = botmod._fmt_due(task)
+            if due:
+                text += "\n" + t(locale, "due", due=due)
+            return text, botmod.reminder_keyboard(locale, task.id, int(row.reminder_id or 0))
+
+    async def _finish(self, row: TelegramOutbox, state: str, **values: Any) -> None:
+        async with self.maker() as session:
+            await guard_write(session, self.retry_after)
+            await repository.finish_outbox(session, row.id, state, **values)
+            await session.commit()
+
+    async def _deliver(self, row: TelegramOutbox) -> None:
+        try:
+            rendered = await self._render(row)
+            if rendered is None:
+                await self._finish(row, "failed", error="chat unlinked or task gone")
+                MESSAGES.labels(row.kind, "dropped").inc()
+                return
+            text, markup = rendered
+            await self.bot.send_message(row.chat_id, text, reply_markup=markup)
+        except TelegramForbiddenError as exc:
+            await self._finish(row, "failed", error=str(exc.message)[:300])
+            async with self.maker() as session:
+                await service.unlink_chat(session, row.chat_id, self.retry_after)
+            MESSAGES.labels(row.kind, "blocked").inc()
+            log.info("chat blocked the bot: unlinked", extra={"user_id": row.user_id})
+            return
+        except TelegramRetryAfter as exc:
+            when = utcnow() + timedelta(seconds=exc.retry_after)
+            await self._finish(row, "pending", next_attempt_at=when, error="retry after", attempts_delta=-1)
+            MESSAGES.labels(row.kind, "retry_after").inc()
+            return
+        except (TimeoutError, TelegramNetworkError, TelegramAPIError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if row.attempts >= MAX_ATTEMPTS:
+                await self._finish(row, "failed", error=error)
+                MESSAGES.labels(row.kind, "failed").inc()
+            else:
+                when = utcnow() + timedelta(seconds=2**row.attempts)
+                await self._finish(row, "pending", next_attempt_at=when, error=error)
+                MESSAGES.labels(row.kind, "retry").inc()
+            return
+        now = utcnow()
+        await self._finish(row, "sent", sent_at=now)
+        MESSAGES.labels(row.kind, "sent").inc()
+        if row.kind == "reminder":
+            LATENESS.observe(max(0.0, (now - row.due_at).total_seconds()))
+
+    # digests -----------------------------------------------------------------------------------------------------
+
+    async def _digest_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=DIGEST_INTERVAL)
+                return
+            try:
+                if await self.queue_digests():
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram digest run failed")
+
+    async def queue_digests(self, now: datetime | None = None) -> int:
+        """Queue today's digest of every user whose digest time has come (once per local day)."""
+        now = now or utcnow()
+        queued = 0
+        async with self.maker() as session:
+            candidates = await repository.digest_due(session)
+        for link, user in candidates:
+            local = now.astimezone(ZoneInfo(user.timezone))
+            if link.digest_time is None or f"{local:%H:%M}" < link.digest_time:
+                continue
+            if link.digest_sent_on is not None and link.digest_sent_on >= local.date():
+                continue
+            async with self.maker() as session:
+                try:
+                    await guard_write(session, self.retry_after)
+                except MaintenanceActive:
+                    return queued
+                if await repository.mark_digest(session, link.id, local.date()):
+                    session.add(
+                        TelegramOutbox(
+                            kind="digest",
+                            user_id=user.id,
+                            chat_id=link.chat_id,
+                            due_at=now,
+                            state="pending",
+                            attempts=0,
+                            next_attempt_at=now,
+                        )
+                    )
+                    queued += 1
+                await session.commit()
+        return queued
