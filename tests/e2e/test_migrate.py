@@ -224,7 +224,9 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     # the final report: every attempt a row, in the order they ran; the killed cutover stays as an interrupted row
     phases = json.loads((world.base / "work-resume" / "migration_final_report.json").read_text())["phases"]
     assert [p["started_at"] for p in phases] == sorted(p["started_at"] for p in phases)
-    assert [(p["attempt"], p["status"]) for p in phases if p["step"] == "cutover"] == [(1, "interrupted"), (2, "done")]
+    cutovers = [(p["attempt"], p["status"]) for p in phases if p["step"] == "cutover"]
+    assert len(cutovers) >= 2 and cutovers[-1] == (len(cutovers), "done"), cutovers
+    assert {status for _, status in cutovers[:-1]} == {"interrupted"}, cutovers
     assert [p["attempt"] for p in phases if p["step"] == "preflight"] == list(range(1, len(kill_points) + 2))
 
 
