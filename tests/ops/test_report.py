@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from timetodo.ops.migrate.report import build, render_html, render_text, write_final_report
-from timetodo.ops.migrate.report.model import Window, human_seconds
+from timetodo.ops.migrate.report.model import human_seconds
 from timetodo.ops.migrate.state import MigrationState
 
 RECORDED = Path(__file__).parent / "fixtures" / "migration_state_rolled_back.json"
@@ -142,8 +142,11 @@ def test_hostile_names_are_escaped_and_nothing_external_is_loaded(tmp_path: Path
     assert validate.result is not None
     validate.result["sections"]["database"]["tables"][0]["name"] = HOSTILE
     state.history[-1].error = HOSTILE
+    cutover = next(run for run in state.history if run.step == "cutover")
+    cutover.facts["forwarding_started_at"] = cutover.facts["freeze_started_at"] + 1
     report = build(state)
-    report.forwarding = Window(label=HOSTILE, started_at=report.freeze.started_at, ended_at=None)  # type: ignore[union-attr]
+    assert report.forwarding is not None and report.forwarding.ended_at is None
+    report.forwarding.label = HOSTILE
     page = render_html(report)
     assert HOSTILE not in page and "<img" not in page
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &lt;b&gt;" in page

@@ -100,7 +100,8 @@ class Report(BaseModel):
     rows: list[Row] = []
     freeze: Window | None = None
     forwarding: Window | None = None
-    """The window in which the source forwards clients' writes to the target (not implemented yet: always None)."""
+    """The window in which the source forwards clients' requests to the target: drawn when a cutover recorded the
+    facts `forwarding_started_at` (and `forwarding_ended_at`); the toolkit does not switch forwarding on yet."""
     write_freeze_seconds: float | None = None
     verification: list[Check] = []
     verification_ok: bool | None = None
@@ -326,6 +327,19 @@ def _freeze(history: list[StepRun], state: MigrationState) -> tuple[Window | Non
     return None, None
 
 
+def _forwarding(history: list[StepRun]) -> Window | None:
+    for run in reversed(history):
+        started = run.facts.get("forwarding_started_at") if run.step == "cutover" else None
+        if isinstance(started, int | float):
+            ended = run.facts.get("forwarding_ended_at")
+            return Window(
+                label="forwarding",
+                started_at=float(started),
+                ended_at=ended if isinstance(ended, int | float) else None,
+            )
+    return None
+
+
 def _outcome(history: list[StepRun]) -> str:
     if not history:
         return "nothing ran yet"
@@ -515,7 +529,7 @@ def build(
         ended_at=max(ends) if ends else None,
         rows=_rows(history),
         freeze=freeze,
-        forwarding=None,
+        forwarding=_forwarding(history),
         write_freeze_seconds=None if downtime is None else float(downtime),
         verification=verification(checks_source),
         verification_ok=None if not checks_source else bool(checks_source.get("ok")),
