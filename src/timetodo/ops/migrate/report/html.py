@@ -7,6 +7,7 @@ through `html.escape`; `@media print` keeps it readable on paper (no backgrounds
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 from timetodo.ops.migrate.report.model import Report, Row, Window, clock, human_seconds
@@ -76,7 +77,7 @@ def _tick_label(offset: float) -> str:
 
 def timeline(report: Report) -> str:
     """The phases on a time axis (inline SVG): one lane per row, the freeze / forwarding windows across all lanes."""
-    rows = [row for row in report.rows]
+    rows = list(report.rows)
     if not rows:
         return '<p id="timeline">nothing ran yet</p>'
     windows = [w for w in (report.freeze, report.forwarding) if w is not None]
@@ -132,7 +133,7 @@ def timeline(report: Report) -> str:
     return "".join(parts) + legend
 
 
-def _window(window: Window, color: str, cls: str, x: Any, top: int, height: int, t1: float) -> str:
+def _window(window: Window, color: str, cls: str, x: Callable[[float], float], top: int, height: int, t1: float) -> str:
     start = x(window.started_at)
     end = x(window.ended_at if window.ended_at else t1)
     seconds = None if window.ended_at is None else window.ended_at - window.started_at
