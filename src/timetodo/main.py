@@ -16,6 +16,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from timetodo import __version__
 from timetodo.admin.router import router as admin_router
 from timetodo.auth.router import router as auth_router
+from timetodo.core import idempotency
+from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import create_cache
 from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
@@ -23,12 +25,14 @@ from timetodo.core.events import EventHub
 from timetodo.core.forwarding import ForwardingCache, ForwardingMiddleware
 from timetodo.core.health import router as health_router
 from timetodo.core.idempotency import IdempotencyMiddleware
+from timetodo.core.limits import BodyLimitMiddleware, ClientAddressMiddleware
 from timetodo.core.logging import configure_logging
 from timetodo.core.maintenance import MaintenanceFlagCache
 from timetodo.core.metrics import DB_POOL, mark_worker_dead
 from timetodo.core.middleware import RequestContextMiddleware
 from timetodo.core.settings import Settings
 from timetodo.files.router import router as files_router
+from timetodo.files.storage import private_dir
 from timetodo.realtime.router import close_all, going_away_on_signals
 from timetodo.realtime.router import router as realtime_router
 from timetodo.reminders.router import router as reminders_router
@@ -55,7 +59,7 @@ async def _export_pool_gauges(app: FastAPI) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.UPLOAD_DIR)
     gauges = asyncio.create_task(_export_pool_gauges(app))
     await app.state.events.start()
     telegram: TelegramRuntime | None = app.state.telegram
@@ -116,6 +120,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
+    app.state.accounts = AccountStates(app.state.sessionmaker, settings.AUTH_STATE_CACHE_SECONDS)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     app.state.forwarding = ForwardingCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
@@ -126,6 +131,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     )
 
     install_error_handlers(app)
+    idempotency.install(app)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(tasks_router)
@@ -149,8 +155,13 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.MAX_JSON_BODY_KB * 1024, upload_limit=settings.max_upload_bytes
+    )
     app.add_middleware(RequestContextMiddleware, force_https=settings.FORCE_HTTPS)
-    app.add_middleware(ForwardingMiddleware)  # outermost: forwarded traffic bypasses everything local
+    # forwarded traffic bypasses everything local; it goes out with the client's real address (resolved outside it)
+    app.add_middleware(ForwardingMiddleware)
+    app.add_middleware(ClientAddressMiddleware, forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS)
     return app
 
 

@@ -29,7 +29,7 @@ async def test_health_and_metrics_report_the_newest_verified_backup(tmp_path: Pa
     await upgrade_async(settings.DATABASE_URL)
     app = create_app(settings, configure_logs=False)
     backups = tmp_path / "backups"
-    async with asgi_client(app) as client:
+    async with asgi_client(app, ip="127.0.0.1") as client:  # an operator: details and /metrics need loopback
         before = (await client.get("/health/detailed")).json()
         assert before["status"] == "ok", "no backup yet is not a failure"
         assert before["checks"]["backup"] == {"ok": True, "configured": False, "path": str(backups)}

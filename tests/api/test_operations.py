@@ -21,8 +21,9 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert resp.status_code == 200 and resp.json()["status"] == "ok"
 
 
-async def test_health_detailed(client: httpx.AsyncClient, backend: str) -> None:
-    resp = await client.get("/health/detailed")
+async def test_health_detailed(app: FastAPI, backend: str) -> None:
+    async with asgi_client(app, ip="127.0.0.1") as operator:  # details for operators only (test_limits.py)
+        resp = await operator.get("/health/detailed")
     assert resp.status_code == 200, resp.text
     body = resp.json()
     checks = body["checks"]
@@ -41,7 +42,7 @@ async def test_health_detailed_503_when_database_down(tmp_path: Path) -> None:
     from timetodo.main import create_app
 
     app = create_app(settings, configure_logs=False)
-    async with asgi_client(app) as c:
+    async with asgi_client(app, ip="127.0.0.1") as c:
         resp = await c.get("/health/detailed")
         assert resp.status_code == 503
         assert resp.json()["checks"]["database"]["ok"] is False
@@ -82,10 +83,11 @@ async def test_openapi_documents_error_codes(client: httpx.AsyncClient) -> None:
     )
 
 
-async def test_metrics_use_route_templates(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+async def test_metrics_use_route_templates(app: FastAPI, client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     for task_id in (101, 102, 103):
         await client.get(f"/api/v1/tasks/{task_id}", headers=auth)
-    text = (await client.get("/metrics")).text
+    async with asgi_client(app, ip="127.0.0.1") as operator:
+        text = (await operator.get("/metrics")).text
     assert 'route="/api/v1/tasks/{task_id}",status="404"' in text
     assert "/api/v1/tasks/101" not in text
     assert "timetodo_http_request_duration_seconds_bucket" in text

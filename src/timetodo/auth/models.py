@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, BigIntPK, TimestampMixin, UTCDateTime, utcnow
@@ -24,6 +24,8 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     # the last change number handed out to this user's projects/tasks/time entries (see timetodo.core.tracking)
     sync_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
+    # access tokens carry the version they were issued under; bumping it ends every session (see core.accounts)
+    token_version: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class RefreshToken(Base):

@@ -42,3 +42,11 @@ async def revoke_family(session: AsyncSession, family_id: str, now: datetime) ->
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+async def revoke_all_refresh_tokens(session: AsyncSession, user_id: int, now: datetime) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

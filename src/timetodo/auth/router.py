@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from timetodo.auth import service
-from timetodo.auth.schemas import RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
-from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
+from timetodo.auth.schemas import PasswordChange, RefreshIn, RegisterIn, TokenPair, UserOut, UserUpdate
+from timetodo.core.deps import API_PREFIX, CacheDep, SessionDep, SettingsDep, UserIdDep, WriteSessionDep, begin_write
 
 router = APIRouter(prefix=API_PREFIX, tags=["auth"])
 
@@ -17,8 +17,13 @@ def client_ip(request: Request) -> str:
 
 
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-async def register(data: RegisterIn, session: WriteSessionDep) -> object:
-    """Create an account. The e-mail is case-insensitive and unique (409 `email_taken`)."""
+async def register(
+    request: Request, data: RegisterIn, settings: SettingsDep, cache: CacheDep, session: SessionDep
+) -> object:
+    """Create an account. The e-mail is case-insensitive and unique (409 `email_taken`). Limited to
+    REGISTRATIONS_PER_HOUR per client address (429 `rate_limited`)."""
+    await service.check_register_rate(cache, settings, client_ip(request))
+    await begin_write(request, session)
     return await service.register(session, data)
 
 
@@ -37,15 +42,34 @@ async def login(
 
 
 @router.post("/auth/refresh", response_model=TokenPair)
-async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep) -> TokenPair:
+async def refresh(data: RefreshIn, session: SessionDep, settings: SettingsDep, cache: CacheDep) -> TokenPair:
     """Trade a refresh token for a new pair. A token can be used once; reuse revokes every token of its login."""
-    return await service.refresh(session, settings, data.refresh_token)
+    return await service.refresh(session, settings, cache, data.refresh_token)
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(data: RefreshIn, session: WriteSessionDep) -> Response:
     """Revoke this login's refresh tokens."""
     await service.logout(session, data.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(request: Request, user_id: UserIdDep, session: WriteSessionDep) -> Response:
+    """Log out everywhere: every access token of this account stops working (within AUTH_STATE_CACHE_SECONDS on
+    other instances) and every refresh token is revoked; open WebSockets are closed at their next ping."""
+    await service.logout_all(session, request.app.state.accounts, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/users/me/password", status_code=status.HTTP_204_NO_CONTENT)
+async def change_password(
+    request: Request, data: PasswordChange, user_id: UserIdDep, session: WriteSessionDep
+) -> Response:
+    """Change the password (the current one is required); every session of the account ends: log in again."""
+    await service.change_password(
+        session, request.app.state.accounts, user_id, data.current_password, data.new_password
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

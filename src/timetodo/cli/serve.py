@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from timetodo import __version__
-from timetodo.cli.common import err_console, load_settings, run_sync
+from timetodo.cli.common import err_console, fail, load_settings, run_sync
 
 app = typer.Typer()
 
@@ -26,6 +26,8 @@ def serve(
     Example: timetodo serve --host 0.0.0.0 --port 8000 --workers 4
     """
     settings = load_settings()
+    if problem := settings.serving_problem(host):
+        fail(problem)
     from timetodo.core.logging import configure_logging
 
     configure_logging(settings.LOG_LEVEL, settings.LOG_FILE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -42,10 +42,14 @@ class Cache(Protocol):
 
 
 class MemoryCache:
+    """The single-process fallback. Bounded: at most MAX_KEYS keys; past that, expired keys are swept and then
+    the oldest written keys dropped (so rotating e-mails or addresses cannot grow memory without limit)."""
+
     kind = "memory"
+    MAX_KEYS = 100_000
 
     def __init__(self) -> None:
-        self._values: dict[str, tuple[bytes, float | None]] = {}
+        self._values: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._queues: dict[str, set[asyncio.Queue[bytes]]] = defaultdict(set)
 
     def _alive(self, key: str) -> tuple[bytes, float | None] | None:
@@ -64,15 +68,25 @@ class MemoryCache:
             count, expires = 1, now + window_seconds
         else:
             count, expires = int(item[0]) + 1, item[1] or now + window_seconds
-        self._values[key] = (str(count).encode(), expires)
+        self._store(key, (str(count).encode(), expires))
         return count, max(0.0, expires - now)
+
+    def _store(self, key: str, item: tuple[bytes, float | None]) -> None:
+        self._values[key] = item
+        self._values.move_to_end(key)
+        if len(self._values) > self.MAX_KEYS:
+            now = time.monotonic()
+            for stale in [k for k, (_v, exp) in self._values.items() if exp is not None and exp <= now]:
+                del self._values[stale]
+            while len(self._values) > self.MAX_KEYS * 9 // 10:
+                self._values.popitem(last=False)
 
     async def get(self, key: str) -> bytes | None:
         item = self._alive(key)
         return item[0] if item else None
 
     async def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
-        self._values[key] = (value, time.monotonic() + ttl_seconds if ttl_seconds else None)
+        self._store(key, (value, time.monotonic() + ttl_seconds if ttl_seconds else None))
 
     async def set_if_absent(self, key: str, value: bytes, ttl_seconds: float) -> bool:
         if self._alive(key) is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -14,6 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from timetodo.core.errors import InvalidInput
 from timetodo.core.settings import Settings
 
 NAMING_CONVENTION = {
@@ -83,6 +87,21 @@ def _asyncpg_url_and_args(url: str) -> tuple[str, dict[str, Any]]:
     return clean, connect_args
 
 
+def _sqlite_private(path: str) -> None:
+    """The database file and its WAL/shared-memory files readable by the app's user only (0600). SQLite creates
+    the -wal/-shm files with the database file's mode, so the file is created 0600 before the first connection."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    db = Path(path)
+    if not db.exists():
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (db, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -90,6 +109,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        # a raw NUL, or one JSON-escaped for a JSON column (PostgreSQL refuses both: text cannot hold NUL)
+        return "\x00" in value or "\\u0000" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nul(item) for item in value.values())
+    return False
+
+
+def _refuse_nul(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _executemany: bool) -> None:
+    """No text with a NUL character reaches the database, on either backend (PostgreSQL cannot store it and
+    answered with an error that became a 500; SQLite would store it and make filters misbehave)."""
+    if parameters and _has_nul(parameters):
+        raise InvalidInput("text must not contain the NUL character (\\u0000)")
 
 
 def _drop_closed_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
@@ -102,15 +139,20 @@ def _drop_closed_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
 
 
 def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
+    engine = _create_engine(settings, pooled=pooled)
+    event.listen(engine.sync_engine, "before_cursor_execute", _refuse_nul)
+    return engine
+
+
+def _create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     url = settings.DATABASE_URL
     if settings.is_sqlite:
         path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = path.split("?", 1)[0]
+        _sqlite_private(path)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", lambda _c, _r: _sqlite_private(path))
         return engine
     clean, connect_args = _asyncpg_url_and_args(url)
     if not pooled:
@@ -126,8 +168,26 @@ def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
     return engine
 
 
+class AppSession(AsyncSession):
+    """An AsyncSession whose `commit()` can be held: while `hold_commit` is set, `commit()` only flushes, and the
+    owner of the transaction (the idempotency middleware) commits once with `commit_held()` — so the business
+    write and the bookkeeping that goes with it commit together or not at all."""
+
+    hold_commit: bool = False
+
+    async def commit(self) -> None:
+        if self.hold_commit:
+            await self.flush()
+            return
+        await super().commit()
+
+    async def commit_held(self) -> None:
+        self.hold_commit = False
+        await super().commit()
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, class_=AppSession, expire_on_commit=False, autoflush=False)
 
 
 def pool_stats(engine: AsyncEngine) -> dict[str, int]:
@@ -145,6 +205,7 @@ def pool_stats(engine: AsyncEngine) -> dict[str, int]:
 
 
 __all__ = [
+    "AppSession",
     "Base",
     "BigIntPK",
     "TimestampMixin",

@@ -9,9 +9,11 @@ from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import Cache
-from timetodo.core.errors import ErrorCode, Unauthorized
+from timetodo.core.errors import Unauthorized
 from timetodo.core.events import EventHub
+from timetodo.core.idempotency import claim_of
 from timetodo.core.maintenance import guard_write
 from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
@@ -37,36 +39,52 @@ async def get_events(request: Request) -> EventHub:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session. Closed as soon as the endpoint returns, before the response is sent (scope
+    "function"), so a client that reads its response slowly (a big page, a file download) holds no database
+    connection or transaction."""
+    claim = claim_of(request)
+    if claim is not None:
+        yield claim.open_session()  # owned (committed, closed) by the idempotency middleware
+        return
     async with request.app.state.sessionmaker() as session:
         yield session
 
 
-async def get_write_session(
-    session: Annotated[AsyncSession, Depends(get_session)],
-    settings: Annotated[Settings, Depends(get_settings)],
-) -> AsyncSession:
-    """A session whose transaction has passed the maintenance guard: use it for every write."""
-    await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
+async def begin_write(request: Request, session: AsyncSession) -> AsyncSession:
+    """Start the write transaction of `session`: the maintenance guard first, then the request's idempotency claim
+    (when it sent an Idempotency-Key). Endpoints that receive a body from the client call this only after the body
+    has arrived, so no transaction (nor lock) is held while a client is sending."""
+    await guard_write(session, request.app.state.settings.MAINTENANCE_RETRY_AFTER)
+    claim = claim_of(request)
+    if claim is not None and not claim.bound and not claim.replayed:
+        await claim.bind(session)
     return session
+
+
+_SESSION = Depends(get_session, scope="function")
+
+
+async def get_write_session(request: Request, session: Annotated[AsyncSession, _SESSION]) -> AsyncSession:
+    """A session whose transaction has passed the maintenance guard: use it for every write."""
+    return await begin_write(request, session)
 
 
 async def current_user_id(
     request: Request,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> int:
-    """The user id from the bearer token; no database round trip."""
+    """The user id from the bearer token, if its account still accepts it (see `timetodo.core.accounts`: an
+    in-process cache, no database round trip on the hot path)."""
     if not token:
         raise Unauthorized("Send an access token: Authorization: Bearer <token>")
     payload = decode_access_token(request.app.state.settings.SECRET_KEY.get_secret_value(), token)
-    try:
-        return int(payload["sub"])
-    except (TypeError, ValueError) as exc:
-        raise Unauthorized("The access token is invalid", code=ErrorCode.invalid_token) from exc
+    accounts: AccountStates = request.app.state.accounts
+    return await accounts.check(payload)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, _SESSION]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 UserIdDep = Annotated[int, Depends(current_user_id)]
 EventsDep = Annotated[EventHub, Depends(get_events)]

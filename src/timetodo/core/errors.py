@@ -10,6 +10,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -40,6 +41,7 @@ class ErrorCode(StrEnum):
     rate_limited = "rate_limited"
     maintenance = "maintenance"
     idempotency_conflict = "idempotency_conflict"
+    range_not_satisfiable = "range_not_satisfiable"
     timer_not_running = "timer_not_running"
     time_entry_overlap = "time_entry_overlap"
     service_unavailable = "service_unavailable"
@@ -183,6 +185,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, ErrorCode.http_error)
         return error_response(exc.status_code, code, exc.detail, dict(exc.headers or {}))
 
+    async def integrity_error(_request: Request, exc: Exception) -> Response:
+        # a row this request refers to went away meanwhile (a deleted account, a concurrent delete)
+        log.info("integrity error answered with 409", extra={"error": type(exc).__name__})
+        return error_response(409, ErrorCode.conflict, "The request conflicts with the current data; reload and retry")
+
+    async def data_error(_request: Request, exc: Exception) -> Response:
+        log.info("data error answered with 422", extra={"error": type(exc).__name__})
+        return error_response(422, ErrorCode.validation_error, "A value is out of the range the database can store")
+
     async def unhandled(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, ErrorCode.internal_error, "Internal server error")
@@ -190,6 +201,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(IntegrityError, integrity_error)
+    app.add_exception_handler(DataError, data_error)
     app.add_exception_handler(Exception, unhandled)
 
 

@@ -2,6 +2,11 @@
 
 With Redis, every event goes through one pub/sub channel and each instance's hub forwards it to its own sockets
 of that user; without Redis the hub delivers within the process.
+
+Delivery never waits for a client: every socket has its own bounded outbox drained by its own sender task, so a
+reader that stops reading delays nobody else. A socket whose outbox is full (OUTBOX_SIZE events behind) or whose
+send takes longer than SEND_TIMEOUT is closed (1013, "try again later"); the client reconnects and catches up
+with `GET /sync`.
 """
 
 from __future__ import annotations
@@ -21,21 +26,52 @@ from timetodo.core.metrics import WS_CONNECTIONS
 log = logging.getLogger("timetodo.realtime")
 CHANNEL = "timetodo:events"
 SEND_TIMEOUT = 5.0
+OUTBOX_SIZE = 256
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
 
 
+class _Outbox:
+    """One socket's queue of events and the task that sends them, one at a time."""
+
+    def __init__(self, hub: EventHub, user_id: int, socket: Socket) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        self.task = asyncio.create_task(self._run(hub, user_id, socket))
+
+    async def _run(self, hub: EventHub, user_id: int, socket: Socket) -> None:
+        while True:
+            text = await self.queue.get()
+            try:
+                await asyncio.wait_for(socket.send_text(text), SEND_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                hub.drop(user_id, socket, "too slow: events were not read in time")
+                return
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _close_quietly(close: Any, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(close(code=CLOSE_TRY_AGAIN_LATER, reason=reason), SEND_TIMEOUT)
+
+
 class EventHub:
     def __init__(self, cache: Cache) -> None:
         self.cache = cache
         self.sockets: dict[int, set[Socket]] = defaultdict(set)
+        self._outboxes: dict[Socket, _Outbox] = {}
         self._listener: asyncio.Task[None] | None = None
 
     # sockets ----------------------------------------------------------------------------------------------------
     def add(self, user_id: int, socket: Socket) -> None:
         self.sockets[user_id].add(socket)
+        self._outboxes[socket] = _Outbox(self, user_id, socket)
         WS_CONNECTIONS.inc()
 
     def remove(self, user_id: int, socket: Socket) -> None:
@@ -45,6 +81,18 @@ class EventHub:
             WS_CONNECTIONS.dec()
             if not group:
                 del self.sockets[user_id]
+        outbox = self._outboxes.pop(socket, None)
+        if outbox is not None and outbox.task is not asyncio.current_task():
+            outbox.task.cancel()
+
+    def drop(self, user_id: int, socket: Socket, reason: str) -> None:
+        """Forget a socket that cannot keep up and close it (in the background)."""
+        self.remove(user_id, socket)
+        close = getattr(socket, "close", None)
+        if close is not None:
+            task = asyncio.get_running_loop().create_task(_close_quietly(close, reason))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     @property
     def count(self) -> int:
@@ -69,12 +117,14 @@ class EventHub:
         if not targets:
             return
         text = orjson.dumps(event).decode()
-        results = await asyncio.gather(
-            *(asyncio.wait_for(sock.send_text(text), SEND_TIMEOUT) for sock in targets), return_exceptions=True
-        )
-        for sock, result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException):
-                self.remove(user_id, sock)
+        for sock in targets:
+            outbox = self._outboxes.get(sock)
+            if outbox is None:
+                continue
+            try:
+                outbox.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                self.drop(user_id, sock, "too slow: too many unread events")
 
     async def start(self) -> None:
         if self.cache.kind == "redis" and self._listener is None:
@@ -92,6 +142,9 @@ class EventHub:
                 await asyncio.sleep(1)
 
     async def stop(self) -> None:
+        for outbox in list(self._outboxes.values()):
+            outbox.task.cancel()
+        self._outboxes.clear()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

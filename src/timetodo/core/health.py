@@ -9,6 +9,7 @@ install has none), it shows `stale` after BACKUP_STALE_SECONDS.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import shutil
 import time
@@ -20,6 +21,8 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import text
 
 from timetodo import __version__
+from timetodo.core.errors import ErrorCode, error_response
+from timetodo.core.limits import is_loopback
 from timetodo.core.maintenance import get_status as maintenance_status
 from timetodo.core.metrics import render_latest, set_backup_age
 from timetodo.core.schema import current_revision, head_revision
@@ -137,17 +140,39 @@ async def detailed_report(app: Any) -> tuple[bool, dict[str, Any]]:
     }
 
 
+def operator(request: Request) -> bool:
+    """An operator's request: `Authorization: Bearer METRICS_TOKEN` when that is set, else from a loopback address
+    (behind nginx or Render the client is the real one, see `timetodo.core.limits`)."""
+    token = request.app.state.settings.METRICS_TOKEN
+    if token is not None:
+        sent = request.headers.get("authorization", "")
+        return hmac.compare_digest(sent.encode(), f"Bearer {token.get_secret_value()}".encode())
+    return is_loopback(request.client.host if request.client else None)
+
+
 @router.get("/health/detailed")
 async def health_detailed(request: Request, response: Response) -> dict[str, Any]:
-    """Database round trip, Redis ping, free disk, migrations at head, maintenance flag. 503 when any is down."""
+    """Database round trip, Redis ping, free disk, migrations at head, maintenance flag. 503 when any is down.
+    Anyone gets `ok`/`failing` per check; the details (paths, free space, errors) only an operator (see
+    `operator`: METRICS_TOKEN bearer, or loopback when no token is set)."""
     healthy, report = await detailed_report(request.app)
     if not healthy:
         response.status_code = 503
-    return report
+    if operator(request):
+        return report
+    return {
+        "status": report["status"],
+        "version": report["version"],
+        "maintenance": report["maintenance"],
+        "checks": {name: "ok" if check["ok"] else "failing" for name, check in report["checks"].items()},
+    }
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics, for operators only (METRICS_TOKEN bearer, or loopback when no token is set)."""
+    if not operator(request):
+        return error_response(403, ErrorCode.forbidden, "metrics are for operators: send the METRICS_TOKEN")
     backup = await asyncio.to_thread(backup_status, request.app.state.settings.DATA_DIR / "backups")
     set_backup_age(backup.get("age_seconds"))
     body, content_type = render_latest()

@@ -11,6 +11,7 @@ from fastapi import Query
 from pydantic import BaseModel
 
 from timetodo.core.errors import ErrorCode, InvalidInput
+from timetodo.core.validators import MAX_ID
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ def decode_opaque(token: str, key: str) -> int:
         value = orjson.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))[key]
     except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
         raise ValueError("not a token of this server") from exc
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise ValueError("not a token of this server")
     return value
 

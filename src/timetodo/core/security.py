@@ -30,12 +30,15 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     return bool(_hasher.verify(password, password_hash))
 
 
-def create_access_token(secret: str, user_id: int, ttl: timedelta, *, is_admin: bool = False) -> str:
+def create_access_token(
+    secret: str, user_id: int, ttl: timedelta, *, is_admin: bool = False, token_version: int = 0
+) -> str:
     now = datetime.now(UTC)
     payload = {
         "sub": str(user_id),
         "type": "access",
         "adm": is_admin,
+        "ver": token_version,
         "iat": now,
         "exp": now + ttl,
         "jti": secrets.token_hex(8),

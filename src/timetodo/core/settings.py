@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from enum import StrEnum
@@ -60,6 +61,15 @@ def libpq_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
+def _is_loopback_host(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -95,6 +105,10 @@ class Settings(BaseSettings):
     REMINDER_POLL_SECONDS: float = Field(1.0, gt=0, le=300)
     MAINTENANCE_CACHE_SECONDS: float = Field(1.0, ge=0, le=60)
     MAINTENANCE_RETRY_AFTER: int = Field(30, ge=1, le=3600)
+    AUTH_STATE_CACHE_SECONDS: float = Field(5.0, ge=0, le=300)
+    REGISTRATIONS_PER_HOUR: int = Field(20, ge=1, le=100_000)
+    MAX_JSON_BODY_KB: int = Field(1024, ge=1, le=1024 * 1024)
+    METRICS_TOKEN: SecretStr | None = None
 
     @field_validator("ALLOWED_HOSTS", "CORS_ORIGINS", mode="before")
     @classmethod
@@ -162,6 +176,17 @@ class Settings(BaseSettings):
             if len(secret) < MIN_PRODUCTION_SECRET_LENGTH:
                 raise ValueError(f"SECRET_KEY must be at least {MIN_PRODUCTION_SECRET_LENGTH} characters")
         return self
+
+    def serving_problem(self, host: str) -> str | None:
+        """Why serving on `host` with these settings is refused, or None. With the built-in development SECRET_KEY
+        anyone can forge a token for any user, so it is accepted only on a loopback address, in any ENVIRONMENT."""
+        if self.SECRET_KEY.get_secret_value() != DEFAULT_SECRET_KEY or _is_loopback_host(host):
+            return None
+        return (
+            f"SECRET_KEY is the built-in development key, which lets anyone forge tokens: refusing to listen on "
+            f"{host}. Set SECRET_KEY to a random value of {MIN_PRODUCTION_SECRET_LENGTH}+ characters, "
+            f"or serve on 127.0.0.1"
+        )
 
     @property
     def is_sqlite(self) -> bool:

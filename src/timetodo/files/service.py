@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable
 
 from timetodo.core.database import utcnow
 from timetodo.core.errors import AppError, ErrorCode, InvalidInput, NotFound
@@ -21,6 +23,8 @@ from timetodo.timer.repository import lock_user
 
 MULTIPART_OVERHEAD = 64 * 1024
 FILE_FIELD = b"file"
+MAX_BOUNDARY = 70  # RFC 2046
+MAX_PART_HEADERS = 16 * 1024
 
 
 class PayloadTooLarge(AppError):
@@ -70,13 +74,24 @@ async def receive_upload(
     boundary = params.get(b"boundary")
     if mime != b"multipart/form-data" or not boundary:
         raise UnsupportedMedia()
+    if len(boundary) > MAX_BOUNDARY:
+        raise _field_error(f"the multipart boundary is longer than {MAX_BOUNDARY} characters")
 
     state = _PartState()
+    header_bytes = 0
+
+    def count_header(size: int) -> None:
+        nonlocal header_bytes
+        header_bytes += size
+        if header_bytes > MAX_PART_HEADERS:
+            raise _field_error(f"the part headers are longer than {MAX_PART_HEADERS} bytes")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         state.header_field += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         state.header_value += data[start:end]
 
     def on_header_end() -> None:
@@ -95,9 +110,11 @@ async def receive_upload(
             state.writer.write(data[start:end])
 
     def on_part_end() -> None:
+        nonlocal header_bytes
         if state.writer is not None:
             state.done = True
         state.headers = {}
+        header_bytes = 0
 
     parser = MultipartParser(
         boundary,
@@ -121,6 +138,10 @@ async def receive_upload(
         if state.writer:
             state.writer.discard()
         raise PayloadTooLarge(f"the file is larger than {settings.MAX_UPLOAD_MB} MB") from exc
+    except MultipartParseError as exc:
+        if state.writer:
+            state.writer.discard()
+        raise _field_error(f"the multipart body is malformed: {exc}") from exc
     except BaseException:
         if state.writer:
             state.writer.discard()
@@ -185,6 +206,15 @@ async def get_attachment(session: AsyncSession, owner_id: int, attachment_id: in
     if attachment is None:
         raise NotFound("Attachment not found")
     return attachment
+
+
+def range_ok(http_range: str, size: int) -> bool:
+    """Whether Starlette's FileResponse will serve this Range header (else it answers a bare 400/416)."""
+    try:
+        FileResponse._parse_range_header(http_range, size)
+    except (MalformedRangeHeader, RangeNotSatisfiable):
+        return False
+    return True
 
 
 def blob_for(settings: Settings, attachment: Attachment) -> Path:

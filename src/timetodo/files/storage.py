@@ -76,15 +76,29 @@ class IncomingFile:
         return self.hasher.hexdigest()
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and missing parents) readable by the app's user only; tighten it if it exists looser."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        with contextlib.suppress(PermissionError):  # not ours to change (a mounted volume): files stay 0600
+            path.chmod(PRIVATE_DIR)
+    return path
+
+
 class IncomingWriter:
-    """Write an upload chunk by chunk; raises OverflowError past `limit` bytes."""
+    """Write an upload chunk by chunk; raises OverflowError past `limit` bytes. Files are 0600, folders 0700."""
 
     def __init__(self, root: Path, limit: int) -> None:
-        incoming = root / INCOMING
-        incoming.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
+        incoming = private_dir(root / INCOMING)
         self.file = IncomingFile(incoming / uuid.uuid4().hex, hasher=hashlib.sha256())
         self.limit = limit
-        self._fh = self.file.path.open("wb")
+        fd = os.open(self.file.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        self._fh = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         self.file.size += len(data)
@@ -112,7 +126,8 @@ class IncomingWriter:
 def commit_blob(root: Path, incoming: IncomingFile) -> Path:
     """Move an incoming file to its content address (keeping the existing copy when the content is already there)."""
     final = blob_path(root, incoming.sha256)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(final.relative_to(root).parents):
+        private_dir(root / folder)
     if final.exists():
         incoming.path.unlink(missing_ok=True)
     else:

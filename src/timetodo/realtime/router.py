@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from timetodo.core.accounts import AccountStates
 from timetodo.core.deps import API_PREFIX
 from timetodo.core.errors import AppError
 from timetodo.core.events import EventHub
@@ -25,6 +27,15 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_AUTH_FAILED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
+
+
+async def _receive_text(ws: WebSocket) -> str | None:
+    """The next text frame; None for a binary frame. Raises WebSocketDisconnect when the client has gone."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    return text if isinstance(text, str) else None
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
@@ -42,11 +53,14 @@ async def events_socket(ws: WebSocket) -> None:
     hub: EventHub = ws.app.state.events
     await ws.accept()
     try:
-        raw = await asyncio.wait_for(ws.receive_text(), settings.WS_AUTH_TIMEOUT_SECONDS)
+        raw = await asyncio.wait_for(_receive_text(ws), settings.WS_AUTH_TIMEOUT_SECONDS)
     except TimeoutError:
         await _close(ws, CLOSE_AUTH_TIMEOUT, "authentication timeout: send {type: auth, token} first")
         return
     except (WebSocketDisconnect, KeyError, RuntimeError):
+        return
+    if raw is None:
+        await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON text frames")
         return
     try:
         message = orjson.loads(raw)
@@ -56,28 +70,52 @@ async def events_socket(ws: WebSocket) -> None:
     if not isinstance(message, dict) or message.get("type") != "auth" or not isinstance(message.get("token"), str):
         await _close(ws, CLOSE_POLICY, "the first message must be {type: auth, token}")
         return
+    accounts: AccountStates = ws.app.state.accounts
     try:
-        user_id = int(decode_access_token(settings.SECRET_KEY.get_secret_value(), message["token"])["sub"])
+        payload = decode_access_token(settings.SECRET_KEY.get_secret_value(), message["token"])
+        user_id = await accounts.check(payload)
     except (AppError, ValueError, KeyError):
         await _close(ws, CLOSE_AUTH_FAILED, "invalid or expired token")
         return
 
+    async def still_valid() -> bool:
+        """Re-checked on every ping: the token has not expired and its account still accepts it."""
+        if float(payload.get("exp", 0)) <= time.time():
+            return False
+        try:
+            await accounts.check(payload)
+        except AppError:
+            return False
+        return True
+
     hub.add(user_id, ws)
     try:
         await ws.send_text('{"type":"ready"}')
-        await _serve(ws, settings.WS_PING_SECONDS)
+        await _serve(ws, settings.WS_PING_SECONDS, still_valid)
     finally:
         hub.remove(user_id, ws)
 
 
-async def _serve(ws: WebSocket, ping_seconds: float) -> None:
-    """Read client messages, ping on silence, and drop the socket after two silent ping intervals."""
+async def _serve(ws: WebSocket, ping_seconds: float, still_valid: Callable[[], Awaitable[bool]]) -> None:
+    """Read client messages, ping on silence, and drop the socket after two silent ping intervals. At least every
+    ping interval the token is re-checked: an expired token or an ended session is closed with 4401."""
+    loop = asyncio.get_running_loop()
     silent = 0
+    checked = loop.time()
     while True:
         try:
-            raw = await asyncio.wait_for(ws.receive_text(), ping_seconds)
+            raw = await asyncio.wait_for(_receive_text(ws), ping_seconds)
         except TimeoutError:
+            raw = ""
             silent += 1
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            return
+        if loop.time() - checked >= ping_seconds:
+            checked = loop.time()
+            if not await still_valid():
+                await _close(ws, CLOSE_AUTH_FAILED, "the token expired or the session ended; authenticate again")
+                return
+        if raw == "":
             if silent > 2:
                 await _close(ws, CLOSE_POLICY, "no pong received")
                 return
@@ -86,9 +124,10 @@ async def _serve(ws: WebSocket, ping_seconds: float) -> None:
             except Exception:
                 return
             continue
-        except (WebSocketDisconnect, RuntimeError, KeyError):
-            return
         silent = 0
+        if raw is None:
+            await _close(ws, CLOSE_UNSUPPORTED, "messages must be JSON text frames")
+            return
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -5,15 +5,23 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from timetodo.timer.schemas import AwareDatetime
+from timetodo.core.validators import Instant
 
 
 class ReminderIn(BaseModel):
     """Either `remind_at` (an instant with offset) or `minutes_before` the task's due."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["remind_at"], "not": {"required": ["minutes_before"]}},
+                {"required": ["minutes_before"], "not": {"required": ["remind_at"]}},
+            ]
+        },
+    )
 
-    remind_at: AwareDatetime | None = None
+    remind_at: Instant | None = None
     minutes_before: Annotated[int, Field(ge=0, le=60 * 24 * 365)] | None = None
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from timetodo.core.validators import Id, TimeZoneName
+from timetodo.core.validators import Id, SafeDate, TimeZoneName, WallClock
 from timetodo.tasks.models import DESCRIPTION_MAX, LABEL_MAX, LABELS_MAX, PROJECT_NAME_MAX, TITLE_MAX
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX)]
@@ -67,10 +67,19 @@ class Recurrence(BaseModel):
 class Due(BaseModel):
     """A date (`{"date": "2026-11-23"}`) or a wall-clock datetime with a time zone (null = floating)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of `date` / `datetime`; `timezone` only with `datetime` (the validator below, stated in the schema)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["date"], "not": {"anyOf": [{"required": ["datetime"]}, {"required": ["timezone"]}]}},
+                {"required": ["datetime"], "not": {"required": ["date"]}},
+            ]
+        },
+    )
 
-    date: dt.date | None = None
-    datetime: dt.datetime | None = None
+    date: SafeDate | None = None
+    datetime: WallClock | None = None
     timezone: TimeZoneName | None = None
     string: Annotated[str, StringConstraints(max_length=200)] | None = None
     recurrence: Recurrence | None = None

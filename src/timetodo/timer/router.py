@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
 from timetodo.core.deps import API_PREFIX, EventsDep, IdPath, SessionDep, UserIdDep, WriteSessionDep
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
+from timetodo.core.validators import Instant, SafeDate
 from timetodo.timer import service
 from timetodo.timer.schemas import (
     GroupBy,
@@ -54,8 +54,8 @@ async def list_entries(
     session: SessionDep,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
-    start: Annotated[datetime | None, Query(alias="from", description="Entries ending after this instant")] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="Entries starting before this instant")] = None,
+    start: Annotated[Instant | None, Query(alias="from", description="Entries ending after this instant")] = None,
+    end: Annotated[Instant | None, Query(alias="to", description="Entries starting before this instant")] = None,
 ) -> Page[TimeEntryOut]:
     rows, nxt = await service.list_entries(session, user_id, cursor, limit, start, end)
     return Page[TimeEntryOut](results=[service.entry_out(r) for r in rows], next_cursor=nxt)
@@ -89,8 +89,8 @@ async def delete_entry(entry_id: IdPath, user_id: UserIdDep, session: WriteSessi
 async def time_report(
     user_id: UserIdDep,
     session: SessionDep,
-    date_from: Annotated[date, Query(alias="from", description="First day (user's time zone)")],
-    date_to: Annotated[date, Query(alias="to", description="Last day, inclusive")],
+    date_from: Annotated[SafeDate, Query(alias="from", description="First day (user's time zone)")],
+    date_to: Annotated[SafeDate, Query(alias="to", description="Last day, inclusive")],
     group_by: GroupBy = "day",
     format: Literal["json", "csv"] = "json",
 ) -> object:

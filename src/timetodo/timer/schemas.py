@@ -3,21 +3,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
-from timetodo.core.validators import Id
+from timetodo.core.validators import Id, Instant
 from timetodo.timer.models import NOTE_MAX
 
 Note = Annotated[str, StringConstraints(max_length=NOTE_MAX)]
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        raise ValueError("give a time zone offset, e.g. 2026-11-23T09:00:00+03:00 or ...Z")
-    return value.astimezone(dt.UTC)
-
-
-AwareDatetime = Annotated[dt.datetime, AfterValidator(_aware)]
+AwareDatetime = Instant
 
 
 class TimerStart(BaseModel):
