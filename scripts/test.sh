@@ -16,6 +16,7 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the migration report rendered headless (tests/ops/test_report.py)
 # The production image built and run with podman (tests/deploy/test_image.py) from a debootstrapped Debian 12
 # (scripts/rootfs.sh, also the real OS of the prepare tests): runc is the runtime that works here, catatonit backs
 # `--init` (compose's `init: true`).

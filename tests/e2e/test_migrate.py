@@ -158,6 +158,17 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert asyncio.run(titles(world.source_db, "post")) == {"post-migration": 1}
     assert world.telegram.webhook_url == world.source.url + "/api/v1/telegram/webhook"
     assert len(world.telegram.pending_updates) == 3
+    # the final report keeps the cutover and validation after the rollback, every step in the order it ran
+    final = json.loads((world.base / "work" / "migration_final_report.json").read_text())
+    ran = ["preflight", "backup", "prepare", "deploy", "sync", "cutover", "validate", "rollback"]
+    steps = [(phase["step"], phase["status"]) for phase in final["phases"]]
+    # (the module's earlier tests refused cutovers in this work directory: their attempts come first, as failed rows)
+    assert [step for step, _ in steps[-len(ran) :]] == ran and {status for _, status in steps[-len(ran) :]} == {"done"}
+    assert all(status == "failed" for _, status in steps[: -len(ran)]), steps
+    assert final["write_downtime_seconds"] == pytest.approx(downtime)
+    assert final["verification_ok"] is True and final["outcome"] == "rolled back to the source"
+    page = (world.base / "work" / "migration_final_report.html").read_text()
+    assert 'id="timeline"' in page and 'id="verification"' in page and final["write_freeze"] in page
     with httpx.Client() as c:
         assert (
             c.post(
@@ -229,6 +240,13 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     state = json.loads(state_file.read_text())
     assert all(state["steps"][s]["status"] == "done" for s in ("preflight", "backup", "sync", "cutover", "validate"))
     assert state["steps"]["cutover"]["attempts"] >= 2
+    # the final report: every attempt a row, in the order they ran; the killed cutover stays as an interrupted row
+    phases = json.loads((world.base / "work-resume" / "migration_final_report.json").read_text())["phases"]
+    assert [p["started_at"] for p in phases] == sorted(p["started_at"] for p in phases)
+    cutovers = [(p["attempt"], p["status"]) for p in phases if p["step"] == "cutover"]
+    assert len(cutovers) >= 2 and cutovers[-1] == (len(cutovers), "done"), cutovers
+    assert {status for _, status in cutovers[:-1]} == {"interrupted"}, cutovers
+    assert [p["attempt"] for p in phases if p["step"] == "preflight"] == list(range(1, len(kill_points) + 2))
 
 
 def _plan(world: World, config_text: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:

@@ -56,6 +56,8 @@ async def _source_api(ctx: Context, checks: Checks) -> None:
         )
         return
     checks.add("source API", "ok", ctx.config.source.api_url)
+    if version := await api.version():
+        checks.facts["source_version"] = version
     try:
         await api.check_admin()
         checks.add("source admin access", "ok", "can switch maintenance mode")

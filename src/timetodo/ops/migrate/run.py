@@ -85,7 +85,7 @@ def execute(ctx: Context, body: Callable[[Context], Awaitable[int]]) -> int:
             return asyncio.run(main())
     finally:
         if ctx.work_dir.exists():
-            write_final_report(ctx.state, ctx.work_dir)
+            write_final_report(ctx.state, ctx.work_dir, ctx.config)
 
 
 async def print_plan(ctx: Context) -> None:

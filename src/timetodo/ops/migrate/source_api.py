@@ -76,6 +76,14 @@ class SourceApi:
         except httpx.HTTPError:
             return False
 
+    async def version(self) -> str | None:
+        """The source app's version as `/health/detailed` reports it (None when it does not say): for the report."""
+        try:
+            value = (await self.client.get("/health/detailed")).json().get("version")
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return str(value) if value else None
+
     async def check_admin(self) -> dict[str, Any]:
         """Fails (before anything is frozen) when the credentials do not give admin rights on the source."""
         resp = await self.request("GET", "/api/v1/admin/maintenance")

@@ -1,4 +1,6 @@
-"""The state file of a migration: which steps are done, with their results, so `--resume` continues after a crash.
+"""The state file of a migration: which steps are done, with their results, so `--resume` continues after a crash,
+and the run history: one `StepRun` per attempt of a step, in the order they started, appended and never rewritten
+once ended (a rollback or a resume adds rows; the final report is built from them).
 
 Written atomically (temporary file + rename + fsync) after every change; one run at a time (a lock file with the
 owner's PID).
@@ -11,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -32,6 +34,24 @@ class CutoverPhase(BaseModel):
     result: Any = None
 
 
+class StepRun(BaseModel):
+    """One attempt of one step. `interrupted`: the run was killed during it (found `running` by the next attempt).
+    `facts`: the facts as they were when the attempt ended (a later rollback forgets the cutover's; this keeps them)."""
+
+    step: str
+    attempt: int
+    status: Literal["running", "done", "failed", "interrupted"] = "running"
+    started_at: float
+    ended_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    facts: dict[str, Any] = {}
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.ended_at is None else max(0.0, self.ended_at - self.started_at)
+
+
 class Facts(BaseModel):
     """What one step learns and a later one (or rollback) needs. Unset facts are left out of the state file."""
 
@@ -39,6 +59,7 @@ class Facts(BaseModel):
 
     # preflight
     source_pg_major: int | None = None
+    source_version: str | None = None
     db_bytes: int | None = None
     tables_without_pk: list[str] | None = None
     source_redis: str | None = None
@@ -65,6 +86,7 @@ class MigrationState:
     path: Path
     data: dict[str, Any] = field(default_factory=dict)
     facts: Facts = field(default_factory=Facts)
+    history: list[StepRun] = field(default_factory=list)
 
     @classmethod
     def load(cls, work_dir: Path) -> MigrationState:
@@ -72,7 +94,8 @@ class MigrationState:
         if path.exists():
             try:
                 data = json.loads(path.read_text())
-                return cls(path, data, Facts.model_validate(data.get("facts", {})))
+                history = [StepRun.model_validate(run) for run in data.get("history", [])]
+                return cls(path, data, Facts.model_validate(data.get("facts", {})), history)
             except json.JSONDecodeError as exc:
                 raise StateError(f"{path} is not valid JSON: {exc}", "restore it or move it away") from None
             except ValidationError as exc:
@@ -84,6 +107,7 @@ class MigrationState:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.data["facts"] = self.facts.to_json()
+        self.data["history"] = [run.model_dump(mode="json", exclude_none=True) for run in self.history]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w") as fh:
             json.dump(self.data, fh, indent=2, sort_keys=True, default=str)
@@ -102,19 +126,40 @@ class MigrationState:
 
     def start(self, name: str) -> None:
         step = self.step(name)
-        step.update(status="running", started_at=time.time(), attempts=int(step.get("attempts", 0)) + 1)
+        now = time.time()
+        step.update(status="running", started_at=now, attempts=int(step.get("attempts", 0)) + 1)
         step.pop("error", None)
+        for run in self.history:  # a killed run left its attempt open: it ended, unfinished, before this one
+            if run.status == "running":
+                run.status = "interrupted"
+        attempt = 1 + sum(1 for run in self.history if run.step == name)
+        self.history.append(StepRun(step=name, attempt=attempt, started_at=now))
         self.save()
+
+    def _end(self, name: str, status: Literal["done", "failed"], **values: Any) -> None:
+        now = time.time()
+        step = self.step(name)
+        step.update(status=status, ended_at=now, **values)
+        run = self._open_run(name)
+        run.status, run.ended_at, run.facts = status, now, self.facts.to_json()
+        run.result, run.error = values.get("result"), values.get("error")
+        self.save()
+
+    def _open_run(self, name: str) -> StepRun:
+        for run in reversed(self.history):
+            if run.step == name and run.status == "running":
+                return run
+        # a state file from before the history (or a step ended without start()): record it after the fact
+        started = float(self.step(name).get("started_at") or time.time())
+        attempt = 1 + sum(1 for run in self.history if run.step == name)
+        self.history.append(StepRun(step=name, attempt=attempt, started_at=started))
+        return self.history[-1]
 
     def finish(self, name: str, result: dict[str, Any] | None = None) -> None:
-        step = self.step(name)
-        step.update(status="done", ended_at=time.time(), result=result or {})
-        self.save()
+        self._end(name, "done", result=result or {})
 
     def fail(self, name: str, error: str) -> None:
-        step = self.step(name)
-        step.update(status="failed", ended_at=time.time(), error=error)
-        self.save()
+        self._end(name, "failed", error=error)
 
     def unfinished(self) -> list[str]:
         """Steps a killed run left behind (a failed step recorded its error and simply runs again)."""
