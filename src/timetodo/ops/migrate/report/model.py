@@ -101,7 +101,7 @@ class Report(BaseModel):
     freeze: Window | None = None
     forwarding: Window | None = None
     """The window in which the source forwards clients' requests to the target: drawn when a cutover recorded the
-    facts `forwarding_started_at` (and `forwarding_ended_at`); the toolkit does not switch forwarding on yet."""
+    facts `forwarding_started_at` (set at the switch) and `forwarding_ended_at` (`migrate finish`, or a rollback)."""
     write_freeze_seconds: float | None = None
     verification: list[Check] = []
     verification_ok: bool | None = None
