@@ -176,9 +176,11 @@ def test_image_user_tools_and_size(image: Image) -> None:
 
 def test_default_command_turns_healthy(image: Image, volumes: dict[str, str]) -> None:
     """The image as compose starts it (its CMD, its HEALTHCHECK), on SQLite in /data (no DATABASE_URL): the volumes are writable by
-    the app user. `--network none`: its own loopback, so port 8000 cannot collide with anything on the host."""
+    the app user. `--network none`: its own loopback, so port 8000 cannot collide with anything on the host. A
+    SECRET_KEY is required, as in compose: `serve` refuses 0.0.0.0 with the built-in development key."""
     mounts = [f"{volumes['uploads']}:/data/uploads", f"{volumes['logs']}:/app/logs"]
-    with container(image, "--network", "none", *[a for m in mounts for a in ("-v", m)], image.tag) as name:
+    key = ("-e", f"SECRET_KEY={secrets.token_hex(32)}")
+    with container(image, "--network", "none", *key, *[a for m in mounts for a in ("-v", m)], image.tag) as name:
         status = ""
         deadline = time.monotonic() + 60
         while status != "healthy" and time.monotonic() < deadline:
