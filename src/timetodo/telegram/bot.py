@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -60,6 +61,13 @@ PAGE_SIZE = 10
 LIST_LIMIT = 100
 SEND_RETRIES = 3
 LIST_KINDS = {"t": "today", "o": "overdue", "w": "week", "a": "all"}
+
+SENT: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("telegram_sent", default=None)
+"""When set (a probe, see `TelegramRuntime.probe`), every request the bot makes while handling the update is
+recorded here with what the Bot API answered: `{"method", "chat_id", "message_id"}`."""
+DEFERRABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("telegram_deferrable", default=False)
+"""When true (an update that came through the webhook), a `MaintenanceActive` raised by a handler is not answered
+with "maintenance" but propagates to the runtime, which keeps the update and runs it later (see runtime)."""
 
 
 # callback data --------------------------------------------------------------------------------------------------
@@ -508,6 +516,13 @@ async def on_digest(
     await message.answer(t(user.locale, "digest_set", time=f"{at:%H:%M}"))
 
 
+async def on_ping(message: Message, ctx: BotContext) -> None:
+    """Not in the menu: `timetodo migrate validate` sends it (from the operator's probe chat) to check that the bot
+    answers on a new host — the database is read (the chat's link) and a message goes out through the Bot API."""
+    found = await ctx.linked(message.chat.id)
+    await message.answer(t(found[1].locale if found else _message_locale(message), "pong"))
+
+
 async def on_unknown(message: Message, ctx: BotContext) -> None:
     found = await ctx.linked(message.chat.id)
     await message.answer(t(found[1].locale if found else _message_locale(message), "unknown_command"))
@@ -602,6 +617,8 @@ async def on_error(event: ErrorEvent, ctx: BotContext) -> bool:
             else locale_of(getattr(getattr(update.message, "from_user", None), "language_code", None))
         )
     if isinstance(exc, MaintenanceActive):
+        if DEFERRABLE.get():
+            raise exc  # the runtime keeps the update for later: nothing was written (the guard comes first)
         text = t(locale, "maintenance")
     elif isinstance(exc, NotFound):
         text = t(locale, "not_found")
@@ -640,13 +657,25 @@ class LimitedRetries(BaseRequestMiddleware):
             if isinstance(chat_id, int):
                 await self.limiter.acquire(chat_id)
             try:
-                return await make_request(bot, method)
+                response = await make_request(bot, method)
             except TelegramRetryAfter as exc:
                 if attempt == SEND_RETRIES:
                     raise
                 if self.on_retry is not None:
                     self.on_retry()
                 await asyncio.sleep(exc.retry_after)
+                continue
+            sent = SENT.get()
+            if sent is not None:
+                sent.append(
+                    {
+                        "method": type(method).__name__,
+                        "chat_id": chat_id,
+                        # a middleware gets the method's result itself (a Message for sendMessage)
+                        "message_id": getattr(response, "message_id", None),
+                    }
+                )
+            return response
         raise AssertionError("unreachable")
 
 
@@ -662,6 +691,7 @@ def create_dispatcher() -> Dispatcher:
     router = Router(name="timetodo")
     router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
+    router.message.register(on_ping, Command("ping"))
     for name, handler in LINKED_COMMANDS:
         router.message.register(_linked_runner(handler), Command(name))
     router.message.register(on_unknown, F.text.startswith("/"))

@@ -40,6 +40,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "/timer start <n> | stop — учёт времени; /timer — что идёт сейчас\n/report [week|month] — итоги времени\n"
         "/tz <Europe/Moscow> — часовой пояс\n/lang ru|en — язык\n/digest ЧЧ:ММ|off — ежедневная сводка\n/unlink",
     },
+    "pong": {"en": "🏓 pong — the bot is up.", "ru": "🏓 pong — бот на связи."},
     "unknown_command": {
         "en": "I don't know this command. /help lists what I can do.",
         "ru": "Не знаю такой команды. /help — список команд.",

@@ -121,6 +121,11 @@ class Telegram(_Model):
     api_base: Annotated[str, Field(pattern=r"^https?://")] = "https://api.telegram.org"
     webhook_path: Annotated[str, Field(pattern=r"^/")] = "/api/v1/telegram/webhook"
     webhook_secret_env: EnvName | None = None
+    probe_chat_id: int | None = Field(
+        None,
+        description="a chat that has started the bot (the operator's own: its id is the user id); validate sends "
+        "/ping from it to the target's webhook and requires the bot's answer",
+    )
 
 
 class Dns(_Model):

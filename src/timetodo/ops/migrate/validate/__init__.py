@@ -5,7 +5,8 @@ well? Each comparison lives in its own module and returns a result with `ok`, `e
 * `redis` — every key's type, value and TTL;
 * `files` — the uploads both ways, by sha256;
 * `http` — the same authenticated reads answered identically, and latency;
-* `webhook` — the Telegram webhook points at the target, no delivery error since the switch;
+* `webhook` — the Telegram webhook points at the target, no delivery error since the switch, and the bot there
+  answers a probe update (`/ping` from `telegram.probe_chat_id`);
 * `report` — `ValidationReport` gathers them into `migration_validation_report.txt` / `.json`.
 
 After the switch the target takes writes, so the frozen source is compared with the cutover snapshot instead.
@@ -26,7 +27,7 @@ from timetodo.ops.migrate.validate.files import FilesComparison, compare_files
 from timetodo.ops.migrate.validate.http import HttpComparison, compare_http, percentile
 from timetodo.ops.migrate.validate.redis import RedisComparison, compare_redis
 from timetodo.ops.migrate.validate.report import ValidationReport
-from timetodo.ops.migrate.validate.webhook import WebhookCheck, check_webhook
+from timetodo.ops.migrate.validate.webhook import WebhookCheck, check_webhook, probe_bot
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
@@ -48,6 +49,7 @@ __all__ = [
     "compare_redis",
     "percentile",
     "plan",
+    "probe_bot",
     "run",
 ]
 
@@ -88,6 +90,13 @@ async def run(ctx: Context) -> dict[str, Any]:
             report.webhook = await check_webhook(
                 client, ctx.webhook_url(ctx.config.target.public_url), ctx.state.facts.switched_at
             )
+        assert ctx.config.telegram is not None
+        await probe_bot(
+            report.webhook,
+            ctx.webhook_url(ctx.config.target.public_url),
+            ctx.secrets.webhook_secret,
+            ctx.config.telegram.probe_chat_id,
+        )
     report.write(ctx.work_dir)
     ctx.console.print(report.to_text())
     if not report.ok:

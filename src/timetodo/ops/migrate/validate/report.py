@@ -226,6 +226,13 @@ class ValidationReport:
             ["expected", "actual", "pending updates", "error since switch"],
             [(w.expected_url, w.url or "(none)", w.pending_update_count, w.last_error or "none")],
         )
+        if w.probe_message_id is not None:
+            out.append(
+                f"  bot on the target answered /ping in chat {w.probe_chat_id} "
+                f"(message {w.probe_message_id}, {w.probe_seconds} s)"
+            )
+        elif w.probe_chat_id is not None:
+            out.append(f"  bot on the target did NOT answer /ping in chat {w.probe_chat_id}")
         return out
 
     def write(self, directory: Path) -> tuple[Path, Path]:
