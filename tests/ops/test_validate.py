@@ -470,6 +470,26 @@ async def test_identical_redis_with_ttls_is_ok(redis_pair: RedisPair) -> None:
     assert any("sample of 10" in w for w in sampled.warnings)
 
 
+async def test_redis_keys_the_targets_bot_wrote_after_the_switch_are_not_errors(redis_pair: RedisPair) -> None:
+    """After the switch the target's bot claims the updates Telegram delivers (tg:<bot id>:update:…) and reserves
+    limiter slots: counted, not "only on target" errors; any other key only on the target still is one."""
+    source, target = redis_pair.source, redis_pair.target
+    await fill_redis(source, plain_keys=5)
+    await copy_redis(source, target)
+    tgt = aioredis.Redis.from_url(target)
+    try:
+        await tgt.set("tg:123456:update:901", "1", ex=3600)
+        await tgt.set("tg:123456:relay:902", "1", ex=3600)
+        await tgt.set("tg:123456:rate:chat:5", "1", ex=60)
+        await tgt.set("tg:notabot:update:1", "1")
+    finally:
+        await tgt.aclose()
+    result = await compare_redis(source, target, method=redis_pair.forced)
+    assert result.target_own_keys == 3
+    assert result.extra_on_target == 1 and result.errors[1:] == ["key 'tg:notabot:update:1': only on target"]
+    assert any("bot's update claims" in w for w in result.warnings)
+
+
 async def test_redis_differences_are_each_named(redis_pair: RedisPair) -> None:
     source, target = redis_pair.source, redis_pair.target
     await fill_redis(source)

@@ -4,12 +4,15 @@ sent, and the bot's Redis keys carry its id."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.conftest import backend_settings
 from tests.fakes.telegram import FakeTelegram
-from tests.telegram.conftest import SECRET, TOKEN, WEBHOOK, Chat
+from tests.telegram.conftest import SECRET, TOKEN, WEBHOOK, Chat, bot_overrides
 from timetodo.core.maintenance import set_maintenance
 from timetodo.ops.migrate.validate.webhook import PROBE_HEADER, WebhookCheck, probe_bot, probe_update
 
@@ -103,3 +106,54 @@ async def test_redis_keys_of_the_bot_carry_its_id(chat: Chat, backend: str) -> N
     assert claims, "no update claim under the bot's prefix"
     assert [key async for key in client.scan_iter(match="tg:update:*")] == []
     assert chat.app.state.telegram.limiter.prefix == f"tg:{bot_id}:rate"
+
+
+async def test_an_update_kept_by_a_frozen_host_is_relayed_to_the_new_host_once(
+    backend: str, fake_telegram: FakeTelegram, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> None:
+    """After a migration's switch the old host forwards to the new one: what it kept is sent to the new host's
+    webhook as a relayed update and runs there once — although the old host's claim of the same update id is in
+    the shared (or copied) Redis / database — and a repeated relay is a duplicate."""
+    from tests.telegram.test_webhook_http import served
+    from timetodo.core.maintenance import update_app_state
+
+    def make(name: str) -> Any:
+        return backend_settings(
+            backend,
+            tmp_path_factory.mktemp(name),
+            lambda: request.getfixturevalue("services"),
+            **bot_overrides(fake_telegram),
+        )
+
+    old_settings, new_settings = await make(f"old-{backend}"), await make(f"new-{backend}")
+    async with (
+        served(old_settings) as (old_url, old),
+        served(new_settings) as (new_url, new),
+        httpx.AsyncClient(base_url=old_url) as old_api,
+        httpx.AsyncClient(base_url=new_url) as api,
+    ):
+        await Chat(old, old_api, fake_telegram, "en", chat_id=7_900_001).link()
+        chat = Chat(new, api, fake_telegram, "en", chat_id=7_900_001)
+        await chat.link()  # on both hosts (in a migration: the new host has the old host's data, copied)
+        update = {"update_id": 994_001, **fake_telegram.message_update(chat.chat_id, "Relayed task")}
+        assert await old.state.telegram.claim(994_001)  # the old host took it from Telegram
+        async with old.state.sessionmaker() as session:
+            await set_maintenance(session, True, "cutover")
+        old.state.telegram.spawn(update)
+        await old.state.telegram.drain()
+        assert list(old.state.telegram._deferred) == [994_001]
+        await new.state.telegram.claim(994_001)  # the id is taken there too (shared Redis / a copied database)
+        async with old.state.sessionmaker() as session:
+            await update_app_state(session, forward_to=new_url)
+        before = len(chat.sent())
+        assert await old.state.telegram.run_deferred() == 1
+        await new.state.telegram.drain()
+        assert [m["text"] for m in chat.sent()[before:]] == ["Added: Relayed task"]
+        tasks = (await api.get("/api/v1/tasks", headers=chat.headers)).json()["results"]
+        assert [t["title"] for t in tasks] == ["Relayed task"]
+        again = await api.post(
+            WEBHOOK,
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET, "X-Timetodo-Relayed-Update": "1"},
+        )
+        assert again.json() == {"ok": True, "duplicate": True}

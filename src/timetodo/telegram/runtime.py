@@ -255,7 +255,7 @@ class TelegramRuntime:
         if state is None:
             return 0
         done = 0
-        if state.forward_to:
+        if state.forward_to and (state.forward_until is None or state.forward_until > utcnow()):
             secret = self.settings.TELEGRAM_WEBHOOK_SECRET
             headers = {RELAY_HEADER: "1"} | ({SECRET_HEADER: secret.get_secret_value()} if secret else {})
             url = state.forward_to.rstrip("/") + WEBHOOK_PATH
