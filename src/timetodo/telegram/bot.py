@@ -93,7 +93,7 @@ def task_ids_of(markup: InlineKeyboardMarkup | None) -> set[int]:
     for row in markup.inline_keyboard if markup else []:
         for button in row:
             found = decode(button.callback_data)
-            if found and found[0] in ("d", "tm", "h1", "nd", "st") and found[1].isdigit():
+            if found and found[0] in ("d", "tm", "h1", "nd", "st", "o") and found[1].isdigit():
                 ids.add(int(found[1]))
     return ids
 
@@ -213,6 +213,7 @@ def render_list(
                 InlineKeyboardButton(text=f"📅 {number}", callback_data=encode("tm", row.id)),
                 InlineKeyboardButton(text=f"+1h {number}", callback_data=encode("h1", row.id)),
                 InlineKeyboardButton(text=f"▶ {number}", callback_data=encode("st", row.id)),
+                InlineKeyboardButton(text=f"🔎 {number}", callback_data=encode("o", row.id)),
             ]
         )
     if start + PAGE_SIZE < len(rows):
@@ -221,6 +222,27 @@ def render_list(
         )
         lines.append(t(locale, "page", page=page + 1))
     return "\n".join(lines), InlineKeyboardMarkup(inline_keyboard=keyboard)
+
+
+async def task_card(ctx: BotContext, user: User, task_id: int) -> tuple[str, InlineKeyboardMarkup]:
+    """The "Open" button: one task in full (title, due, repeat, project, priority, description) with its buttons."""
+    locale = user.locale
+    async with ctx.maker() as session:
+        task = await tasks_service.get_task(session, user.id, task_id)
+        project = await tasks_service.get_project(session, user.id, task.project_id) if task.project_id else None
+    lines = [("✅ " if task.done else "") + task.title]
+    if task.due_date is not None:
+        lines.append(t(locale, "due", due=_fmt_due(task)))
+    if task.recurrence_rule:
+        lines.append(t(locale, "repeats", rule=task.recurrence_rule))
+    if project is not None:
+        lines.append(t(locale, "project", name=project.name))
+    if task.priority and task.priority < 4:
+        lines.append(t(locale, "priority", p=task.priority))
+    if task.description:
+        description = task.description if len(task.description) <= 1500 else task.description[:1500] + "…"
+        lines += ["", description]
+    return "\n".join(lines), task_keyboard(locale, task.id)
 
 
 async def _list_header(ctx: BotContext, user: User, locale: str, list_arg: str) -> tuple[str, str, int | None]:
@@ -566,6 +588,11 @@ async def on_button(query: CallbackQuery, ctx: BotContext) -> None:
         await query.answer(t(locale, "expired_button"), show_alert=True)
         return
     ident = int(argument)
+    if action == "o":
+        text, markup = await task_card(ctx, user, ident)
+        await message.answer(text, reply_markup=markup)
+        await query.answer()
+        return
     if action == "d":
         answer = await complete(ctx, user, ident)
     elif action in ("tm", "h1", "nd"):

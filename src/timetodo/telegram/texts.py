@@ -129,9 +129,24 @@ TEXTS: dict[str, dict[str, str]] = {
     "cmd_lang": {"en": "Language ru|en", "ru": "Язык ru|en"},
     "cmd_help": {"en": "What I can do", "ru": "Что я умею"},
     "cmd_unlink": {"en": "Unlink this chat", "ru": "Отвязать чат"},
+    "cmd_digest": {"en": "Daily digest HH:MM | off", "ru": "Ежедневная сводка ЧЧ:ММ | off"},
 }
 
-COMMANDS = ("add", "today", "overdue", "week", "list", "done", "timer", "report", "tz", "lang", "help", "unlink")
+COMMANDS = (
+    "add",
+    "today",
+    "overdue",
+    "week",
+    "list",
+    "done",
+    "timer",
+    "report",
+    "digest",
+    "tz",
+    "lang",
+    "help",
+    "unlink",
+)
 
 
 def locale_of(code: str | None) -> str:
