@@ -108,7 +108,10 @@ class BotContext:
     retry_after: int
 
     async def linked(self, chat_id: int) -> tuple[TelegramLink, User] | None:
+        """The chat's link and user, read outside a transaction (one statement: no BEGIN/ROLLBACK round trips;
+        a single SELECT is consistent by itself)."""
         async with self.maker() as session:
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             return await service.chat_user(session, chat_id)
 
 

@@ -219,7 +219,8 @@ async def add_task(
         project, created = None, False
         if parsed.project:
             project, created = await find_or_create_project(session, user.id, parsed.project)
-            await guard_write(session, retry_after)
+            if created:  # create_project committed: the task's insert is a new transaction, guarded again
+                await guard_write(session, retry_after)
             data.project_id = project.id
         task = await tasks_service.create_task(session, user.id, data)
         out = task_out(task)
