@@ -157,3 +157,38 @@ async def test_an_update_kept_by_a_frozen_host_is_relayed_to_the_new_host_once(
             headers={"X-Telegram-Bot-Api-Secret-Token": SECRET, "X-Timetodo-Relayed-Update": "1"},
         )
         assert again.json() == {"ok": True, "duplicate": True}
+
+
+async def test_health_detailed_reports_the_webhook_from_a_cache(bot_app: FastAPI, fake_telegram: FakeTelegram) -> None:
+    from tests.conftest import asgi_client
+    from timetodo.telegram import runtime as runtime_module
+
+    runtime = bot_app.state.telegram
+    expected = bot_app.state.settings.PUBLIC_BASE_URL.rstrip("/") + WEBHOOK
+    saved = fake_telegram.webhook_info()["url"]
+    with httpx.Client(base_url=fake_telegram.base_url) as c:
+        assert c.post(f"/bot{TOKEN}/setWebhook", json={"url": expected}).json()["ok"]
+    try:
+        runtime._webhook_info = None
+        calls = len(fake_telegram.calls_to("getWebhookInfo"))
+        async with asgi_client(bot_app, ip="127.0.0.1") as operator:
+            report = (await operator.get("/health/detailed")).json()["checks"]["telegram"]
+            assert report["ok"] is True and report["webhook_ok"] is True, report
+            assert report["url"] == expected and report["pending_update_count"] == len(fake_telegram.pending_updates)
+            fake_telegram.record_error("Wrong response from the webhook: 502 Bad Gateway")
+            cached = (await operator.get("/health/detailed")).json()["checks"]["telegram"]
+            assert cached == report  # from the cache: one getWebhookInfo per WEBHOOK_INFO_SECONDS
+            assert len(fake_telegram.calls_to("getWebhookInfo")) == calls + 1
+            runtime._webhook_info = (runtime._webhook_info[0] - runtime_module.WEBHOOK_INFO_SECONDS, {})
+            failing = (await operator.get("/health/detailed")).json()
+            report = failing["checks"]["telegram"]
+            assert report["webhook_ok"] is False and "502" in report["last_error_message"]
+            assert report["ok"] is True and failing["status"] == "ok"  # informational: the app itself is fine
+        async with asgi_client(bot_app, ip="203.0.113.9") as stranger:
+            assert (await stranger.get("/health/detailed")).json()["checks"]["telegram"] == "ok"
+    finally:
+        with httpx.Client(base_url=fake_telegram.base_url) as c:
+            c.post(f"/bot{TOKEN}/deleteWebhook")  # clears the recorded error too
+            if saved:
+                c.post(f"/bot{TOKEN}/setWebhook", json={"url": saved})
+        runtime._webhook_info = None

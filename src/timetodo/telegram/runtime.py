@@ -13,6 +13,9 @@ Guarantees:
 * a probe (`probe`, for `timetodo migrate validate`) runs inline and returns what the bot sent for it, with the
   message ids the Bot API gave;
 * Redis keys (update claims, limiter) start with `tg:<bot id>` (`service.redis_prefix`);
+* `health()` (the `telegram` entry of /health/detailed) reports getWebhookInfo — URL, pending updates, last delivery
+  error — fetched at most once per `WEBHOOK_INFO_SECONDS` per instance and bounded by a timeout; informational: a
+  failing webhook never makes the app unhealthy (restarting it would not fix Telegram's side);
 * an outbox row is sent by the instance that claimed it (FOR UPDATE SKIP LOCKED / the SQLite write lock) and marked
   sent afterwards. If an instance dies between sending and marking, the row's lease expires and it is sent again
   (at-least-once only across a crash: a lost reminder is worse than a repeated one);
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -58,6 +62,9 @@ OUTBOX_BATCH = 200
 MAX_ATTEMPTS = 6
 SEND_CONCURRENCY = 16  # enough for 30 msg/s; each holds a Redis connection while reserving
 DIGEST_INTERVAL = 30.0
+WEBHOOK_INFO_SECONDS = 60.0
+WEBHOOK_INFO_TIMEOUT = 3.0
+RECENT_ERROR_SECONDS = 600.0  # a delivery error younger than this makes `webhook_ok` false (Telegram keeps the last)
 DEFERRED_INTERVAL = 1.0  # seconds between looks at the app state while updates wait out a freeze
 WEBHOOK_PATH = "/api/v1/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -131,6 +138,8 @@ class TelegramRuntime:
         self._stopping = asyncio.Event()
         self._username: str | None = None
         self._deferred: dict[int, dict[str, Any]] = {}
+        self._webhook_info: tuple[float, dict[str, Any]] | None = None
+        self._webhook_lock = asyncio.Lock()
         self._deferred_wake = asyncio.Event()
 
     # lifecycle ---------------------------------------------------------------------------------------------------
@@ -181,6 +190,32 @@ class TelegramRuntime:
         if self._username is None:
             self._username = (await self.bot.me()).username or ""
         return self._username
+
+    async def health(self) -> dict[str, Any]:
+        """getWebhookInfo, cached (see the module): `webhook_ok` when it points at PUBLIC_BASE_URL's webhook and its
+        last delivery error, if any, is older than RECENT_ERROR_SECONDS."""
+        async with self._webhook_lock:
+            now = time.monotonic()
+            if self._webhook_info is None or now - self._webhook_info[0] >= WEBHOOK_INFO_SECONDS:
+                self._webhook_info = (now, await self._fetch_webhook_info())
+            return dict(self._webhook_info[1])
+
+    async def _fetch_webhook_info(self) -> dict[str, Any]:
+        expected = self.settings.PUBLIC_BASE_URL.rstrip("/") + WEBHOOK_PATH
+        report: dict[str, Any] = {"ok": True, "expected_url": expected, "checked_at": utcnow().isoformat()}
+        try:
+            info = await asyncio.wait_for(self.bot.get_webhook_info(), WEBHOOK_INFO_TIMEOUT)
+        except (TimeoutError, TelegramAPIError, OSError) as exc:
+            return report | {"webhook_ok": False, "error": f"getWebhookInfo failed: {type(exc).__name__}"}
+        last_error = info.last_error_date
+        recent_error = last_error is not None and last_error.timestamp() >= time.time() - RECENT_ERROR_SECONDS
+        return report | {
+            "webhook_ok": info.url == expected and not recent_error,
+            "url": info.url,
+            "pending_update_count": info.pending_update_count,
+            "last_error_date": last_error.isoformat() if last_error else None,
+            "last_error_message": info.last_error_message,
+        }
 
     # updates ----------------------------------------------------------------------------------------------------
 
