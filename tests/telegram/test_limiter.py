@@ -43,6 +43,35 @@ async def test_redis_limiter_is_shared_by_instances(services: Services) -> None:
         await second.aclose()
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_sender_woken_late_keeps_its_chats_spacing(kind: str, services: Services) -> None:
+    """The cause of sporadic 429s under load: a sender woken late (event loop busy) sent closer to the chat's next
+    message than the spacing allows. Now the next send to that chat is spaced from when the late one really went."""
+    client = aioredis.Redis.from_url(services.redis_url)
+    prefix = f"tg:test:{time.monotonic_ns()}"
+    limiter = (
+        MemoryLimiter(chat_rate=4.0, global_rate=100.0)
+        if kind == "memory"
+        else RedisLimiter(client, chat_rate=4.0, global_rate=100.0, prefix=prefix)
+    )
+    step = MARGIN / 4.0
+    try:
+        await limiter.acquire(7)  # the chat's first message: its next slot is `step` from now
+
+        async def late_sender() -> float:
+            await limiter.acquire(7)
+            return time.monotonic()
+
+        sender = asyncio.create_task(late_sender())
+        await asyncio.sleep(step - 0.05)  # the sender sleeps towards its slot …
+        time.sleep(0.15)  # … while the event loop is busy: it wakes ~0.1 s late (less than LATE: no new slot)
+        sent_late = await sender
+        await limiter.acquire(7)
+        assert time.monotonic() - sent_late >= step - 0.01  # before: only step - 0.1 after the late send
+    finally:
+        await client.aclose()
+
+
 def test_callback_data_is_versioned_and_short() -> None:
     data = encode("d", 2**63 - 1)
     assert len(data.encode()) <= 64 and decode(data) == ("d", str(2**63 - 1))
