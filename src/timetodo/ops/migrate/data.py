@@ -22,7 +22,7 @@ async def connect(url: str) -> asyncpg.Connection:
         return await pg.connect(pg.PgTarget.from_url(url))
     except pg.PgUnreachable as exc:
         raise StepError(
-            str(exc), "check the database URL and that the server accepts this machine", EXIT_UNREACHABLE
+            str(exc), exc.hint or "check the database URL and that the server accepts this machine", EXIT_UNREACHABLE
         ) from None
 
 
