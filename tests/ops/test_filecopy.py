@@ -80,7 +80,7 @@ async def test_pull_and_push_over_tar_match_the_source_incrementally(
     sshd_without_rsync: SSHTarget, tmp_path: Path
 ) -> None:
     _HAS_RSYNC.clear()
-    remote_src = tmp_path / f"on the host; touch {tmp_path}/INJECTED"  # the remote path is one quoted word
+    remote_src = tmp_path / "on the host; touch INJECTED-by-filecopy"  # the remote path is one quoted word
     remote_src.mkdir()
     make_tree(remote_src)
     local = tmp_path / "staging"
@@ -88,7 +88,7 @@ async def test_pull_and_push_over_tar_match_the_source_incrementally(
     assert pulled["method"] == "tar" and pulled["files"] == len(NAMES), pulled
     assert tree(local) == tree(remote_src)
     assert not (local / INCOMING).exists()
-    assert not (tmp_path / "INJECTED").exists() and not (tmp_path / "X").exists()
+    assert not (Path.home() / "INJECTED-by-filecopy").exists() and not (Path.home() / "X").exists()
 
     again = await copy_tree(Place(str(remote_src), sshd_without_rsync), Place(str(local)))
     assert again["files"] == 0 and again["bytes"] == 0, again
