@@ -180,6 +180,7 @@ class FakeTelegram:
         self._commands: dict[str, list[dict[str, Any]]] = {}
         self._answered: list[dict[str, Any]] = []
         self.throttled = 0
+        self.throttled_by: dict[str, int] = {"chat": 0, "global": 0}  # which limit each 429 hit
         self._next_callback_id = 1
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
@@ -645,8 +646,10 @@ class FakeTelegram:
         while self._sends and now - self._sends[0][0] > LIMIT_WINDOW:
             self._sends.popleft()
         if sum(1 for _, chat in self._sends if chat == chat_id) >= self.chat_rate:
+            self.throttled_by["chat"] += 1
             raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
         if len(self._sends) >= self.global_rate:
+            self.throttled_by["global"] += 1
             raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
         self._sends.append((now, chat_id))
 

@@ -10,10 +10,12 @@ Lua script (atomic, one clock: Redis's TIME); without Redis it is the same arith
 one process only. Slots are spaced `MARGIN` wider than the nominal rate so that network jitter between the limiter
 and Telegram does not turn into 429s.
 
-A sender that wakes after its slot (a busy event loop) sends later than reserved, closer to the next message of its
-chat than the spacing allows — the cause of sporadic 429s under load. So a sender woken more than `PUSH_AFTER` late
-pushes its chat's and the bot's next free slot to (now + step) before sending (`push`, one more Redis call, only
-when late); woken more than `LATE` late, it takes a new slot instead.
+Slots alone do not hold the limits when the sending process stalls (a busy machine): senders whose slots passed
+during the stall wake together and send in a burst — the cause of sporadic 429s under load. So after its slot each
+sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): at least 1/chat_rate since the
+chat's last send and 1/global_rate since the bot's, else it waits the difference. The gate uses the nominal rates,
+the slots the `MARGIN`-wider ones, so a backlog after a stall drains at the full rate. A sender woken more than
+`LATE` after its slot takes a new slot first.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from typing import Any, Protocol
 MARGIN = 1.05
 LATE = 0.15  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
 MAX_RESLOTS = 3
-PUSH_AFTER = 0.01  # seconds: a sender later than this after its slot moves the next slots (see the module)
-_PUSH = """
+MAX_GATE_WAITS = 1000
+_GATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i, key in ipairs(KEYS) do
-  local step = tonumber(ARGV[i])
-  local next = tonumber(redis.call('GET', key) or '0')
-  if now + step > next then
-    redis.call('SET', key, now + step, 'PX', math.floor(step / 1000) + 1000)
-  end
+local chat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local bot = tonumber(redis.call('GET', KEYS[2]) or '0')
+local chat_gap = tonumber(ARGV[1])
+local bot_gap = tonumber(ARGV[2])
+local wait = math.max(chat + chat_gap - now, bot + bot_gap - now, 0)
+if wait > 0 then
+  return wait
 end
+redis.call('SET', KEYS[1], now, 'PX', math.floor(chat_gap / 1000) + 1000)
+redis.call('SET', KEYS[2], now, 'PX', math.floor(bot_gap / 1000) + 1000)
 return 0
 """
 _RESERVE = """
@@ -64,6 +69,10 @@ class MemoryLimiter:
         self.bot_step = MARGIN / global_rate
         self._chats: dict[int, float] = {}
         self._bot = 0.0
+        self.chat_gap = 1 / chat_rate
+        self.bot_gap = 1 / global_rate
+        self._chat_sent: dict[int, float] = {}
+        self._bot_sent = 0.0
 
     def reserve(self, chat_id: int) -> float:
         now = time.monotonic()
@@ -74,13 +83,17 @@ class MemoryLimiter:
             self._chats = {chat: at for chat, at in self._chats.items() if at > now}
         return slot - now
 
-    def push(self, chat_id: int) -> None:
+    def gate(self, chat_id: int) -> float:
         now = time.monotonic()
-        self._chats[chat_id] = max(self._chats.get(chat_id, 0.0), now + self.chat_step)
-        self._bot = max(self._bot, now + self.bot_step)
+        wait = max(self._chat_sent.get(chat_id, -1e9) + self.chat_gap - now, self._bot_sent + self.bot_gap - now, 0)
+        if wait <= 0:
+            self._chat_sent[chat_id] = self._bot_sent = now
+            if len(self._chat_sent) > 10_000:
+                self._chat_sent = {chat: at for chat, at in self._chat_sent.items() if at > now - self.chat_gap}
+        return wait
 
     async def acquire(self, chat_id: int) -> float:
-        return await _acquire(lambda: _now_reserve(self.reserve(chat_id)), lambda: _now_push(self.push, chat_id))
+        return await _acquire(lambda: _now(self.reserve(chat_id)), lambda: _now(self.gate(chat_id)))
 
 
 class RedisLimiter:
@@ -90,7 +103,9 @@ class RedisLimiter:
         self.bot_step = int(MARGIN / global_rate * 1_000_000)
         self.prefix = prefix
         self._script = client.register_script(_RESERVE)
-        self._push = client.register_script(_PUSH)
+        self.chat_gap = int(1_000_000 / chat_rate)
+        self.bot_gap = int(1_000_000 / global_rate)
+        self._gate = client.register_script(_GATE)
 
     async def _reserve(self, chat_id: int) -> float:
         micros = await self._script(
@@ -98,35 +113,34 @@ class RedisLimiter:
         )
         return int(micros) / 1_000_000
 
-    async def push(self, chat_id: int) -> None:
-        await self._push(
-            keys=[f"{self.prefix}:chat:{chat_id}", f"{self.prefix}:bot"], args=[self.chat_step, self.bot_step]
+    async def _pass_gate(self, chat_id: int) -> float:
+        micros = await self._gate(
+            keys=[f"{self.prefix}:sent:{chat_id}", f"{self.prefix}:sent"], args=[self.chat_gap, self.bot_gap]
         )
+        return int(micros) / 1_000_000
 
     async def acquire(self, chat_id: int) -> float:
-        return await _acquire(lambda: self._reserve(chat_id), lambda: self.push(chat_id))
+        return await _acquire(lambda: self._reserve(chat_id), lambda: self._pass_gate(chat_id))
 
 
-async def _now_reserve(wait: float) -> float:
+async def _now(wait: float) -> float:
     return wait
 
 
-async def _now_push(push: Callable[[int], None], chat_id: int) -> None:
-    push(chat_id)
-
-
-async def _acquire(reserve: Callable[[], Awaitable[float]], push: Callable[[], Awaitable[None]]) -> float:
-    """Reserve a slot and sleep until it; reserve again when woken very late, push the next slots when woken a
-    little late (see the module). Returns the seconds waited."""
+async def _acquire(reserve: Callable[[], Awaitable[float]], gate: Callable[[], Awaitable[float]]) -> float:
+    """Reserve a slot and sleep until it (a new slot when woken very late), then pass the gate on actual send times
+    (see the module). Returns the seconds waited."""
     started = time.monotonic()
     for _ in range(MAX_RESLOTS):
         wait = await reserve()
         target = time.monotonic() + wait
         if wait > 0:
             await asyncio.sleep(wait)
-        late = time.monotonic() - target
-        if late <= LATE:
-            if late > PUSH_AFTER:
-                await push()
+        if time.monotonic() - target <= LATE:
             break
+    for _ in range(MAX_GATE_WAITS):
+        wait = await gate()
+        if wait <= 0:
+            break
+        await asyncio.sleep(wait)
     return time.monotonic() - started
