@@ -12,9 +12,10 @@ and Telegram does not turn into 429s.
 
 Slots alone do not hold the limits when the sending process stalls (a busy machine): senders whose slots passed
 during the stall wake together and send in a burst — the cause of sporadic 429s under load. So after its slot each
-sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): at least 1/chat_rate since the
-chat's last send and 1/global_rate since the bot's, else it waits the difference. The gate uses the nominal rates,
-the slots the `MARGIN`-wider ones, so a backlog after a stall drains at the full rate. A sender woken more than
+sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): at least MARGIN/chat_rate since
+the chat's last send and 1/global_rate since the bot's, else it waits the difference. The bot's gate uses the nominal
+rate, its slots the `MARGIN`-wider one, so a backlog after a stall drains at the full rate; a chat's gate keeps the
+margin (a chat rarely has a backlog, and its one-second limit leaves the least room for jitter after the gate). A sender woken more than
 `LATE` after its slot takes a new slot first.
 """
 
@@ -69,7 +70,7 @@ class MemoryLimiter:
         self.bot_step = MARGIN / global_rate
         self._chats: dict[int, float] = {}
         self._bot = 0.0
-        self.chat_gap = 1 / chat_rate
+        self.chat_gap = self.chat_step
         self.bot_gap = 1 / global_rate
         self._chat_sent: dict[int, float] = {}
         self._bot_sent = 0.0
@@ -103,7 +104,7 @@ class RedisLimiter:
         self.bot_step = int(MARGIN / global_rate * 1_000_000)
         self.prefix = prefix
         self._script = client.register_script(_RESERVE)
-        self.chat_gap = int(1_000_000 / chat_rate)
+        self.chat_gap = self.chat_step
         self.bot_gap = int(1_000_000 / global_rate)
         self._gate = client.register_script(_GATE)
 
