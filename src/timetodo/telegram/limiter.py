@@ -12,8 +12,9 @@ and Telegram does not turn into 429s.
 
 Slots alone do not hold the limits when the sending process stalls (a busy machine): senders whose slots passed
 during the stall wake together and send in a burst — the cause of sporadic 429s under load. So after its slot each
-sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): at least MARGIN/chat_rate since
-the chat's last send and 1/global_rate since the bot's, else it waits the difference. The bot's gate uses the nominal
+sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): a second reservation, taken
+when the sender is really about to send, at least MARGIN/chat_rate after the chat's previous one and 1/global_rate
+after the bot's — senders released together by a stall get consecutive send times instead of one burst. The bot's gate uses the nominal
 rate, its slots the `MARGIN`-wider one, so a backlog after a stall drains at the full rate; a chat's gate keeps the
 margin (a chat rarely has a backlog, and its one-second limit leaves the least room for jitter after the gate). A sender woken more than
 `LATE` after its slot takes a new slot first.
@@ -29,7 +30,6 @@ from typing import Any, Protocol
 MARGIN = 1.05
 LATE = 0.15  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
 MAX_RESLOTS = 3
-MAX_GATE_WAITS = 1000
 _GATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -37,13 +37,10 @@ local chat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local bot = tonumber(redis.call('GET', KEYS[2]) or '0')
 local chat_gap = tonumber(ARGV[1])
 local bot_gap = tonumber(ARGV[2])
-local wait = math.max(chat + chat_gap - now, bot + bot_gap - now, 0)
-if wait > 0 then
-  return wait
-end
-redis.call('SET', KEYS[1], now, 'PX', math.floor(chat_gap / 1000) + 1000)
-redis.call('SET', KEYS[2], now, 'PX', math.floor(bot_gap / 1000) + 1000)
-return 0
+local at = math.max(now, chat + chat_gap, bot + bot_gap)
+redis.call('SET', KEYS[1], at, 'PX', math.floor((at - now + chat_gap) / 1000) + 1000)
+redis.call('SET', KEYS[2], at, 'PX', math.floor((at - now + bot_gap) / 1000) + 1000)
+return at - now
 """
 _RESERVE = """
 local t = redis.call('TIME')
@@ -86,12 +83,11 @@ class MemoryLimiter:
 
     def gate(self, chat_id: int) -> float:
         now = time.monotonic()
-        wait = max(self._chat_sent.get(chat_id, -1e9) + self.chat_gap - now, self._bot_sent + self.bot_gap - now, 0)
-        if wait <= 0:
-            self._chat_sent[chat_id] = self._bot_sent = now
-            if len(self._chat_sent) > 10_000:
-                self._chat_sent = {chat: at for chat, at in self._chat_sent.items() if at > now - self.chat_gap}
-        return wait
+        at = max(now, self._chat_sent.get(chat_id, -1e9) + self.chat_gap, self._bot_sent + self.bot_gap)
+        self._chat_sent[chat_id] = self._bot_sent = at
+        if len(self._chat_sent) > 10_000:
+            self._chat_sent = {chat: sent for chat, sent in self._chat_sent.items() if sent > now - self.chat_gap}
+        return at - now
 
     async def acquire(self, chat_id: int) -> float:
         return await _acquire(lambda: _now(self.reserve(chat_id)), lambda: _now(self.gate(chat_id)))
@@ -139,9 +135,7 @@ async def _acquire(reserve: Callable[[], Awaitable[float]], gate: Callable[[], A
             await asyncio.sleep(wait)
         if time.monotonic() - target <= LATE:
             break
-    for _ in range(MAX_GATE_WAITS):
-        wait = await gate()
-        if wait <= 0:
-            break
+    wait = await gate()
+    if wait > 0:
         await asyncio.sleep(wait)
     return time.monotonic() - started
