@@ -415,6 +415,12 @@ class FakeTelegram:
                 info["allowed_updates"] = list(self._allowed_updates)
             return info
 
+    def point_webhook(self, url: str) -> None:
+        """Set the webhook URL as if someone had set it earlier (no setWebhook call recorded; tests that count the
+        app's own setWebhook calls share this fake)."""
+        with self._lock:
+            self._webhook_url = url
+
     def record_error(self, message: str, when: int | None = None) -> None:
         """Set last_error_date/last_error_message as a failed delivery would."""
         with self._lock:

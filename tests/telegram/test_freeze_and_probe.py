@@ -166,8 +166,7 @@ async def test_health_detailed_reports_the_webhook_from_a_cache(bot_app: FastAPI
     runtime = bot_app.state.telegram
     expected = bot_app.state.settings.PUBLIC_BASE_URL.rstrip("/") + WEBHOOK
     saved = fake_telegram.webhook_info()["url"]
-    with httpx.Client(base_url=fake_telegram.base_url) as c:
-        assert c.post(f"/bot{TOKEN}/setWebhook", json={"url": expected}).json()["ok"]
+    fake_telegram.point_webhook(expected)
     try:
         runtime._webhook_info = None
         calls = len(fake_telegram.calls_to("getWebhookInfo"))
@@ -189,6 +188,5 @@ async def test_health_detailed_reports_the_webhook_from_a_cache(bot_app: FastAPI
     finally:
         with httpx.Client(base_url=fake_telegram.base_url) as c:
             c.post(f"/bot{TOKEN}/deleteWebhook")  # clears the recorded error too
-            if saved:
-                c.post(f"/bot{TOKEN}/setWebhook", json={"url": saved})
+        fake_telegram.point_webhook(saved)
         runtime._webhook_info = None
