@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from rich.console import Console
 
 from timetodo.core.settings import Settings, describe_settings_error
-from timetodo.telegram.bot import ALLOWED_UPDATES, create_bot
-from timetodo.telegram.limiter import MemoryLimiter
+
+if TYPE_CHECKING:  # aiogram is imported by the commands that talk to Telegram: every `timetodo` start loads this
+    from aiogram import Bot
 
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
@@ -54,6 +53,11 @@ def webhook_url(settings: Settings) -> str:
 
 
 def _with_bot(settings: Settings, work: Callable[[Bot], Awaitable[T]]) -> T:
+    from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
+
+    from timetodo.telegram.bot import create_bot
+    from timetodo.telegram.limiter import MemoryLimiter
+
     async def run() -> T:
         assert settings.TELEGRAM_BOT_TOKEN is not None
         limiter = MemoryLimiter(settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE)
@@ -73,6 +77,8 @@ def _with_bot(settings: Settings, work: Callable[[Bot], Awaitable[T]]) -> T:
 
 async def ensure_webhook(bot: Bot, url: str, secret: str, *, force: bool = False, drop_pending: bool = False) -> bool:
     """Set the webhook unless it already points at `url` with our allowed_updates; True when it was set."""
+    from timetodo.telegram.bot import ALLOWED_UPDATES
+
     info = await bot.get_webhook_info()
     if (
         not force
@@ -133,7 +139,10 @@ def poll(
     once: Annotated[bool, typer.Option(help="Handle what is pending, then exit.")] = False,
 ) -> None:
     """Long polling for development without a public URL (the webhook must be deleted first)."""
+    from aiogram.exceptions import TelegramAPIError
+
     from timetodo.main import create_app
+    from timetodo.telegram.bot import ALLOWED_UPDATES
 
     settings = _settings()
     application = create_app(settings)
