@@ -128,6 +128,24 @@ class Dns(_Model):
     hook: Path | None = Field(None, description="a script called with: RECORD OLD_TARGET NEW_TARGET")
 
 
+class Prepare(_Model):
+    """`[prepare]`: how `timetodo migrate prepare` sets the target host up."""
+
+    docker: Literal["docker-ce", "distro"] = Field(
+        "docker-ce", description="Docker CE from download.docker.com, or the distribution's docker.io + compose"
+    )
+    deploy_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "deploy"
+    swap_mb: Annotated[int, Field(ge=256, le=65536)] = 2048
+    min_ram_mb: Annotated[int, Field(ge=0, le=16 * 1024 * 1024, description="a swap file below this much RAM")] = 2048
+
+    @field_validator("deploy_user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value == "root":
+            raise ValueError("must be a user other than root")
+        return value
+
+
 class MigrationConfig(_Model):
     app_name: Annotated[str, Field(pattern=APP_NAME.pattern)] = "timetodo"
     strategy: Literal["dump"] = "dump"
@@ -138,6 +156,7 @@ class MigrationConfig(_Model):
     target: Target
     telegram: Telegram | None = None
     dns: Dns = Dns()
+    prepare: Prepare = Prepare()
 
     @model_validator(mode="after")
     def _defaults(self) -> MigrationConfig:

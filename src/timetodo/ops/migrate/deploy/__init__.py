@@ -54,7 +54,13 @@ def make_runtime(config: MigrationConfig, transport: Transport) -> Runtime:
             host=target.app_host,
             port=target.app_port,
         )
-    return ComposeRuntime(transport, config.app_dir, bundle_dir=target.bundle_dir, project=config.app_name)
+    return ComposeRuntime(
+        transport,
+        config.app_dir,
+        bundle_dir=target.bundle_dir,
+        project=config.app_name,
+        prepare_options=config.prepare.model_dump(),
+    )
 
 
 def env_text(ctx: Context) -> str:

@@ -6,6 +6,7 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 from timetodo.ops.adapters.transport import Transport, TransportError
 from timetodo.ops.migrate.deploy.runtime import (
@@ -40,6 +41,7 @@ class ComposeRuntime(RuntimeBase):
         *,
         http_port: int | None = None,
         command_timeout: float = 900.0,
+        prepare_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(transport, app_dir, command_timeout=command_timeout)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
@@ -50,6 +52,7 @@ class ComposeRuntime(RuntimeBase):
         self.project = project
         self.http_port = http_port
         self.compose_file = self._path("docker-compose.yml")
+        self.prepare_options = dict(prepare_options or {})
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
@@ -157,8 +160,9 @@ class ComposeRuntime(RuntimeBase):
         return "docker compose up -d --wait"
 
     async def prepare_host(self, uploads_dir: str, ssh_port: int) -> PrepareResult:
-        """Docker CE + compose plugin, the deploy user, ufw, swap, fail2ban, unattended-upgrades (`prepare.sh`)."""
-        return await run_prepare(self.transport, prepare_script(app_dir=self.app_dir, ssh_port=ssh_port))
+        """Docker, the deploy user, SSH hardening, ufw, swap, fail2ban, unattended-upgrades (`prepare.sh`)."""
+        script = prepare_script(app_dir=self.app_dir, ssh_port=ssh_port, **self.prepare_options)
+        return await run_prepare(self.transport, script)
 
     def prepare_plan(self) -> str:
         return "bash -s < prepare script"
