@@ -86,14 +86,22 @@ PREPARE_ITEMS = [
     "os",
     "docker-repo",
     "docker",
+    "docker-service",
     "deploy-user",
+    "ssh-hardening",
+    "sshd-reload",
     "app-dir",
-    "ufw",
+    "firewall",
+    "firewall-active",
     "swap",
+    "swap-active",
     "fail2ban",
+    "fail2ban-service",
     "unattended-upgrades",
 ]
-CHECK_ITEMS = ["docker", "compose", "ufw", "db-ports", "swap", "fail2ban"]
+CHECK_ITEMS = ["docker", "compose", "ssh", "ufw", "db-ports", "swap", "fail2ban", "unattended-upgrades"]
+# on a fresh host the package install starts Docker (the stub apt-get does so too)
+FIRST_RUN_OK = {"os", "docker-service"}
 
 
 # =========================================================================================================== stubs
@@ -161,7 +169,10 @@ ufw)
     echo "Added user rules (see 'ufw status' for running firewall):"
     if [ -s "$S/ufw.rules" ]; then cat "$S/ufw.rules"; else echo "(None)"; fi ;;
   allow\ *) add ufw.rules "ufw allow $2"; echo "Rules updated" ;;
-  "default deny incoming") echo deny >"$S/ufw.default_in" ;;
+  "default deny incoming")
+    echo deny >"$S/ufw.default_in"
+    mkdir -p "$TTD_PREPARE_ROOT/etc/default"
+    echo 'DEFAULT_INPUT_POLICY="DROP"' >"$TTD_PREPARE_ROOT/etc/default/ufw" ;;
   "--force enable") echo active >"$S/ufw"; echo "Firewall is active and enabled on system startup" ;;
   *) echo "stub ufw: unsupported: $*" >&2; exit 2 ;;
   esac ;;
@@ -171,6 +182,7 @@ systemctl)
   is-active) has active "${*: -1}" ;;
   enable) add enabled "${*: -1}"; [ "$2" = --now ] && add active "${*: -1}"; true ;;
   start | restart) add active "$2" ;;
+  reload) has active "$2" ;;
   *) echo "stub systemctl: unsupported: $*" >&2; exit 2 ;;
   esac ;;
 free)
@@ -181,7 +193,20 @@ free)
 swapon)
   if [ "${1:-}" = --show=NAME ]; then [ -f "$S/swaps" ] && cat "$S/swaps"; exit 0; fi
   add swaps "$1" ;;
-mkswap) echo "Setting up swapspace version 1, size = $1" ;;
+mkswap)
+  printf SWAPSPACE2 | dd of="$1" bs=1 seek=4086 conv=notrunc 2>/dev/null
+  echo "Setting up swapspace version 1, size = $1" ;;
+sshd)
+  case "$1" in
+  -t) [ -f "$S/sshd_refuses" ] && { echo "bad configuration option" >&2; exit 255; }; exit 0 ;;
+  -T) sed -n 's/^\([A-Za-z]*\) \(.*\)$/\1 \2/p' "$TTD_PREPARE_ROOT/etc/ssh/sshd_config.d/10-timetodo.conf" 2>/dev/null |
+        tr 'A-Z' 'a-z' | sed 's/prohibit-password/without-password/' ;;
+  esac ;;
+ischroot | systemd-detect-virt) exit 1 ;;
+apt-cache)
+  [ "$1" = policy ] || exit 2
+  version=$(awk -v p="$2" '$1 == p { print $2 }' "$S/candidates" 2>/dev/null)
+  printf '%s:\n  Installed: (none)\n  Candidate: %s\n' "$2" "${version:-(none)}" ;;
 fallocate) : >"${*: -1}" ;;
 curl)
   out=""; prev=""
@@ -190,12 +215,13 @@ curl)
 ss) [ -f "$S/ss" ] && cat "$S/ss"; exit 0 ;;
 docker)
   case "$1 ${2:-}" in
-  "version --format") if has packages docker-ce && has active docker; then echo 27.3.1; else echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1; fi ;;
-  "compose version") if has packages docker-compose-plugin; then echo 2.29.7; else echo "docker: 'compose' is not a docker command." >&2; exit 1; fi ;;
+  "version --format") if { has packages docker-ce || has packages docker.io; } && has active docker; then echo 27.3.1; else echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1; fi ;;
+  "compose version") if has packages docker-compose-plugin || has packages docker-compose-v2; then echo 2.29.7; else echo "docker: 'compose' is not a docker command." >&2; exit 1; fi ;;
   "ps --format") [ -f "$S/docker_ps" ] && cat "$S/docker_ps"; exit 0 ;;
   *) echo "stub docker: unsupported: $*" >&2; exit 2 ;;
   esac ;;
 fail2ban-client) has active fail2ban ;;
+docker-compose) if has packages docker-compose; then echo 1.29.2; else echo "docker-compose: not found" >&2; exit 127; fi ;;
 *) echo "stub $name: unsupported" >&2; exit 2 ;;
 esac
 """
@@ -217,6 +243,11 @@ STUBBED = [
     "ss",
     "docker",
     "fail2ban-client",
+    "sshd",
+    "ischroot",
+    "systemd-detect-virt",
+    "apt-cache",
+    "docker-compose",
 ]
 # calls that only read state; every other stub call changes the (pretend) host
 QUERIES = [
@@ -235,6 +266,12 @@ QUERIES = [
     ("docker", "compose version"),
     ("docker", "ps"),
     ("fail2ban-client", "status"),
+    ("sshd", "-T"),
+    ("sshd", "-t"),
+    ("ischroot", ""),
+    ("systemd-detect-virt", ""),
+    ("apt-cache", ""),
+    ("docker-compose", "version"),
 ]
 
 
@@ -289,7 +326,7 @@ class FakeHost:
 
 def make_fake_host(base: Path, *, os_release: str = UBUNTU_2204, ram_mb: int = 1024) -> FakeHost:
     host = FakeHost(base, base / "bin", base / "state", base / "root")
-    for path in (host.bin, host.state, host.root / "etc"):
+    for path in (host.bin, host.state, host.root / "etc/ssh", host.root / "run/systemd/system"):
         path.mkdir(parents=True)
     real_stat = shutil.which("stat")
     assert real_stat is not None
@@ -302,6 +339,12 @@ def make_fake_host(base: Path, *, os_release: str = UBUNTU_2204, ram_mb: int = 1
     (host.root / "etc" / "fstab").write_text("UUID=1234 / ext4 errors=remount-ro 0 1\n")
     (host.state / "packages").write_text("ca-certificates\ncurl\n")  # a fresh cloud image has these
     (host.state / "ram_mb").write_text(f"{ram_mb}\n")
+    # a booted systemd host (run/systemd/system above) with sshd running and the apt timers on
+    (host.state / "enabled").write_text("ssh\napt-daily-upgrade.timer\n")
+    (host.state / "active").write_text("ssh\n")
+    (host.root / "etc/ssh/sshd_config").write_text(
+        "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication yes\nUsePAM yes\n"
+    )
     (host.state / "ss").write_text(
         "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\nLISTEN 0 244 127.0.0.1:5432 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*\n"
     )
@@ -413,9 +456,11 @@ async def test_prepare_first_run_changes_second_run_changes_nothing(fake_host: F
     assert first.exit_status == 0, (first.items, first.stderr_tail)
     assert list(statuses(first, "prepare")) == PREPARE_ITEMS
     assert list(statuses(first, "check")) == CHECK_ITEMS
-    assert statuses(first, "prepare") == {name: "ok" if name == "os" else "changed" for name in PREPARE_ITEMS}
+    assert statuses(first, "prepare") == {
+        name: "ok" if name in FIRST_RUN_OK else "changed" for name in PREPARE_ITEMS
+    }, first.items
     assert set(statuses(first, "check").values()) == {"ok"}, first.items
-    assert first.ok and not first.failed
+    assert first.ok and not first.failed and not first.skipped
 
     # what the first run did, as the stand-in tools saw it
     calls = fake_host.calls()
@@ -537,7 +582,7 @@ async def test_prepare_failed_item_does_not_stop_the_rest(fake_host: FakeHost) -
     fake_host.reset_calls()
     again = await prepare_on(fake_host)
     assert again.ok, again.items
-    assert [i.name for i in again.changed] == ["fail2ban"]
+    assert [i.name for i in again.changed] == ["fail2ban", "fail2ban-service"]  # installed, then restarted
 
 
 async def test_prepare_refuses_conflicting_distribution_docker(fake_host: FakeHost) -> None:
@@ -549,7 +594,7 @@ async def test_prepare_refuses_conflicting_distribution_docker(fake_host: FakeHo
     assert not any("docker-ce" in c for c in fake_host.calls() if c.startswith("apt-get"))
     deploy_user = result.item("deploy-user")
     assert deploy_user is not None and deploy_user.status == "failed" and "no docker group" in deploy_user.detail
-    ufw = result.item("ufw")
+    ufw = result.item("firewall")
     assert ufw is not None and ufw.status == "changed"  # the items after a failed one still run
 
 
@@ -558,6 +603,84 @@ async def test_run_prepare_reports_a_script_that_cannot_run() -> None:
     assert result.exit_status == 7 and not result.ok
     assert [(i.name, i.status) for i in result.items] == [("script", "failed")]
     assert "oops: no such thing" in result.items[0].detail
+
+
+@pytest.mark.parametrize(
+    ("candidates", "compose"),
+    [
+        ("docker.io 24.0.7\ndocker-compose-v2 2.24.6\ndocker-compose 1.29.2\n", "docker-compose-v2"),  # Ubuntu
+        ("docker.io 20.10.24\ndocker-compose 1.29.2\n", "docker-compose"),  # Debian 12: Compose v1 only
+    ],
+)
+async def test_prepare_distro_docker_picks_the_compose_package(
+    fake_host: FakeHost, candidates: str, compose: str
+) -> None:
+    (fake_host.state / "candidates").write_text(candidates)
+    (fake_host.state / "enabled").write_text("ssh\napt-daily-upgrade.timer\ndocker\n")
+    (fake_host.state / "active").write_text("ssh\ndocker\n")
+    (fake_host.state / "group.docker").write_text("")
+    result = await prepare_on(fake_host, docker="distro")
+    assert "docker-repo" not in statuses(result, "prepare")  # no third-party repository
+    installs = [c for c in fake_host.calls() if c.startswith("apt-get") and " install " in c]
+    assert any(c.endswith(f" docker.io {compose}") for c in installs), installs
+    docker = result.item("docker")
+    assert docker is not None and docker.status == "changed" and compose in docker.detail
+    assert not (fake_host.root / "etc/apt/sources.list.d/docker.list").exists()
+    compose_check = result.item("compose", "check")
+    assert compose_check is not None and compose_check.status == "ok"
+    assert ("docker-compose 1.29.2 (Compose v1" in compose_check.detail) == (compose == "docker-compose")
+    again = await prepare_on(fake_host, docker="distro")
+    assert again.changed == [] and again.ok, again.items
+
+
+async def test_prepare_distro_refuses_an_installed_docker_ce(fake_host: FakeHost) -> None:
+    with (fake_host.state / "packages").open("a") as handle:
+        handle.write("docker-ce\ndocker-ce-cli\n")
+    result = await prepare_on(fake_host, docker="distro")
+    docker = result.item("docker")
+    assert docker is not None and docker.status == "failed" and 'prepare.docker = "docker-ce"' in docker.detail
+    service = result.item("docker-service")
+    assert service is not None and service.status == "failed"  # never started after a failed install
+    assert not any(" install " in c for c in fake_host.calls() if "docker.io" in c)
+
+
+async def test_prepare_ssh_hardening_never_leaves_a_config_sshd_refuses(fake_host: FakeHost) -> None:
+    (fake_host.state / "sshd_refuses").write_text("")
+    result = await prepare_on(fake_host)
+    item = result.item("ssh-hardening")
+    assert item is not None and item.status == "failed" and "sshd -t refused" in item.detail
+    assert not (fake_host.root / "etc/ssh/sshd_config.d/10-timetodo.conf").exists()
+    reload = result.item("sshd-reload")
+    assert reload is not None and reload.status == "failed"
+    assert "systemctl reload ssh" not in fake_host.calls()
+
+
+async def test_prepare_without_systemd_or_own_kernel_reports_skipped(fake_host: FakeHost) -> None:
+    shutil.rmtree(fake_host.root / "run/systemd")  # no systemd ...
+    (fake_host.root / ".dockerenv").write_text("")  # ... and a container's kernel
+    result = await prepare_on(fake_host)
+    assert result.ok, result.items
+    skipped = {i.name: i.reason for i in result.items if i.phase == "prepare" and i.status == "skipped"}
+    assert skipped == {
+        "docker-service": "no systemd",
+        "sshd-reload": "no systemd",
+        "firewall-active": "container",
+        "swap-active": "container",
+        "fail2ban-service": "no systemd",
+    }
+    calls = fake_host.calls()
+    assert not any(
+        c.startswith(("systemctl enable", "systemctl start", "systemctl re", "ufw --force", "swapon /")) for c in calls
+    )
+    checks = {i.name: i.label for i in result.items if i.phase == "check"}
+    assert checks["ufw"] == "skipped (container)" and checks["swap"] == "skipped (container)"
+    assert checks["fail2ban"] == "skipped (no systemd)" and checks["unattended-upgrades"] == "skipped (no systemd)"
+    assert checks["ssh"] == "ok"
+    console = Console(record=True, width=200)
+    result.render(console)
+    out = console.export_text()
+    assert "skipped (no systemd)" in out and "9 item(s) skipped" in out
+    assert result.to_dict()["skipped"][0] == "prepare:docker-service (no systemd)"
 
 
 # ----------------------------------------------------------------------------------------------------------- sshd
@@ -578,7 +701,7 @@ async def test_run_prepare_over_real_ssh(fake_host: FakeHost, ssh: SSHTransport)
     first = await prepare_on(fake_host, ssh)
     assert first.host == ssh.describe()
     assert first.exit_status == 0 and first.ok, (first.items, first.stderr_tail)
-    assert statuses(first, "prepare") == {name: "ok" if name == "os" else "changed" for name in PREPARE_ITEMS}
+    assert statuses(first, "prepare") == {name: "ok" if name in FIRST_RUN_OK else "changed" for name in PREPARE_ITEMS}
     fake_host.reset_calls()
     second = await prepare_on(fake_host, ssh)
     assert statuses(second, "prepare") == dict.fromkeys(PREPARE_ITEMS, "ok")

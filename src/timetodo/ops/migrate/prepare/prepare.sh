@@ -59,6 +59,7 @@ RAM_MB=""
 SWAP_NEEDED=0
 JAIL_CHANGED=0
 SSHD_CHANGED=0
+FAILED_BEFORE=0
 OUT=$(mktemp 2>/dev/null || echo "/tmp/ttd-prepare.$$")
 trap 'rm -f "$OUT"' EXIT
 
@@ -136,6 +137,10 @@ service_up() {  # UNIT: enabled at boot and running
   fi
 }
 service_item() {  # ITEM UNIT [reload|restart]: the unit enabled and running (reloaded when its config changed)
+  if [ "$FAILED" -gt "$FAILED_BEFORE" ]; then
+    say PREPARE "$1" failed "$2 not started: the item before failed"
+    return
+  fi
   if [ "$HAS_SYSTEMD" != 1 ]; then
     say PREPARE "$1" "skipped (no systemd)" "$2 is not enabled or started here (systemctl enable --now $2 on a host booted with systemd)"
     return
@@ -423,6 +428,7 @@ item_unattended_upgrades() {
 
 RAM_MB=$(free -m 2>/dev/null | awk '/^Mem:/ { print $2 }')
 item_os
+FAILED_BEFORE=$FAILED
 if [ "$DOCKER_SOURCE" = docker-ce ]; then
   item_docker_repo
   item_docker_ce
@@ -431,6 +437,7 @@ else
 fi
 service_item docker-service docker
 item_deploy_user
+FAILED_BEFORE=$FAILED
 item_ssh_hardening
 if [ "$SSHD_CHANGED" = 1 ]; then service_item sshd-reload ssh reload; else service_item sshd-reload ssh; fi
 item_app_dir
@@ -438,6 +445,7 @@ item_firewall
 item_firewall_active
 item_swap
 item_swap_active
+FAILED_BEFORE=$FAILED
 item_fail2ban
 if [ "$JAIL_CHANGED" = 1 ]; then service_item fail2ban-service fail2ban restart; else service_item fail2ban-service fail2ban; fi
 item_unattended_upgrades
