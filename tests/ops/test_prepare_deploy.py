@@ -887,6 +887,33 @@ async def test_compose_runtime_plan_and_failures(bundle: Path) -> None:
     assert caught.value.step == "upload" and "docker-compose.yml" in str(caught.value)
 
 
+async def test_compose_runtime_falls_back_to_compose_v1(bundle: Path) -> None:
+    """Debian 12's own packages (prepare.docker = "distro") have docker.io without the v2 plugin: the docker CLI
+    says so, and deploy drives docker-compose 1.29 instead (`up -d` without --wait; the health poll waits)."""
+    no_plugin = CommandResult("", 1, "", "docker: 'compose' is not a docker command.\nSee 'docker --help'", 0)
+    fake = RecordingTransport(answers={"docker compose ": [no_plugin], "/health/detailed": [ok_health(200)]})
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle)
+    result = await runtime.deploy(compose_env_text(), health_timeout=30)
+    assert result.healthy and runtime.compose_v1
+    v1 = "docker-compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env"
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert runs[:3] == [
+        "docker compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env config --quiet",
+        f"{v1} config --quiet",
+        f"{v1} up -d",
+    ]
+    fake.ops.clear()
+    await runtime.stop()
+    assert fake.ops == [("run", f"{v1} stop app")]
+
+    # any other config failure is the config's, reported as before
+    broken = CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)
+    runtime = ComposeRuntime(RecordingTransport(answers={" config ": [broken]}), "/opt/timetodo", bundle_dir=bundle)
+    with pytest.raises(DeployError, match="POSTGRES_PASSWORD"):
+        await runtime.deploy("SECRET_KEY=x\n")
+    assert not runtime.compose_v1
+
+
 def test_compose_bundle_of_the_repository_is_found() -> None:
     runtime = ComposeRuntime(RecordingTransport(), "/opt/timetodo", bundle_dir=ROOT / "deploy")
     files = runtime.bundle_files()

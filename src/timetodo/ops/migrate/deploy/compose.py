@@ -53,14 +53,31 @@ class ComposeRuntime(RuntimeBase):
         self.http_port = http_port
         self.compose_file = self._path("docker-compose.yml")
         self.prepare_options = dict(prepare_options or {})
+        self.compose_v1 = False
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
         self.health_url = f"http://127.0.0.1{'' if port == 80 else f':{port}'}{HEALTH_PATH}"
 
     def compose(self, *args: str) -> list[str]:
-        """`docker compose -p PROJECT -f APP/docker-compose.yml --env-file APP/.env ARGS...`"""
-        return ["docker", "compose", "-p", self.project, "-f", self.compose_file, "--env-file", self.env_path, *args]
+        """`docker compose -p PROJECT -f APP/docker-compose.yml --env-file APP/.env ARGS...` (`docker-compose ...`
+        once deploy found only Compose v1 on the host: Debian 12's own packages, `prepare.docker = "distro"`)."""
+        command = ["docker-compose"] if self.compose_v1 else ["docker", "compose"]
+        return [*command, "-p", self.project, "-f", self.compose_file, "--env-file", self.env_path, *args]
+
+    def _up_args(self) -> list[str]:
+        # Compose v1 has no --wait: the health poll after `up` waits instead
+        return ["up", "-d"] if self.compose_v1 else ["up", "-d", "--wait"]
+
+    async def _config(self) -> str:
+        hint = f"fix the variable named above in the env file ({self.env_path}) and deploy again"
+        try:
+            return await self._run("config", self.compose("config", "--quiet"), hint=hint)
+        except DeployError as exc:
+            if self.compose_v1 or "is not a docker command" not in exc.message:
+                raise
+        self.compose_v1 = True  # no v2 plugin on the host: its Compose v1, when there is one
+        return await self._run("config", self.compose("config", "--quiet"), hint=hint)
 
     def bundle_files(self) -> list[tuple[Path, str]]:
         """(local file, remote path) of the bundle: docker-compose.yml and everything under nginx/."""
@@ -107,19 +124,12 @@ class ComposeRuntime(RuntimeBase):
             self._set_health_url(int(port) if port.isdigit() else 80)
         await self._timed("upload", self._upload())
         await self._timed("env", self._write_env(env_text))
-        await self._timed(
-            "config",
-            self._run(
-                "config",
-                self.compose("config", "--quiet"),
-                hint=f"fix the variable named above in the env file ({self.env_path}) and deploy again",
-            ),
-        )
+        await self._timed("config", self._config())
         await self._timed(
             "up",
             self._run(
                 "up",
-                self.compose("up", "-d", "--wait"),
+                self.compose(*self._up_args()),
                 hint=f"look at `{shlex.join(self.compose('ps', '--all'))}` and `... logs` on the target",
             ),
         )
