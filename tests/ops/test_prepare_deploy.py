@@ -62,6 +62,7 @@ from timetodo.ops.migrate.deploy import (
     env_secrets,
     parse_env_text,
 )
+from timetodo.ops.migrate.deploy.image import build_context, with_image
 from timetodo.ops.migrate.prepare import PrepareResult, parse_prepare_output, prepare_script, run_prepare
 
 APP_DIR = "/opt/timetodo"
@@ -790,6 +791,10 @@ class RecordingTransport:
         return None
 
 
+PULLED: dict[str, Any] = {"image_source": "pull", "image": "ghcr.io/owner/timetodo:1.2.3"}
+IMAGE_THERE = {"image inspect": [CommandResult("", 0, "sha256:" + "cd" * 32 + "\n", "", 0)]}
+
+
 def ok_health(status: int = 200) -> CommandResult:
     body = json.dumps({"status": "ok" if status == 200 else "unhealthy", "checks": {"database": {"ok": status == 200}}})
     return CommandResult("", 0, f"{body}\n{status}\n", "", 0.0)
@@ -808,30 +813,60 @@ def bundle(tmp_path: Path) -> Path:
 
 
 async def test_compose_runtime_deploy_commands(bundle: Path) -> None:
-    fake = RecordingTransport(answers={"/health/detailed": [ok_health(503), ok_health(200)]})
+    inspect_missing = CommandResult("", 1, "", "Error: No such image", 0)
+    inspect_found = CommandResult("", 0, "sha256:" + "ab" * 32 + "\n", "", 0)
+    fake = RecordingTransport(
+        answers={
+            "/health/detailed": [ok_health(503), ok_health(200)],
+            "image inspect": [inspect_missing, inspect_found],
+        }
+    )
     assert isinstance(fake, Transport)
-    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle)
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, context_dir=ROOT)
     assert isinstance(runtime, Runtime)
     env_text = compose_env_text()
 
     result = await runtime.deploy(env_text, health_timeout=30)
 
+    context = build_context(ROOT)
+    tag = f"timetodo:ctx-{context.sha256[:12]}"
+    archive = f"/opt/timetodo/build/context-{context.sha256[:12]}.tar.gz"
+    unpacked = archive.removesuffix(".tar.gz")
     compose = "docker compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env"
     probe = runtime._probe_command()
-    assert fake.ops == [
+    ops = [op if op[0] != "put_file" or op[2] != archive else ("put_file", "<tmp>", archive, op[3]) for op in fake.ops]
+    assert ops == [
         ("put_file", str(bundle / "docker-compose.yml"), "/opt/timetodo/docker-compose.yml", 0o644),
         ("put_file", str(bundle / "nginx/acme/.gitkeep"), "/opt/timetodo/nginx/acme/.gitkeep", 0o644),
         ("put_file", str(bundle / "nginx/timetodo.conf"), "/opt/timetodo/nginx/timetodo.conf", 0o644),
+        ("run", f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
+        ("put_file", "<tmp>", archive, 0o644),
+        ("run", f"rm -rf {unpacked}"),
+        ("run", f"mkdir -p {unpacked}"),
+        ("run", f"tar -xzf {archive} -C {unpacked}"),
+        ("run", f"docker build -t {tag} {unpacked}"),
+        ("run", f"rm -rf {unpacked} {archive}"),
+        ("run", f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
         ("write_text", "/opt/timetodo/.env", 0o600),
         ("run", f"{compose} config --quiet"),
         ("run", f"{compose} up -d --wait"),
         ("run", probe),
         ("run", probe),
+        ("write_text", "/opt/timetodo/.image.json", 0o644),
     ]
     assert "curl -sS" in probe and "http://127.0.0.1/health/detailed" in probe and "python3 -c" in probe
-    assert fake.texts["/opt/timetodo/.env"] == (env_text, 0o600)
+    assert fake.texts["/opt/timetodo/.env"] == (env_text + f"TIMETODO_IMAGE={tag}\n", 0o600)
     assert result.healthy and result.runtime == "compose" and result.health_url == "http://127.0.0.1/health/detailed"
-    assert [s.name for s in result.steps] == ["upload", "env", "config", "up", "health"]
+    assert [s.name for s in result.steps] == ["upload", "image", "env", "config", "up", "health"]
+    assert result.to_dict()["image"] == {
+        "source": "build",
+        "tag": tag,
+        "id": "sha256:" + "ab" * 32,
+        "built": True,
+        "previous_tag": "",
+        "previous_id": "",
+    }
+    assert json.loads(fake.texts["/opt/timetodo/.image.json"][0])["tag"] == tag
     json.dumps(result.to_dict())
 
     # the env text's secrets are file content only: never in a command line or a file name
@@ -866,17 +901,20 @@ async def test_compose_runtime_plan_and_failures(bundle: Path) -> None:
     assert str(plan[0]).startswith("[ssh://root@vps.example:22] upload ")
 
     failing = RecordingTransport(
-        answers={" config ": [CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)]}
+        answers={
+            " config ": [CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)],
+            **IMAGE_THERE,
+        }
     )
-    runtime = ComposeRuntime(failing, "/srv/todo", bundle_dir=bundle)
+    runtime = ComposeRuntime(failing, "/srv/todo", bundle_dir=bundle, **PULLED)
     with pytest.raises(DeployError) as caught:
         await runtime.deploy("SECRET_KEY=x\n")
     assert caught.value.step == "config" and "POSTGRES_PASSWORD is missing" in str(caught.value)
     assert "/srv/todo/.env" in caught.value.hint
     assert not any(" up " in op[1] for op in failing.ops if op[0] == "run")  # nothing started
 
-    unhealthy = RecordingTransport(answers={"/health/detailed": [ok_health(503)]})
-    runtime = ComposeRuntime(unhealthy, "/srv/todo", bundle_dir=bundle)
+    unhealthy = RecordingTransport(answers={"/health/detailed": [ok_health(503)], **IMAGE_THERE})
+    runtime = ComposeRuntime(unhealthy, "/srv/todo", bundle_dir=bundle, **PULLED)
     with pytest.raises(DeployError) as caught:
         await runtime.deploy("HTTP_PORT=8080\n", health_timeout=1)
     assert caught.value.step == "health" and "HTTP 503" in str(caught.value) and "database" in str(caught.value)
@@ -891,13 +929,16 @@ async def test_compose_runtime_falls_back_to_compose_v1(bundle: Path) -> None:
     """Debian 12's own packages (prepare.docker = "distro") have docker.io without the v2 plugin: the docker CLI
     says so, and deploy drives docker-compose 1.29 instead (`up -d` without --wait; the health poll waits)."""
     no_plugin = CommandResult("", 1, "", "docker: 'compose' is not a docker command.\nSee 'docker --help'", 0)
-    fake = RecordingTransport(answers={"docker compose ": [no_plugin], "/health/detailed": [ok_health(200)]})
-    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle)
+    fake = RecordingTransport(
+        answers={"docker compose ": [no_plugin], "/health/detailed": [ok_health(200)], **IMAGE_THERE}
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, **PULLED)
     result = await runtime.deploy(compose_env_text(), health_timeout=30)
     assert result.healthy and runtime.compose_v1
     v1 = "docker-compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env"
     runs = [op[1] for op in fake.ops if op[0] == "run"]
-    assert runs[:3] == [
+    assert runs[0] == "docker pull ghcr.io/owner/timetodo:1.2.3"
+    assert runs[2:5] == [
         "docker compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env config --quiet",
         f"{v1} config --quiet",
         f"{v1} up -d",
@@ -908,7 +949,8 @@ async def test_compose_runtime_falls_back_to_compose_v1(bundle: Path) -> None:
 
     # any other config failure is the config's, reported as before
     broken = CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)
-    runtime = ComposeRuntime(RecordingTransport(answers={" config ": [broken]}), "/opt/timetodo", bundle_dir=bundle)
+    failing = RecordingTransport(answers={" config ": [broken], **IMAGE_THERE})
+    runtime = ComposeRuntime(failing, "/opt/timetodo", bundle_dir=bundle, **PULLED)
     with pytest.raises(DeployError, match="POSTGRES_PASSWORD"):
         await runtime.deploy("SECRET_KEY=x\n")
     assert not runtime.compose_v1

@@ -100,6 +100,11 @@ class Target(SSHHost):
     uploads_dir: str | None = Field(None, description="UPLOAD_DIR on the target (default <app_dir>/uploads)")
     # runtime "compose": the bundle shipped to the target (relative paths: from migration.toml's folder)
     bundle_dir: Path = Path("deploy")
+    # runtime "compose": how the app's image gets there: built on the target from a shipped build context (the
+    # folder with the Dockerfile, default: bundle_dir's parent), loaded from this machine's `docker save`, or pulled
+    image_source: Literal["build", "load", "pull"] = "build"
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")] | None = None
+    build_context: Path | None = None
     # runtime "process": the timetodo executable on the target and where the app listens (behind nginx)
     timetodo_bin: str | None = None
     app_host: str = "127.0.0.1"
@@ -114,6 +119,12 @@ class Target(SSHHost):
     @classmethod
     def _strip(cls, value: str) -> str:
         return _reject_inline_password(value).rstrip("/")
+
+    @model_validator(mode="after")
+    def _image(self) -> Target:
+        if self.image_source in ("load", "pull") and not self.image:
+            raise ValueError(f'image_source = "{self.image_source}" needs target.image (the image\'s name)')
+        return self
 
 
 class Telegram(_Model):
@@ -177,6 +188,7 @@ class MigrationConfig(_Model):
         target = host(self.target).model_copy(
             update={
                 "bundle_dir": under(self.target.bundle_dir),
+                "build_context": None if self.target.build_context is None else under(self.target.build_context),
                 "env_file": None if self.target.env_file is None else under(self.target.env_file),
             }
         )

@@ -60,6 +60,9 @@ def make_runtime(config: MigrationConfig, transport: Transport) -> Runtime:
         bundle_dir=target.bundle_dir,
         project=config.app_name,
         prepare_options=config.prepare.model_dump(),
+        image_source=target.image_source,
+        image=target.image,
+        context_dir=target.build_context,
     )
 
 

@@ -1,14 +1,29 @@
-"""`ComposeRuntime`: the compose bundle under Docker on the target (see `deploy.runtime` for what every runtime guarantees)."""
+"""`ComposeRuntime`: the compose bundle under Docker on the target (see `deploy.runtime` for what every runtime guarantees).
+
+The app's image gets there as `image.py` describes (built on the target from a shipped build context by default);
+`rollback_image()` puts the previous deployment's image back (the data untouched).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import shlex
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from timetodo.ops.adapters.transport import Transport, TransportError
+from timetodo.ops.migrate.deploy.image import (
+    DeployedImage,
+    ImageSource,
+    build_context,
+    chunks,
+    parse_record,
+    with_image,
+)
 from timetodo.ops.migrate.deploy.runtime import (
     DEFAULT_HEALTH_TIMEOUT,
     HEALTH_PATH,
@@ -16,6 +31,7 @@ from timetodo.ops.migrate.deploy.runtime import (
     PROBE_TIMEOUT,
     DeployError,
     DeployResult,
+    DeployStep,
     PlannedCommand,
     RuntimeBase,
     env_secrets,
@@ -42,6 +58,12 @@ class ComposeRuntime(RuntimeBase):
         http_port: int | None = None,
         command_timeout: float = 900.0,
         prepare_options: dict[str, Any] | None = None,
+        image_source: ImageSource = "build",
+        image: str | None = None,
+        context_dir: Path | None = None,
+        docker: str = "docker",
+        local_docker: str = "docker",
+        build_timeout: float = 1800.0,
     ) -> None:
         super().__init__(transport, app_dir, command_timeout=command_timeout)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
@@ -54,6 +76,16 @@ class ComposeRuntime(RuntimeBase):
         self.compose_file = self._path("docker-compose.yml")
         self.prepare_options = dict(prepare_options or {})
         self.compose_v1 = False
+        if image_source in ("load", "pull") and not image:
+            raise ValueError(f"image_source {image_source!r} needs the image's name (target.image)")
+        self.image_source: ImageSource = image_source
+        self.image = image
+        self.context_dir = Path(context_dir) if context_dir is not None else self.bundle_dir.resolve().parent
+        self.docker = docker
+        self.local_docker = local_docker
+        self.build_timeout = build_timeout
+        self.image_record = self._path(".image.json")
+        self.deployed: DeployedImage | None = None
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
@@ -62,7 +94,7 @@ class ComposeRuntime(RuntimeBase):
     def compose(self, *args: str) -> list[str]:
         """`docker compose -p PROJECT -f APP/docker-compose.yml --env-file APP/.env ARGS...` (`docker-compose ...`
         once deploy found only Compose v1 on the host: Debian 12's own packages, `prepare.docker = "distro"`)."""
-        command = ["docker-compose"] if self.compose_v1 else ["docker", "compose"]
+        command = ["docker-compose"] if self.compose_v1 else [self.docker, "compose"]
         return [*command, "-p", self.project, "-f", self.compose_file, "--env-file", self.env_path, *args]
 
     def _up_args(self) -> list[str]:
@@ -109,6 +141,7 @@ class ComposeRuntime(RuntimeBase):
         planned = [
             PlannedCommand(host, f"upload {local} -> {remote} (mode 0644)") for local, remote in self.bundle_files()
         ]
+        planned.append(PlannedCommand(host, self._image_plan()))
         planned.append(PlannedCommand(host, f"write {self.env_path} (mode 0600) from the env file, contents not shown"))
         planned.append(PlannedCommand(host, shlex.join(self.compose("config", "--quiet"))))
         planned.append(PlannedCommand(host, shlex.join(self.compose("up", "-d", "--wait"))))
@@ -123,7 +156,8 @@ class ComposeRuntime(RuntimeBase):
             port = parse_env_text(env_text).get("HTTP_PORT", "80")
             self._set_health_url(int(port) if port.isdigit() else 80)
         await self._timed("upload", self._upload())
-        await self._timed("env", self._write_env(env_text))
+        image = await self._timed_image()
+        await self._timed("env", self._write_env(with_image(env_text, image.tag)))
         await self._timed("config", self._config())
         await self._timed(
             "up",
@@ -134,9 +168,168 @@ class ComposeRuntime(RuntimeBase):
             ),
         )
         health = await self._timed("health", self.wait_healthy(health_timeout))
+        await self._write_record(image)
         return DeployResult(
-            self.name, self.host, self.app_dir, self.health_url, health, list(self._steps), time.monotonic() - started
+            self.name,
+            self.host,
+            self.app_dir,
+            self.health_url,
+            health,
+            list(self._steps),
+            time.monotonic() - started,
+            image.to_dict(),
         )
+
+    # ------------------------------------------------------------------------------------------------- the image
+
+    def _image_plan(self) -> str:
+        if self.image_source == "pull":
+            return shlex.join([self.docker, "pull", self.image or ""])
+        if self.image_source == "load":
+            return f"{self.local_docker} save {self.image} | (ssh) {self.docker} load"
+        return (
+            f"upload the build context of {self.context_dir} (Dockerfile, pyproject.toml, uv.lock, README.md, src/) "
+            f"to {self._path('build')}/ and `{self.docker} build` it there, unless its tag is already there"
+        )
+
+    async def _timed_image(self) -> DeployedImage:
+        started = time.monotonic()
+        image = await self._ship_image()
+        detail = f"{image.source}: {image.tag} {image.id[:19]}{' (built)' if image.built else ''}"
+        self._steps.append(DeployStep("image", time.monotonic() - started, detail))
+        return image
+
+    async def _inspect(self, tag: str) -> str:
+        """The image's id on the target, empty when it has no such image."""
+        result = await self.transport.run(
+            [self.docker, "image", "inspect", "--format", "{{.Id}}", tag], timeout=60, check=False
+        )
+        return result.stdout.strip() if result.exit_status == 0 else ""
+
+    async def _record(self) -> dict[str, str]:
+        try:
+            return parse_record(await self.transport.read_text(self.image_record))
+        except (FileNotFoundError, TransportError, OSError):
+            return {}
+
+    async def _ship_image(self) -> DeployedImage:
+        if self.image_source == "build":
+            image = await self._build_on_target()
+        elif self.image_source == "pull":
+            assert self.image is not None
+            await self._run(
+                "image",
+                [self.docker, "pull", self.image],
+                timeout=self.build_timeout,
+                hint="check the image name and that the target can reach its registry (docker login)",
+            )
+            image = DeployedImage("pull", self.image)
+        else:
+            image = await self._load_on_target()
+        image.id = await self._inspect(image.tag)
+        if not image.id:
+            raise DeployError("image", f"{image.tag} is not on {self.host} after the {image.source}")
+        record = await self._record()
+        if record.get("tag") and record.get("tag") != image.tag:
+            image.previous_tag, image.previous_id = record["tag"], record.get("id", "")
+        else:  # the same image again: the one before it stays the one to go back to
+            image.previous_tag, image.previous_id = record.get("previous_tag", ""), record.get("previous_id", "")
+        self.deployed = image
+        return image
+
+    async def _build_on_target(self) -> DeployedImage:
+        try:
+            context = build_context(self.context_dir)
+        except FileNotFoundError as exc:
+            raise DeployError(
+                "image",
+                f"no build context: {exc}",
+                hint='run from the repository checkout, or set target.image_source = "pull" or "load"',
+            ) from None
+        tag = context.tag(self.project)
+        if await self._inspect(tag):
+            return DeployedImage("build", tag)
+        build_dir = self._path("build")
+        archive = f"{build_dir}/context-{context.sha256[:12]}.tar.gz"
+        unpacked = f"{build_dir}/context-{context.sha256[:12]}"
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "context.tar.gz"
+            local.write_bytes(context.data)
+            try:
+                await self.transport.put_file(local, archive, mode=0o644)
+            except (TransportError, OSError) as exc:
+                raise DeployError("image", f"uploading the build context to {archive} on {self.host}: {exc}") from None
+        await self._run("image", ["rm", "-rf", unpacked])
+        await self._run("image", ["mkdir", "-p", unpacked])
+        await self._run("image", ["tar", "-xzf", archive, "-C", unpacked])
+        await self._run(
+            "image",
+            [self.docker, "build", "-t", tag, unpacked],
+            timeout=self.build_timeout,
+            hint="the build runs on the target: it needs Debian's and PyPI's mirrors (or a proxy) from there",
+        )
+        await self._run("image", ["rm", "-rf", unpacked, archive])
+        return DeployedImage("build", tag, built=True)
+
+    async def _load_on_target(self) -> DeployedImage:
+        assert self.image is not None
+        save = await asyncio.create_subprocess_exec(
+            self.local_docker, "save", self.image, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        assert save.stdout is not None and save.stderr is not None
+        try:
+            result = await self.transport.stream(
+                [self.docker, "load"], stdin_source=chunks(save.stdout), timeout=self.build_timeout, check=False
+            )
+        finally:
+            if save.returncode is None:
+                await save.wait()
+        error = (await save.stderr.read()).decode(errors="replace").strip()
+        if save.returncode != 0:
+            raise DeployError(
+                "image",
+                f"`{self.local_docker} save {self.image}` here exited {save.returncode}: {error[-300:]}",
+                hint="build or pull the image on this machine first",
+            )
+        if result.exit_status != 0:
+            raise DeployError(
+                "image", f"`docker load` on {self.host} exited {result.exit_status}: {result.stderr[-300:]}"
+            )
+        return DeployedImage("load", self.image)
+
+    async def _write_record(self, image: DeployedImage) -> None:
+        record = {k: v for k, v in image.to_dict().items() if k != "built"}
+        await self.transport.write_text(self.image_record, json.dumps(record, indent=2) + "\n", mode=0o644)
+
+    async def rollback_image(self, *, health_timeout: float = DEFAULT_HEALTH_TIMEOUT) -> DeployedImage:
+        """Start the previous deployment's image again (APP/.image.json), the data as it is. Returns what runs now."""
+        record = await self._record()
+        previous = record.get("previous_tag", "")
+        if not previous:
+            raise DeployError("rollback", f"no previous image recorded in {self.image_record} on {self.host}")
+        if not await self._inspect(previous):
+            raise DeployError(
+                "rollback", f"the previous image {previous} is no longer on {self.host}", hint="deploy it again"
+            )
+        try:
+            env_text = await self.transport.read_text(self.env_path)
+        except (FileNotFoundError, TransportError, OSError) as exc:
+            raise DeployError("rollback", f"reading {self.env_path} on {self.host}: {exc}") from None
+        self._secrets = env_secrets(env_text)
+        await self._write_env(with_image(env_text, previous))
+        await self._config()
+        await self._run("up", self.compose(*self._up_args()))
+        await self.wait_healthy(health_timeout)
+        image = DeployedImage(
+            "rollback",
+            previous,
+            record.get("previous_id", ""),
+            previous_tag=record.get("tag", ""),
+            previous_id=record.get("id", ""),
+        )
+        await self._write_record(image)
+        self.deployed = image
+        return image
 
     async def _upload(self) -> str:
         files = self.bundle_files()

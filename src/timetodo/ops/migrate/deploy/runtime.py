@@ -99,6 +99,8 @@ class DeployResult:
     health: dict[str, Any] = field(default_factory=dict)
     steps: list[DeployStep] = field(default_factory=list)
     seconds: float = 0.0
+    image: dict[str, Any] = field(default_factory=dict)
+    """compose runtime: where the image came from, its tag and id, and the previous deployment's (image.py)."""
 
     @property
     def healthy(self) -> bool:
@@ -114,6 +116,7 @@ class DeployResult:
             "health": self.health,
             "seconds": round(self.seconds, 3),
             "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "detail": s.detail} for s in self.steps],
+            **({"image": self.image} if self.image else {}),
         }
 
 
