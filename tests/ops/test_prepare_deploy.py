@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import http.server
+import io
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -956,6 +958,92 @@ async def test_compose_runtime_falls_back_to_compose_v1(bundle: Path) -> None:
     assert not runtime.compose_v1
 
 
+def test_build_context_is_deterministic_and_complete(tmp_path: Path) -> None:
+    first, second = build_context(ROOT), build_context(ROOT)
+    assert first.data == second.data and first.sha256 == second.sha256
+    with tarfile.open(fileobj=io.BytesIO(first.data)) as tar:
+        names = tar.getnames()
+        assert all(m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in tar.getmembers())
+    assert {"Dockerfile", "pyproject.toml", "uv.lock", "README.md", "src/timetodo/main.py"} <= set(names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") or n.startswith(("tests/", "deploy/")) for n in names)
+    assert first.tag("timetodo") == f"timetodo:ctx-{first.sha256[:12]}"
+
+    # a changed source file is a new context (a new tag); a missing Dockerfile is named
+    copy = tmp_path / "ctx"
+    for name in ("Dockerfile", "pyproject.toml", "uv.lock", "README.md"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    (copy / "src/timetodo").mkdir(parents=True)
+    (copy / "src/timetodo/__init__.py").write_text("")
+    one = build_context(copy)
+    (copy / "src/timetodo/__init__.py").write_text("# changed\n")
+    assert build_context(copy).sha256 != one.sha256
+    (copy / "Dockerfile").unlink()
+    with pytest.raises(FileNotFoundError, match="Dockerfile"):
+        build_context(copy)
+
+
+def test_with_image_overrides_the_env_files_image() -> None:
+    text = "SECRET_KEY=x\nTIMETODO_IMAGE=old:1\nexport TIMETODO_IMAGE = older\nA=1"
+    assert with_image(text, "timetodo:ctx-abc") == "SECRET_KEY=x\nA=1\nTIMETODO_IMAGE=timetodo:ctx-abc\n"
+
+
+@dataclass
+class FilesTransport(RecordingTransport):
+    """RecordingTransport whose read_text answers from the files written so far (or given)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+
+    async def write_text(self, remote: str, text: str, *, mode: int = 0o600) -> None:
+        await super().write_text(remote, text, mode=mode)
+        self.files[remote] = text
+
+    async def read_text(self, remote: str) -> str:
+        if remote not in self.files:
+            raise FileNotFoundError(remote)
+        return self.files[remote]
+
+
+async def test_compose_records_the_previous_image_and_rolls_the_app_back(bundle: Path) -> None:
+    ids = {"ghcr.io/owner/timetodo:1": "sha256:" + "01" * 32, "ghcr.io/owner/timetodo:2": "sha256:" + "02" * 32}
+
+    def runtime_for(fake: FilesTransport, image: str) -> ComposeRuntime:
+        fake.answers = {
+            "/health/detailed": [ok_health(200)],
+            "image inspect": [CommandResult("", 0, ids[image] + "\n", "", 0)],
+        }
+        return ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, image_source="pull", image=image)
+
+    fake = FilesTransport()
+    env_text = compose_env_text()
+    first = await runtime_for(fake, "ghcr.io/owner/timetodo:1").deploy(env_text, health_timeout=10)
+    assert first.image["previous_tag"] == "" and first.image["id"] == ids["ghcr.io/owner/timetodo:1"]
+    second = await runtime_for(fake, "ghcr.io/owner/timetodo:2").deploy(env_text, health_timeout=10)
+    assert second.image["tag"] == "ghcr.io/owner/timetodo:2"
+    assert second.image["previous_tag"] == "ghcr.io/owner/timetodo:1"
+    assert second.image["previous_id"] == ids["ghcr.io/owner/timetodo:1"]
+    # the same image once more: the one to go back to stays :1
+    again = await runtime_for(fake, "ghcr.io/owner/timetodo:2").deploy(env_text, health_timeout=10)
+    assert again.image["previous_tag"] == "ghcr.io/owner/timetodo:1"
+    assert "TIMETODO_IMAGE=ghcr.io/owner/timetodo:2" in fake.files["/opt/timetodo/.env"]
+
+    fake.ops.clear()
+    runtime = runtime_for(fake, "ghcr.io/owner/timetodo:1")
+    back = await runtime.rollback_image(health_timeout=10)
+    assert back.source == "rollback" and back.tag == "ghcr.io/owner/timetodo:1"
+    assert back.previous_tag == "ghcr.io/owner/timetodo:2"
+    assert fake.files["/opt/timetodo/.env"].endswith("TIMETODO_IMAGE=ghcr.io/owner/timetodo:1\n")
+    assert "SECRET_KEY=" + ENV_SECRETS["SECRET_KEY"] in fake.files["/opt/timetodo/.env"]  # the rest kept
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert not any(" pull " in r for r in runs)  # nothing fetched: the previous image is still there
+    assert any(r.endswith("up -d --wait") for r in runs)
+    assert json.loads(fake.files["/opt/timetodo/.image.json"])["tag"] == "ghcr.io/owner/timetodo:1"
+
+    # nothing recorded before: a clear refusal
+    with pytest.raises(DeployError, match="no previous image"):
+        await runtime_for(FilesTransport(), "ghcr.io/owner/timetodo:1").rollback_image()
+
+
 def test_compose_bundle_of_the_repository_is_found() -> None:
     runtime = ComposeRuntime(RecordingTransport(), "/opt/timetodo", bundle_dir=ROOT / "deploy")
     files = runtime.bundle_files()
@@ -1203,3 +1291,30 @@ async def test_process_runtime_plan_runs_nothing() -> None:
     assert "http://127.0.0.1:8001/health/detailed" in text
     with pytest.raises(ValueError, match="absolute"):
         ProcessRuntime(fake, "opt", timetodo_bin="/x/timetodo")
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ('[target]\nimage_source = "pull"', "target", "needs target.image"),
+        ('[target]\nimage_source = "ftp"', "target.image_source", "'build', 'load' or 'pull'"),
+        ('[prepare]\ndocker = "snap"', "prepare.docker", "'docker-ce' or 'distro'"),
+        ("[prepare]\ndeploy_user = \"root\"", "prepare.deploy_user", "other than root"),
+        ("[prepare]\nswap_mb = 1", "prepare.swap_mb", "greater than or equal to 256"),
+    ],
+)
+def test_image_and_prepare_config_errors_name_the_key(tmp_path: Path, extra: str, key: str, message: str) -> None:
+    from timetodo.ops.migrate.config import ConfigError, load_config
+
+    section, _, line = extra.partition("\n")
+    target = 'host = "203.0.113.10"\npublic_url = "https://todo.example.com"\ndatabase_url_env = "T_DB"\n'
+    text = (
+        '[source]\napi_url = "https://old.example.com"\nadmin_token_env = "A"\ndatabase_url_env = "S_DB"\n'
+        f"[target]\n{target}{line + chr(10) if section == '[target]' else ''}"
+        f"{extra + chr(10) if section == '[prepare]' else ''}"
+    )
+    path = tmp_path / "migration.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key and message in caught.value.message, caught.value

@@ -176,6 +176,23 @@ def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: A
     _execute(config, accept_new_host_key, body)
 
 
+@app.command("app-rollback")
+def app_rollback(config: ConfigOption = Path("migration.toml"), accept_new_host_key: AcceptOption = False) -> None:
+    """The app on the target goes back to the image of the deployment before (compose runtime; the data stays as
+    it is). The image of each deployment is recorded on the target in <app_dir>/.image.json.
+
+    Example: timetodo migrate app-rollback -c migration.toml
+    """
+    from timetodo.ops.migrate.deploy import rollback_app
+
+    async def body(ctx: Context) -> int:
+        image = await rollback_app(ctx)
+        console.print(f"[bold]app rolled back[/]: {image['tag']} ({image['id'][:19]}) runs again")
+        return EXIT_OK
+
+    _execute(config, accept_new_host_key, body)
+
+
 @app.command("status")
 def status(config: ConfigOption = Path("migration.toml")) -> None:
     """Where the migration stands (from the state file).

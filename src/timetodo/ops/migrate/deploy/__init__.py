@@ -37,6 +37,7 @@ __all__ = [
     "make_runtime",
     "parse_env_text",
     "plan",
+    "rollback_app",
     "run",
 ]
 
@@ -90,3 +91,21 @@ async def run(ctx: Context) -> dict[str, Any]:
     result = await runtime.deploy(env_text(ctx))
     await runtime.wait_healthy(timeout=300)
     return dict(result.to_dict())
+
+
+async def rollback_app(ctx: Context) -> dict[str, Any]:
+    """`timetodo migrate app-rollback`: the previous deployment's image runs again (compose runtime), the data as it
+    is. The deploy step's recorded result then names the image that runs."""
+    runtime = await ctx.runtime()
+    if not isinstance(runtime, ComposeRuntime):
+        raise StepError(
+            f"app-rollback needs the compose runtime (target.runtime is {runtime.name!r})",
+            "deploy the previous version of the virtualenv instead",
+        )
+    image = (await runtime.rollback_image()).to_dict()
+    deploy = ctx.state.step(NAME)
+    result = dict(deploy.get("result") or {})
+    result["image"] = image
+    deploy["result"] = result
+    ctx.state.save()
+    return image

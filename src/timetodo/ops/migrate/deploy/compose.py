@@ -194,7 +194,7 @@ class ComposeRuntime(RuntimeBase):
 
     async def _timed_image(self) -> DeployedImage:
         started = time.monotonic()
-        image = await self._ship_image()
+        image = await self.ship_image()
         detail = f"{image.source}: {image.tag} {image.id[:19]}{' (built)' if image.built else ''}"
         self._steps.append(DeployStep("image", time.monotonic() - started, detail))
         return image
@@ -212,7 +212,8 @@ class ComposeRuntime(RuntimeBase):
         except (FileNotFoundError, TransportError, OSError):
             return {}
 
-    async def _ship_image(self) -> DeployedImage:
+    async def ship_image(self) -> DeployedImage:
+        """Get the image onto the target by `image_source` (image.py); its tag, id and the previous deployment's."""
         if self.image_source == "build":
             image = await self._build_on_target()
         elif self.image_source == "pull":
