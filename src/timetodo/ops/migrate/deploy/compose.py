@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from timetodo.ops.adapters.transport import Transport, TransportError
 from timetodo.ops.migrate.deploy.image import (
@@ -29,6 +30,7 @@ from timetodo.ops.migrate.deploy.runtime import (
     HEALTH_PATH,
     PROBE_PY,
     PROBE_TIMEOUT,
+    PROBE_TLS_PY,
     DeployError,
     DeployResult,
     DeployStep,
@@ -64,6 +66,7 @@ class ComposeRuntime(RuntimeBase):
         docker: str = "docker",
         local_docker: str = "docker",
         build_timeout: float = 1800.0,
+        probe_ca_file: str | None = None,
     ) -> None:
         super().__init__(transport, app_dir, command_timeout=command_timeout)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
@@ -86,6 +89,9 @@ class ComposeRuntime(RuntimeBase):
         self.build_timeout = build_timeout
         self.image_record = self._path(".image.json")
         self.deployed: DeployedImage | None = None
+        self.probe_ca_file = probe_ca_file
+        self.tls_name: str | None = None
+        self.https_port = 443
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
@@ -127,8 +133,45 @@ class ComposeRuntime(RuntimeBase):
                 files.append((path, self._path(*path.relative_to(self.bundle_dir).parts)))
         return files
 
+    def nginx_serves_tls(self) -> bool:
+        """The bundle's nginx configuration terminates TLS (rendered with --tls-cert): port 80 then redirects."""
+        conf = self.bundle_dir / "nginx" / "timetodo.conf"
+        return conf.is_file() and "ssl_certificate " in conf.read_text()
+
+    def configure_probe(self, env_text: str) -> None:
+        """Where the health probe asks, from the env file: with TLS in the bundle's nginx, `https://NAME/…` (NAME from
+        PUBLIC_BASE_URL, port HTTPS_PORT) connected to 127.0.0.1 with the certificate verified for NAME, since port
+        80 only redirects; else `http://127.0.0.1[:HTTP_PORT]/…`."""
+        env = parse_env_text(env_text)
+        self.tls_name = None
+        if self.nginx_serves_tls():
+            public = urlsplit(env.get("PUBLIC_BASE_URL", ""))
+            if public.scheme != "https" or not public.hostname:
+                raise DeployError(
+                    "config",
+                    "the bundle's nginx serves TLS, but PUBLIC_BASE_URL in the env file is not https://NAME",
+                    hint="set PUBLIC_BASE_URL=https://<the certificate's name> in the env file",
+                )
+            port = env.get("HTTPS_PORT", "443")
+            self.tls_name, self.https_port = public.hostname, int(port) if port.isdigit() else 443
+            suffix = "" if self.https_port == 443 else f":{self.https_port}"
+            self.health_url = f"https://{self.tls_name}{suffix}{HEALTH_PATH}"
+        elif self.http_port is None:
+            port = env.get("HTTP_PORT", "80")
+            self._set_health_url(int(port) if port.isdigit() else 80)
+
     def _probe_command(self) -> str:
         url = shlex.quote(self.health_url)
+        if self.tls_name is not None:
+            name, port = self.tls_name, self.https_port
+            ca = f" --cacert {shlex.quote(self.probe_ca_file)}" if self.probe_ca_file else ""
+            args = f"{shlex.quote(name)} {port} {HEALTH_PATH} {PROBE_TIMEOUT:g} {shlex.quote(self.probe_ca_file or '')}"
+            return (
+                "if command -v curl >/dev/null 2>&1; then "
+                f"curl -sS --max-time {PROBE_TIMEOUT:g}{ca} --resolve {shlex.quote(f'{name}:{port}:127.0.0.1')} "
+                f"-w '\\n%{{http_code}}\\n' {url}; "
+                f"else python3 -c {shlex.quote(PROBE_TLS_PY)} {args}; fi"
+            )
         py = shlex.quote(PROBE_PY)
         return (
             "if command -v curl >/dev/null 2>&1; then "
@@ -152,9 +195,7 @@ class ComposeRuntime(RuntimeBase):
         started = time.monotonic()
         self._steps = []
         self._secrets = env_secrets(env_text)
-        if self.http_port is None:
-            port = parse_env_text(env_text).get("HTTP_PORT", "80")
-            self._set_health_url(int(port) if port.isdigit() else 80)
+        self.configure_probe(env_text)
         await self._timed("upload", self._upload())
         image = await self._timed_image()
         await self._timed("env", self._write_env(with_image(env_text, image.tag)))

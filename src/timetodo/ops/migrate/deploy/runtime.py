@@ -59,6 +59,25 @@ except Exception as e:
 sys.stdout.write(body + "\\n" + str(code) + "\\n")
 """
 
+# The same over TLS, connecting to 127.0.0.1 but verifying the certificate for the public name (argv: name, port,
+# path, timeout, CA file or ""): what a client of https://NAME sees once DNS points at this host.
+PROBE_TLS_PY = """import http.client, socket, ssl, sys
+name, port, path, timeout, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+try:
+    ctx = ssl.create_default_context(cafile=cafile or None)
+    class Local(http.client.HTTPSConnection):
+        def connect(self):
+            raw = socket.create_connection(("127.0.0.1", port), timeout)
+            self.sock = ctx.wrap_socket(raw, server_hostname=name)
+    conn = Local(name, port, timeout=timeout, context=ctx)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    code, body = r.status, r.read().decode("utf-8", "replace")
+except Exception as e:
+    code, body = 0, f"{type(e).__name__}: {e}"
+sys.stdout.write(body + "\\n" + str(code) + "\\n")
+"""
+
 
 # --------------------------------------------------------------------------------------------------------- results
 
