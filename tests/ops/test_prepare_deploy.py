@@ -101,6 +101,7 @@ PREPARE_ITEMS = [
     "fail2ban",
     "fail2ban-service",
     "unattended-upgrades",
+    "certbot",
 ]
 CHECK_ITEMS = ["docker", "compose", "ssh", "ufw", "db-ports", "swap", "fail2ban", "unattended-upgrades"]
 # on a fresh host the package install starts Docker (the stub apt-get does so too)
@@ -1299,7 +1300,7 @@ async def test_process_runtime_plan_runs_nothing() -> None:
         ('[target]\nimage_source = "pull"', "target", "needs target.image"),
         ('[target]\nimage_source = "ftp"', "target.image_source", "'build', 'load' or 'pull'"),
         ('[prepare]\ndocker = "snap"', "prepare.docker", "'docker-ce' or 'distro'"),
-        ("[prepare]\ndeploy_user = \"root\"", "prepare.deploy_user", "other than root"),
+        ('[prepare]\ndeploy_user = "root"', "prepare.deploy_user", "other than root"),
         ("[prepare]\nswap_mb = 1", "prepare.swap_mb", "greater than or equal to 256"),
     ],
 )
@@ -1318,3 +1319,80 @@ def test_image_and_prepare_config_errors_name_the_key(tmp_path: Path, extra: str
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.key == key and message in caught.value.message, caught.value
+
+
+async def test_compose_deploy_obtains_the_certificate_and_switches_nginx_to_tls(bundle: Path) -> None:
+    """A fresh host with target.public_url https:// (the commands sent; certbot against a real ACME server and
+    nginx serving and renewing its certificate run in tests/ops/test_acme.py, the TLS probe in
+    tests/ops/test_deploy_tls_probe.py)."""
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    fake = FilesTransport(
+        answers={
+            "test -s": [CommandResult("", 1, "", "", 0)],
+            "openssl x509": [CommandResult("", 0, "serial=0ABC\nnotAfter=Feb 27 10:00:00 2027 GMT\n", "", 0)],
+            "/health/detailed": [ok_health(200)],
+            **IMAGE_THERE,
+        }
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    result = await runtime.deploy(compose_env_text(), health_timeout=10)
+
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    certbot = next(i for i, r in enumerate(runs) if r.startswith("certbot certonly"))
+    probes = [i for i, r in enumerate(runs) if "/health/detailed" in r]
+    reload = runs.index(shlex.join(runtime.reload_nginx_command()))
+    assert "http://127.0.0.1/health/detailed" in runs[probes[0]] and probes[0] < certbot  # plain HTTP first
+    assert "--webroot -w /opt/timetodo/nginx/acme -d todo.example.com" in runs[certbot]
+    assert certbot < reload < probes[-1]
+    assert "--resolve todo.example.com:443:127.0.0.1 " in runs[probes[-1]]
+    assert "https://todo.example.com/health/detailed" in runs[probes[-1]]
+    conf_writes = [i for i, op in enumerate(fake.ops) if op[:2] == ("write_text", "/opt/timetodo/nginx/timetodo.conf")]
+    assert len(conf_writes) == 2  # plain, then TLS
+    tls_conf = fake.files["/opt/timetodo/nginx/timetodo.conf"]
+    assert "ssl_certificate /etc/letsencrypt/live/todo.example.com/fullchain.pem;" in tls_conf
+    assert "server_name todo.example.com;" in tls_conf and "/.well-known/acme-challenge/" in tls_conf
+    assert "LETSENCRYPT_DIR=/etc/letsencrypt" in fake.files["/opt/timetodo/.env"]
+    hook = fake.files["/etc/letsencrypt/renewal-hooks/deploy/timetodo-reload.sh"]
+    assert hook.rstrip().endswith(f"exec {shlex.join(runtime.reload_nginx_command())}")
+    assert "certbot renew" in fake.files["/etc/cron.d/timetodo-certbot"]  # no certbot.timer here: our own job
+    assert result.healthy and result.health_url == "https://todo.example.com/health/detailed"
+    assert result.image["certificate"]["serial"] == "0ABC"
+    assert [s.name for s in result.steps][-3:] == ["health-http", "certificate", "health"]
+
+    # deployed again: the certificate is there, nginx starts on TLS at once, certbot keeps it
+    fake.answers["test -s"] = [CommandResult("", 0, "", "", 0)]
+    fake.ops.clear()
+    await runtime.deploy(compose_env_text(), health_timeout=10)
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert all("https://todo.example.com" in r for r in runs if "/health/detailed" in r)
+    assert shlex.join(runtime.reload_nginx_command()) not in runs
+    assert any("--keep-until-expiring" in r for r in runs if r.startswith("certbot"))
+
+
+async def test_compose_deploy_before_the_dns_switch_keeps_plain_http(bundle: Path) -> None:
+    """HTTP-01 cannot pass while the name still points at the old host: the app runs on plain HTTP, the deploy
+    result says the certificate is pending and why, nginx is not switched to TLS."""
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    problem = "  Type:   dns\n  Detail: DNS problem: NXDOMAIN looking up A for todo.example.com\n"
+    fake = FilesTransport(
+        answers={
+            "test -s": [CommandResult("", 1, "", "", 0)],
+            "certbot certonly": [CommandResult("", 1, problem, "", 0)],
+            "/health/detailed": [ok_health(200)],
+            **IMAGE_THERE,
+        }
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    result = await runtime.deploy(compose_env_text(), health_timeout=10)
+    assert result.healthy and result.health_url == "http://127.0.0.1/health/detailed"
+    certificate = result.image["certificate"]
+    assert certificate["status"] == "pending" and "DNS" in certificate["error"]
+    assert "timetodo migrate deploy" in certificate["hint"]
+    assert "ssl_certificate" not in fake.files["/opt/timetodo/nginx/timetodo.conf"]
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert shlex.join(runtime.reload_nginx_command()) not in runs
+    assert all("https://" not in r for r in runs if "/health/detailed" in r)

@@ -269,6 +269,7 @@ def test_prepare_twice_on_debian_12(vps: Vps, tmp_path: Path) -> None:
         "fail2ban",
         "fail2ban-service",
         "unattended-upgrades",
+        "certbot",
     ]
     for name, (status, reason) in prepare.items():
         if name in SKIPPED_PREPARE:
@@ -285,7 +286,15 @@ def test_prepare_twice_on_debian_12(vps: Vps, tmp_path: Path) -> None:
 
     # what is on the "VPS" now, seen from outside
     root = vps.root
-    for package in ("docker.io", "docker-compose", "ufw", "fail2ban", "python3-systemd", "unattended-upgrades"):
+    for package in (
+        "docker.io",
+        "docker-compose",
+        "ufw",
+        "fail2ban",
+        "python3-systemd",
+        "unattended-upgrades",
+        "certbot",
+    ):
         assert "Status: install ok installed" in vps.chroot("dpkg", "-s", package).stdout, package
     assert "deploy" in vps.chroot("getent", "group", "docker").stdout.strip().split(":")[-1].split(",")
     app = root / "opt/timetodo"

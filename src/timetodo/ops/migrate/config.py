@@ -105,6 +105,11 @@ class Target(SSHHost):
     image_source: Literal["build", "load", "pull"] = "build"
     image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")] | None = None
     build_context: Path | None = None
+    # runtime "compose" with an https:// public_url: deploy obtains the certificate by ACME HTTP-01 (certbot on the
+    # host) when acme_email is set; acme_server / acme_ca_bundle only for another CA than Let's Encrypt
+    acme_email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    acme_server: Annotated[str, Field(pattern=r"^https://")] = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None
     # runtime "process": the timetodo executable on the target and where the app listens (behind nginx)
     timetodo_bin: str | None = None
     app_host: str = "127.0.0.1"

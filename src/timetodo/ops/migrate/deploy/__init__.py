@@ -8,7 +8,9 @@ compose bundle under Docker; `process`: `timetodo serve` from a virtualenv). Onl
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from timetodo.ops.adapters.acme import Acme
 from timetodo.ops.adapters.transport import Transport
 from timetodo.ops.errors import StepError
 from timetodo.ops.migrate.config import MigrationConfig
@@ -64,7 +66,26 @@ def make_runtime(config: MigrationConfig, transport: Transport) -> Runtime:
         image_source=target.image_source,
         image=target.image,
         context_dir=target.build_context,
+        acme=_acme(config),
     )
+
+
+def _acme(config: MigrationConfig) -> Acme | None:
+    """The certificate deploy obtains: for target.public_url's name when it is https:// and acme_email is set."""
+    target = config.target
+    public = urlsplit(target.public_url)
+    if public.scheme != "https" or target.acme_email is None:
+        return None
+    try:
+        return Acme(
+            domains=(public.hostname or "",),
+            email=target.acme_email,
+            webroot=f"{config.app_dir}/nginx/acme",
+            server=target.acme_server,
+            ca_bundle=target.acme_ca_bundle,
+        )
+    except ValueError as exc:
+        raise StepError(f"target.public_url / target.acme_email: {exc}", "use the DNS name clients use") from None
 
 
 def env_text(ctx: Context) -> str:

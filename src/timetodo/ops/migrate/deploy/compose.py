@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from timetodo.ops.adapters.acme import Acme, AcmeError, install_renewal, obtain
+from timetodo.ops.adapters.nginx import render_nginx_config
 from timetodo.ops.adapters.transport import Transport, TransportError
 from timetodo.ops.migrate.deploy.image import (
     DeployedImage,
@@ -67,6 +69,7 @@ class ComposeRuntime(RuntimeBase):
         local_docker: str = "docker",
         build_timeout: float = 1800.0,
         probe_ca_file: str | None = None,
+        acme: Acme | None = None,
     ) -> None:
         super().__init__(transport, app_dir, command_timeout=command_timeout)
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
@@ -92,6 +95,9 @@ class ComposeRuntime(RuntimeBase):
         self.probe_ca_file = probe_ca_file
         self.tls_name: str | None = None
         self.https_port = 443
+        self.acme = acme
+        self.nginx_conf = self._path("nginx", "timetodo.conf")
+        self.certificate: dict[str, str] = {}
         self._set_health_url(http_port or 80)
 
     def _set_health_url(self, port: int) -> None:
@@ -134,7 +140,10 @@ class ComposeRuntime(RuntimeBase):
         return files
 
     def nginx_serves_tls(self) -> bool:
-        """The bundle's nginx configuration terminates TLS (rendered with --tls-cert): port 80 then redirects."""
+        """nginx terminates TLS: deploy obtains the certificate (`acme`), or the bundle's configuration was rendered
+        with --tls-cert. Port 80 then only redirects (and answers ACME challenges)."""
+        if self.acme is not None:
+            return True
         conf = self.bundle_dir / "nginx" / "timetodo.conf"
         return conf.is_file() and "ssl_certificate " in conf.read_text()
 
@@ -198,7 +207,11 @@ class ComposeRuntime(RuntimeBase):
         self.configure_probe(env_text)
         await self._timed("upload", self._upload())
         image = await self._timed_image()
-        await self._timed("env", self._write_env(with_image(env_text, image.tag)))
+        have_certificate = await self._has_certificate()
+        if self.acme is not None:
+            # no certificate yet: nginx starts on plain HTTP (which answers the challenge), TLS once it is there
+            await self._timed("nginx", self._write_nginx(env_text, tls=have_certificate))
+        await self._timed("env", self._write_env(self._env_for(env_text, image.tag)))
         await self._timed("config", self._config())
         await self._timed(
             "up",
@@ -208,6 +221,15 @@ class ComposeRuntime(RuntimeBase):
                 hint=f"look at `{shlex.join(self.compose('ps', '--all'))}` and `... logs` on the target",
             ),
         )
+        if self.acme is not None:
+            tls_url, name = self.health_url, self.tls_name
+            if not have_certificate:
+                self._set_health_url(self._http_port(env_text))
+                self.tls_name = None
+                await self._timed("health-http", self.wait_healthy(health_timeout))
+            await self._timed("certificate", self._certificate(env_text, switch=not have_certificate))
+            if have_certificate or self.certificate.get("status") == "valid":
+                self.tls_name, self.health_url = name, tls_url
         health = await self._timed("health", self.wait_healthy(health_timeout))
         await self._write_record(image)
         return DeployResult(
@@ -218,8 +240,88 @@ class ComposeRuntime(RuntimeBase):
             health,
             list(self._steps),
             time.monotonic() - started,
-            image.to_dict(),
+            {**image.to_dict(), **({"certificate": self.certificate} if self.certificate else {})},
         )
+
+    # ----------------------------------------------------------------------------------------------------------- TLS
+
+    @staticmethod
+    def _http_port(env_text: str) -> int:
+        port = parse_env_text(env_text).get("HTTP_PORT", "80")
+        return int(port) if port.isdigit() else 80
+
+    def _env_for(self, env_text: str, tag: str) -> str:
+        text = with_image(env_text, tag)
+        if self.acme is not None:  # nginx reads the certificates where certbot keeps them (live/ links to archive/)
+            text = (
+                "\n".join(line for line in text.splitlines() if not line.strip().startswith("LETSENCRYPT_DIR="))
+                + f"\nLETSENCRYPT_DIR={self.acme.config_dir}\n"
+            )
+        return text
+
+    async def _has_certificate(self) -> bool:
+        if self.acme is None:
+            return False
+        result = await self.transport.run(["test", "-s", self.acme.certificate], timeout=30, check=False)
+        return result.exit_status == 0
+
+    def nginx_config(self, env_text: str, *, tls: bool) -> str:
+        """The compose nginx's configuration: the bundle's choices (upstream app:8000, Docker's resolver), the
+        public name, MAX_UPLOAD_MB, and the certificate paths as the container sees them (LETSENCRYPT_DIR is
+        mounted at the same path) when `tls`."""
+        assert self.acme is not None
+        upload = parse_env_text(env_text).get("MAX_UPLOAD_MB", "25")
+        return render_nginx_config(
+            upstreams=["app:8000"],
+            listen_port=80,
+            server_name=self.acme.domains[0],
+            max_upload_mb=int(upload) if upload.isdigit() else 25,
+            resolver="127.0.0.11",
+            tls_certificate=self.acme.certificate if tls else None,
+            tls_certificate_key=self.acme.private_key if tls else None,
+        )
+
+    async def _write_nginx(self, env_text: str, *, tls: bool) -> str:
+        try:
+            await self.transport.write_text(self.nginx_conf, self.nginx_config(env_text, tls=tls), mode=0o644)
+        except (TransportError, OSError) as exc:
+            raise DeployError("nginx", f"writing {self.nginx_conf} on {self.host}: {exc}") from None
+        return f"{self.nginx_conf} ({'TLS' if tls else 'plain HTTP until the certificate is there'})"
+
+    def reload_nginx_command(self) -> list[str]:
+        return self.compose("exec", "-T", "nginx", "nginx", "-s", "reload")
+
+    async def _certificate(self, env_text: str, *, switch: bool) -> str:
+        """certbot on the host (HTTP-01 through the running nginx; a valid certificate is kept), then nginx on
+        TLS when it was on plain HTTP, and the renewal: certbot's deploy hook reloads nginx."""
+        assert self.acme is not None
+        try:
+            certificate = await obtain(self.transport, self.acme)
+        except AcmeError as exc:
+            # Before the DNS switch of a migration the name still points at the old host, so HTTP-01 cannot pass
+            # yet: the app runs (on plain HTTP when there was no certificate), and the result says what to do.
+            self.certificate = {
+                "status": "pending",
+                "error": exc.message,
+                "hint": f"{exc.hint}; then run `timetodo migrate deploy` again (after the DNS switch)",
+            }
+            return f"pending: {exc.message}"
+        except TransportError as exc:
+            raise DeployError("certificate", exc.message, hint=exc.hint) from None
+        if switch:
+            await self._write_nginx(env_text, tls=True)
+            await self._run(
+                "certificate", self.reload_nginx_command(), hint="`docker compose logs nginx` on the target"
+            )
+        scheduler = await install_renewal(self.transport, self.acme, shlex.join(self.reload_nginx_command()))
+        self.certificate = {
+            "status": "valid",
+            "path": certificate.path,
+            "serial": certificate.serial,
+            "not_after": certificate.not_after,
+            "renewal": scheduler,
+        }
+        return f"{certificate.path} until {certificate.not_after}; renewal: {scheduler}"
 
     # ------------------------------------------------------------------------------------------------- the image
 

@@ -16,7 +16,7 @@ compose); `docker-service`; `deploy-user` (exists, in the docker group); `ssh-ha
 /etc/ssh/sshd_config.d: keys only, root only with a key; checked by `sshd -t` before it stays); `sshd-reload`;
 `app-dir` (owned by the deploy user, 0750); `firewall` (ufw: default deny incoming; SSH port, 80, 443 allowed);
 `firewall-active` (ufw enabled); `swap` (a formatted swap file in /etc/fstab when RAM < min_ram_mb) and
-`swap-active`; `fail2ban` (package + sshd jail) and `fail2ban-service`; `unattended-upgrades`. Then the
+`swap-active`; `fail2ban` (package + sshd jail) and `fail2ban-service`; `unattended-upgrades`; `certbot` (deploy obtains the TLS certificate with it). Then the
 self-check: `docker`, `compose`, `ssh` (sshd's effective configuration), `ufw` (active with exactly those ports),
 `db-ports` (nothing listening on 0.0.0.0/[::] :5432 or :6379, nor published so by a container), `swap`,
 `fail2ban`, `unattended-upgrades` (its systemd timer).

@@ -426,6 +426,16 @@ item_unattended_upgrades() {
   item_done unattended-upgrades "enabled (daily package lists and security upgrades)"
 }
 
+# certbot: deploy obtains the TLS certificate with it (ACME HTTP-01 through the app's nginx) when the public URL is
+# https://; its renewal runs from the distribution's certbot.timer (or cron), with a hook reloading nginx
+item_certbot() {
+  if ! installed certbot; then
+    apt_install certbot || { item_failed certbot "$ERR"; return; }
+    did "installed certbot"
+  fi
+  item_done certbot "installed (deploy obtains the certificate with it)"
+}
+
 RAM_MB=$(free -m 2>/dev/null | awk '/^Mem:/ { print $2 }')
 item_os
 FAILED_BEFORE=$FAILED
@@ -449,6 +459,7 @@ FAILED_BEFORE=$FAILED
 item_fail2ban
 if [ "$JAIL_CHANGED" = 1 ]; then service_item fail2ban-service fail2ban restart; else service_item fail2ban-service fail2ban; fi
 item_unattended_upgrades
+item_certbot
 
 # ------------------------------------------------------------------------------------------------ self-check
 
