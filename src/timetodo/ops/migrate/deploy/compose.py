@@ -197,6 +197,11 @@ class ComposeRuntime(RuntimeBase):
         planned.append(PlannedCommand(host, f"write {self.env_path} (mode 0600) from the env file, contents not shown"))
         planned.append(PlannedCommand(host, shlex.join(self.compose("config", "--quiet"))))
         planned.append(PlannedCommand(host, shlex.join(self.compose("up", "-d", "--wait"))))
+        if self.acme is not None:
+            planned.append(PlannedCommand(host, shlex.join(self.acme.certonly_command())))
+            planned.append(
+                PlannedCommand(host, f"nginx on TLS: {shlex.join(self.reload_nginx_command())}; renewal deploy hook")
+            )
         planned.append(PlannedCommand(host, f"poll until HTTP 200: {self._probe_command()}"))
         return planned
 
