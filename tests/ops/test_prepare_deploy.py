@@ -1396,3 +1396,19 @@ async def test_compose_deploy_before_the_dns_switch_keeps_plain_http(bundle: Pat
     runs = [op[1] for op in fake.ops if op[0] == "run"]
     assert shlex.join(runtime.reload_nginx_command()) not in runs
     assert all("https://" not in r for r in runs if "/health/detailed" in r)
+
+
+async def test_app_rollback_probes_over_tls_when_nginx_serves_it(bundle: Path) -> None:
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    record = {"source": "pull", "tag": "ghcr.io/owner/timetodo:2", "id": "sha256:02", "previous_tag": "t:1"}
+    fake = FilesTransport(
+        answers={"test -s": [CommandResult("", 0, "", "", 0)], "/health/detailed": [ok_health(200)], **IMAGE_THERE},
+        files={"/opt/timetodo/.image.json": json.dumps(record), "/opt/timetodo/.env": "PUBLIC_BASE_URL=http://x\n"},
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    image = await runtime.rollback_image(health_timeout=5)
+    assert image.tag == "t:1" and image.previous_tag == "ghcr.io/owner/timetodo:2"
+    probes = [op[1] for op in fake.ops if op[0] == "run" and "/health/detailed" in op[1]]
+    assert probes and all("https://todo.example.com/health/detailed" in p for p in probes)

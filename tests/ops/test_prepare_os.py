@@ -19,6 +19,7 @@ A second run reports every item `ok` or the same `skipped`, and the files it man
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -144,6 +145,9 @@ def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vps]:
         f'Acquire::http::Proxy "http://127.0.0.1:{RELAY_PORT}/";\n'
     )
     APT_CACHE.mkdir(parents=True, exist_ok=True)
+    # test sessions of other worktrees share the package cache (and its apt lock): one at a time
+    lock = (APT_CACHE.parent / ".apt-archives-debian12.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
 
     netns = f"ttd-vps-{os.getpid()}"
     sock = base / "apt-relay.sock"
@@ -189,6 +193,7 @@ def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vps]:
         # the mounts lived in the sshd's mount namespace (gone with it): here these are plain directories
         assert not os.path.ismount(root / "dev") and not os.path.ismount(root / "proc")
         shutil.rmtree(root, ignore_errors=True)
+        lock.close()
 
 
 def _config(vps: Vps, work: Path) -> Path:

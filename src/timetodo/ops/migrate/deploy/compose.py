@@ -155,6 +155,8 @@ class ComposeRuntime(RuntimeBase):
         self.tls_name = None
         if self.nginx_serves_tls():
             public = urlsplit(env.get("PUBLIC_BASE_URL", ""))
+            if self.acme is not None:  # the name deploy obtains the certificate for
+                public = urlsplit(f"https://{self.acme.domains[0]}")
             if public.scheme != "https" or not public.hostname:
                 raise DeployError(
                     "config",
@@ -465,6 +467,10 @@ class ComposeRuntime(RuntimeBase):
         except (FileNotFoundError, TransportError, OSError) as exc:
             raise DeployError("rollback", f"reading {self.env_path} on {self.host}: {exc}") from None
         self._secrets = env_secrets(env_text)
+        self.configure_probe(env_text)
+        if self.acme is not None and not await self._has_certificate():
+            self._set_health_url(self._http_port(env_text))
+            self.tls_name = None
         await self._write_env(with_image(env_text, previous))
         await self._config()
         await self._run("up", self.compose(*self._up_args()))
