@@ -861,7 +861,8 @@ async def test_compose_runtime_deploy_commands(bundle: Path) -> None:
     assert fake.texts["/opt/timetodo/.env"] == (env_text + f"TIMETODO_IMAGE={tag}\n", 0o600)
     assert result.healthy and result.runtime == "compose" and result.health_url == "http://127.0.0.1/health/detailed"
     assert [s.name for s in result.steps] == ["upload", "image", "env", "config", "up", "health"]
-    assert result.to_dict()["image"] == {
+    assert result.to_dict()["image"] == f"{tag} (sha256:{'ab' * 6})"  # the final report's target line
+    assert result.to_dict()["image_record"] == {
         "source": "build",
         "tag": tag,
         "id": "sha256:" + "ab" * 32,
@@ -871,6 +872,18 @@ async def test_compose_runtime_deploy_commands(bundle: Path) -> None:
     }
     assert json.loads(fake.texts["/opt/timetodo/.image.json"][0])["tag"] == tag
     json.dumps(result.to_dict())
+
+    # recorded in the state as the deploy step's result, shown on the final report's target side
+    from timetodo.ops.migrate.report.model import build
+    from timetodo.ops.migrate.state import MigrationState
+
+    state = MigrationState.load(bundle.parent / "work")
+    state.start("deploy")
+    state.finish("deploy", result.to_dict())
+    again = MigrationState.load(bundle.parent / "work")
+    assert again.result("deploy")["image_record"]["tag"] == tag  # type: ignore[index]
+    target_side = next(side for side in build(again).sides if side.role == "target")
+    assert target_side.image == f"{tag} (sha256:{'ab' * 6})"
 
     # the env text's secrets are file content only: never in a command line or a file name
     everything = json.dumps([op for op in fake.ops])

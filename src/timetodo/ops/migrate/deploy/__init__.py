@@ -22,6 +22,7 @@ from timetodo.ops.migrate.deploy.runtime import (
     PlannedCommand,
     Runtime,
     env_secrets,
+    image_label,
     parse_env_text,
 )
 
@@ -131,7 +132,7 @@ async def rollback_app(ctx: Context) -> dict[str, Any]:
     image = (await runtime.rollback_image()).to_dict()
     deploy = ctx.state.step(NAME)
     result = dict(deploy.get("result") or {})
-    result["image"] = image
+    result["image"], result["image_record"] = image_label(image), image
     deploy["result"] = result
     ctx.state.save()
     return image

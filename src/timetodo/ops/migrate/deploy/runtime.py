@@ -135,7 +135,8 @@ class DeployResult:
             "health": self.health,
             "seconds": round(self.seconds, 3),
             "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "detail": s.detail} for s in self.steps],
-            **({"image": self.image} if self.image else {}),
+            # "image" one line (the final report's target side shows it), "image_record" every field
+            **({"image": image_label(self.image), "image_record": self.image} if self.image else {}),
         }
 
 
@@ -183,6 +184,13 @@ class Runtime(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
+
+
+def image_label(image: dict[str, Any]) -> str:
+    """`tag (sha256:0123456789ab)` of a deployed image record."""
+    tag, image_id = str(image.get("tag", "")), str(image.get("id", ""))
+    short = image_id.split(":", 1)[-1][:12]
+    return f"{tag} (sha256:{short})" if short else tag
 
 
 class EnvFileError(OpsError):
