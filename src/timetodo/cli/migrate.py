@@ -77,10 +77,12 @@ HELP = {
     "backup verify` and `restore` read: pg_dump -Fc with row counts from the same snapshot, every Redis key with "
     "its TTL, the uploads, a manifest with the sha256 of every part and file.\n\nExample: timetodo migrate backup "
     "-c migration.toml",
-    "prepare": "Prepare the target host idempotently (Docker CE + compose plugin, deploy user, ufw 22/80/443, swap, "
-    "fail2ban, unattended-upgrades) and self-check it.\n\nExample: timetodo migrate prepare -c migration.toml",
-    "deploy": "Ship the compose bundle and the env file (0600) to the target, start it, migrate, wait for "
-    "/health/detailed.\n\nExample: timetodo migrate deploy -c migration.toml",
+    "prepare": "Prepare the target host idempotently (Docker CE or the distribution's docker.io, deploy user, SSH "
+    "hardening, ufw 22/80/443, swap, fail2ban, unattended-upgrades, certbot) and self-check it; without systemd or in "
+    "a container, what needs them is reported skipped.\n\nExample: timetodo migrate prepare -c migration.toml",
+    "deploy": "Ship the compose bundle, the app's image (built on the target from the build context by default) and "
+    "the env file (0600) to the target, start it, migrate, obtain the certificate for an https:// public_url, wait "
+    "for /health/detailed.\n\nExample: timetodo migrate deploy -c migration.toml",
     "sync": "First full copy (database, Redis, uploads) while the source stays live: measures throughput for the "
     "downtime estimate.\n\nExample: timetodo migrate sync -c migration.toml",
     "cutover": "Freeze writes on the source (maintenance mode), final copy, verify, switch webhook and DNS. Aborts and "
