@@ -7,7 +7,8 @@
    — target within 10 %; p99 lateness = the queueing the limits impose, `reminders / 30` seconds, no more).
 2. Webhook: `--updates` `/add` updates through the app's webhook (secret check, update claim in Redis, parse, task
    created in PostgreSQL, reply sent to the fake) against a bare aiogram dispatcher whose one handler replies to the
-   same fake (baseline; target ≥ 50 % of it), both driven in-process with the same concurrency.
+   same fake (baseline; target ≥ 50 % of it), both driven in-process with the same concurrency; the best of
+   `--rounds` rounds per side (the machine is shared: a round can lose its CPU to other work).
 
     uv run python bench/telegram.py [--chats 300] [--reminders 1000] [--updates 400]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def settings_for(services: Services, fake: FakeTelegram, tmp: Path, **extra: Any) -> Any:
+async def settings_for(services: Services, fake: FakeTelegram | SubprocessFake, tmp: Path, **extra: Any) -> Any:
     url = await create_database(services.postgres_url)
     settings = make_settings(
         tmp,
@@ -133,9 +135,36 @@ async def reminders(services: Services, args: argparse.Namespace, tmp: Path) -> 
     }
 
 
+class SubprocessFake:
+    """The fake Bot API in a process of its own, as the real one is: in-process, its request threads would take the
+    GIL from the event loop on every socket write and penalise whichever side writes more (the app's database
+    round trips), which production never sees. Updates are built by an unstarted local FakeTelegram."""
+
+    def __enter__(self) -> SubprocessFake:
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.fakes.telegram import FakeTelegram; "
+            f"fake = FakeTelegram({TOKEN!r}).start(); print(fake.base_url, flush=True); sys.stdin.read()"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.base_url = self.proc.stdout.readline().strip()
+        self.local = FakeTelegram(TOKEN)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+    def message_update(self, chat_id: int, text: str) -> dict[str, Any]:
+        return self.local.message_update(chat_id, text)
+
+
 async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     numbers = itertools.count(1)
-    with FakeTelegram(TOKEN) as fake:
+    with SubprocessFake() as fake:
         settings = await settings_for(
             services, fake, tmp / "webhook", TELEGRAM_CHAT_RATE=100.0, TELEGRAM_GLOBAL_RATE=1000.0
         )
@@ -169,7 +198,7 @@ async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> di
                 return per * args.concurrency / (time.perf_counter() - started)
 
             await app_round()  # warm-up
-            app_rate = await app_round()
+            app_rate = max([await app_round() for _ in range(args.rounds)])  # the best round: a shared machine
 
         # baseline: a bare aiogram handler answering through the same fake, fed the same updates
         bot = create_bot(TOKEN, fake.base_url, MemoryLimiter(100, 1000))
@@ -193,7 +222,7 @@ async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> di
 
         try:
             await bare_round()
-            bare_rate = await bare_round()
+            bare_rate = max([await bare_round() for _ in range(args.rounds)])
         finally:
             await bot.session.close()
     return {
@@ -225,5 +254,6 @@ if __name__ == "__main__":
     parser.add_argument("--reminders", type=int, default=1000)
     parser.add_argument("--updates", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="webhook rounds per side; the best one counts")
     parser.add_argument("--skip-reminders", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         if settings.TELEGRAM_BOT_TOKEN is not None
         else None
     )
+    app.state.health_reports = {"telegram": app.state.telegram.health} if app.state.telegram is not None else {}
 
     install_error_handlers(app)
     idempotency.install(app)

@@ -33,6 +33,8 @@ from tests.support import PASSWORD, Services, create_database, free_port, run_sc
 SECRET = "migration-e2e-secret-key-long-enough-0123456789"
 BOT_TOKEN = "123456:migration-e2e-bot-token"
 ADMIN = "admin@example.com"
+WEBHOOK_SECRET = "hook_secret_1"
+PROBE_CHAT = 4_000_001  # the operator's chat with the bot: validate's /ping comes from it (bot=True)
 
 
 def plain(url: str) -> str:
@@ -113,20 +115,38 @@ def seed_api(source: ServerProcess, source_redis: str, users: int = 3, tasks: in
     return token
 
 
-def make_world(base: Path, services: Services, *, budget_minutes: float = 5, seed: bool = True) -> World:
-    base.chmod(0o755)
+def bot_env(telegram: FakeTelegram) -> dict[str, str]:
+    """The bot's settings on both hosts (the same bot; the fake Bot API on loopback)."""
+    return {
+        "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+        "TELEGRAM_API_BASE": telegram.base_url,
+        "TELEGRAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TELEGRAM_CHAT_RATE": "50",
+    }
+
+
+def make_world(
+    base: Path, services: Services, *, budget_minutes: float = 5, seed: bool = True, bot: bool = False
+) -> World:
+    """`bot=True`: both hosts run the bot, the fake delivers updates to the webhook by itself (retrying on non-2xx,
+    like Telegram), the webhook has the secret, validate probes the bot from `PROBE_CHAT`; no junk pending updates."""
     base.chmod(0o755)
     cleanup: list[tuple[str, Path]] = []
+    telegram = FakeTelegram(BOT_TOKEN, auto_deliver=bot, delivery_interval=0.1).start()
     source_db = asyncio.run(create_database(services.postgres_url))
     source_redis = services.redis_url.rsplit("/", 1)[0] + "/11"
     redis.Redis.from_url(source_redis).flushdb()
     source_uploads = base / "source-uploads"
-    env_a = server_env(source_db, source_redis, base / "source-data") | {
-        "UPLOAD_DIR": str(source_uploads),
-        "SECRET_KEY": SECRET,
-        "LOGIN_ATTEMPTS_PER_MINUTE": "60",  # every toolkit run logs in; the resume test starts seven
-        "LOG_LEVEL": "WARNING",
-    }
+    env_a = (
+        server_env(source_db, source_redis, base / "source-data")
+        | {
+            "UPLOAD_DIR": str(source_uploads),
+            "SECRET_KEY": SECRET,
+            "LOGIN_ATTEMPTS_PER_MINUTE": "60",  # every toolkit run logs in; the resume test starts seven
+            "LOG_LEVEL": "WARNING",
+        }
+        | (bot_env(telegram) if bot else {})
+    )
     source = ServerProcess(env_a, base)
     source.wait_ready()
     pg_b = run_script("scripts/postgres.sh", "start", str(base / "pg-b"), str(free_port()))
@@ -136,7 +156,6 @@ def make_world(base: Path, services: Services, *, budget_minutes: float = 5, see
     ssh_line = run_script("scripts/sshd.sh", "start", str(base / "sshd"), str(free_port()))
     cleanup.append(("scripts/sshd.sh", base / "sshd"))
     ssh = dict(part.split("=", 1) for part in ssh_line.split())
-    telegram = FakeTelegram(BOT_TOKEN).start()
     target_port = free_port()
     target_url = f"http://127.0.0.1:{target_port}"
     target_uploads = base / "target-uploads"
@@ -151,6 +170,7 @@ def make_world(base: Path, services: Services, *, budget_minutes: float = 5, see
                 f"UPLOAD_DIR={target_uploads}",
                 "LOG_LEVEL=WARNING",
                 "MAINTENANCE_CACHE_SECONDS=1",
+                *([f"{k}={v}" for k, v in bot_env(telegram).items()] if bot else []),
             ]
         )
         + "\n"
@@ -194,10 +214,15 @@ database_url_env = "MIG_TARGET_DB"
 redis_url_env = "MIG_TARGET_REDIS"
 env_file = "{base / "target.env"}"
 
+[validate]
+load_seconds = 2      # the load mix, short in the suite (the default is 10 s)
+load_connections = 4
+
 [telegram]
 bot_token_env = "MIG_TG_TOKEN"
 api_base = "{telegram.base_url}"
 webhook_secret_env = "MIG_TG_SECRET"
+{f"probe_chat_id = {PROBE_CHAT}" if bot else ""}
 
 [dns]
 record = "api.example.test"
@@ -210,15 +235,16 @@ hook = "{hook}"
         "MIG_TARGET_DB": pg_b,
         "MIG_TARGET_REDIS": redis_b,
         "MIG_TG_TOKEN": BOT_TOKEN,
-        "MIG_TG_SECRET": "hook_secret_1",
+        "MIG_TG_SECRET": WEBHOOK_SECRET,
     }
     created = cli(env_a | {"TIMETODO_PASSWORD": PASSWORD}, "user", "create", ADMIN, "--admin")
     assert created.returncode == 0, created.stderr
     token = seed_api(source, source_redis) if seed else ""
     with httpx.Client(base_url=telegram.base_url) as c:
-        resp = c.post(f"/bot{BOT_TOKEN}/setWebhook", json={"url": source.url + "/api/v1/telegram/webhook"})
+        hook = {"url": source.url + "/api/v1/telegram/webhook"} | ({"secret_token": WEBHOOK_SECRET} if bot else {})
+        resp = c.post(f"/bot{BOT_TOKEN}/setWebhook", json=hook)
         assert resp.json()["ok"], resp.text
-    for n in range(3):
+    for n in range(0 if bot else 3):
         telegram.enqueue_update({"update_id": 1000 + n, "message": {"text": f"pending {n}"}})
     world = World(
         base,

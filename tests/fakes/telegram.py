@@ -180,6 +180,7 @@ class FakeTelegram:
         self._commands: dict[str, list[dict[str, Any]]] = {}
         self._answered: list[dict[str, Any]] = []
         self.throttled = 0
+        self.throttled_by: dict[str, int] = {"chat": 0, "global": 0}  # which limit each 429 hit
         self._next_callback_id = 1
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
@@ -414,6 +415,12 @@ class FakeTelegram:
                 info["allowed_updates"] = list(self._allowed_updates)
             return info
 
+    def point_webhook(self, url: str) -> None:
+        """Set the webhook URL as if someone had set it earlier (no setWebhook call recorded; tests that count the
+        app's own setWebhook calls share this fake)."""
+        with self._lock:
+            self._webhook_url = url
+
     def record_error(self, message: str, when: int | None = None) -> None:
         """Set last_error_date/last_error_message as a failed delivery would."""
         with self._lock:
@@ -645,8 +652,10 @@ class FakeTelegram:
         while self._sends and now - self._sends[0][0] > LIMIT_WINDOW:
             self._sends.popleft()
         if sum(1 for _, chat in self._sends if chat == chat_id) >= self.chat_rate:
+            self.throttled_by["chat"] += 1
             raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
         if len(self._sends) >= self.global_rate:
+            self.throttled_by["global"] += 1
             raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
         self._sends.append((now, chat_id))
 

@@ -135,4 +135,4 @@ async def test_each_reminder_is_delivered_once_within_telegrams_limits(pair: Pai
         )
     assert states == {"sent": len(reminder_ids)}
     if backend == "postgres":  # the limiter is shared through Redis
-        assert fake.throttled == throttled
+        assert fake.throttled == throttled, fake.throttled_by

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,15 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from timetodo.core.errors import ErrorCode, Unauthorized
 
 _hasher = PasswordHash((Argon2Hasher(),))
-# Verified against when the e-mail is unknown, so that unknown and known accounts take the same time.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the account does not exist (same time as a wrong password). Made on first use,
+    not at import: every CLI command imports this module."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
 JWT_ALGORITHM = "HS256"
 
 
@@ -25,7 +33,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, password_hash: str | None) -> bool:
     if password_hash is None:
-        _hasher.verify(password, _DUMMY_HASH)
+        _hasher.verify(password, _dummy_hash())
         return False
     return bool(_hasher.verify(password, password_hash))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ LIST_LIMIT = 100
 SEND_RETRIES = 3
 LIST_KINDS = {"t": "today", "o": "overdue", "w": "week", "a": "all"}
 
+SENT: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("telegram_sent", default=None)
+"""When set (a probe, see `TelegramRuntime.probe`), every request the bot makes while handling the update is
+recorded here with what the Bot API answered: `{"method", "chat_id", "message_id"}`."""
+DEFERRABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("telegram_deferrable", default=False)
+"""When true (an update that came through the webhook), a `MaintenanceActive` raised by a handler is not answered
+with "maintenance" but propagates to the runtime, which keeps the update and runs it later (see runtime)."""
+
 
 # callback data --------------------------------------------------------------------------------------------------
 
@@ -85,7 +93,7 @@ def task_ids_of(markup: InlineKeyboardMarkup | None) -> set[int]:
     for row in markup.inline_keyboard if markup else []:
         for button in row:
             found = decode(button.callback_data)
-            if found and found[0] in ("d", "tm", "h1", "nd", "st") and found[1].isdigit():
+            if found and found[0] in ("d", "tm", "h1", "nd", "st", "o") and found[1].isdigit():
                 ids.add(int(found[1]))
     return ids
 
@@ -100,7 +108,10 @@ class BotContext:
     retry_after: int
 
     async def linked(self, chat_id: int) -> tuple[TelegramLink, User] | None:
+        """The chat's link and user, read outside a transaction (one statement: no BEGIN/ROLLBACK round trips;
+        a single SELECT is consistent by itself)."""
         async with self.maker() as session:
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             return await service.chat_user(session, chat_id)
 
 
@@ -205,6 +216,7 @@ def render_list(
                 InlineKeyboardButton(text=f"📅 {number}", callback_data=encode("tm", row.id)),
                 InlineKeyboardButton(text=f"+1h {number}", callback_data=encode("h1", row.id)),
                 InlineKeyboardButton(text=f"▶ {number}", callback_data=encode("st", row.id)),
+                InlineKeyboardButton(text=f"🔎 {number}", callback_data=encode("o", row.id)),
             ]
         )
     if start + PAGE_SIZE < len(rows):
@@ -213,6 +225,27 @@ def render_list(
         )
         lines.append(t(locale, "page", page=page + 1))
     return "\n".join(lines), InlineKeyboardMarkup(inline_keyboard=keyboard)
+
+
+async def task_card(ctx: BotContext, user: User, task_id: int) -> tuple[str, InlineKeyboardMarkup]:
+    """The "Open" button: one task in full (title, due, repeat, project, priority, description) with its buttons."""
+    locale = user.locale
+    async with ctx.maker() as session:
+        task = await tasks_service.get_task(session, user.id, task_id)
+        project = await tasks_service.get_project(session, user.id, task.project_id) if task.project_id else None
+    lines = [("✅ " if task.done else "") + task.title]
+    if task.due_date is not None:
+        lines.append(t(locale, "due", due=_fmt_due(task)))
+    if task.recurrence_rule:
+        lines.append(t(locale, "repeats", rule=task.recurrence_rule))
+    if project is not None:
+        lines.append(t(locale, "project", name=project.name))
+    if task.priority and task.priority < 4:
+        lines.append(t(locale, "priority", p=task.priority))
+    if task.description:
+        description = task.description if len(task.description) <= 1500 else task.description[:1500] + "…"
+        lines += ["", description]
+    return "\n".join(lines), task_keyboard(locale, task.id)
 
 
 async def _list_header(ctx: BotContext, user: User, locale: str, list_arg: str) -> tuple[str, str, int | None]:
@@ -508,6 +541,13 @@ async def on_digest(
     await message.answer(t(user.locale, "digest_set", time=f"{at:%H:%M}"))
 
 
+async def on_ping(message: Message, ctx: BotContext) -> None:
+    """Not in the menu: `timetodo migrate validate` sends it (from the operator's probe chat) to check that the bot
+    answers on a new host — the database is read (the chat's link) and a message goes out through the Bot API."""
+    found = await ctx.linked(message.chat.id)
+    await message.answer(t(found[1].locale if found else _message_locale(message), "pong"))
+
+
 async def on_unknown(message: Message, ctx: BotContext) -> None:
     found = await ctx.linked(message.chat.id)
     await message.answer(t(found[1].locale if found else _message_locale(message), "unknown_command"))
@@ -551,6 +591,11 @@ async def on_button(query: CallbackQuery, ctx: BotContext) -> None:
         await query.answer(t(locale, "expired_button"), show_alert=True)
         return
     ident = int(argument)
+    if action == "o":
+        text, markup = await task_card(ctx, user, ident)
+        await message.answer(text, reply_markup=markup)
+        await query.answer()
+        return
     if action == "d":
         answer = await complete(ctx, user, ident)
     elif action in ("tm", "h1", "nd"):
@@ -602,6 +647,8 @@ async def on_error(event: ErrorEvent, ctx: BotContext) -> bool:
             else locale_of(getattr(getattr(update.message, "from_user", None), "language_code", None))
         )
     if isinstance(exc, MaintenanceActive):
+        if DEFERRABLE.get():
+            raise exc  # the runtime keeps the update for later: nothing was written (the guard comes first)
         text = t(locale, "maintenance")
     elif isinstance(exc, NotFound):
         text = t(locale, "not_found")
@@ -640,13 +687,25 @@ class LimitedRetries(BaseRequestMiddleware):
             if isinstance(chat_id, int):
                 await self.limiter.acquire(chat_id)
             try:
-                return await make_request(bot, method)
+                response = await make_request(bot, method)
             except TelegramRetryAfter as exc:
                 if attempt == SEND_RETRIES:
                     raise
                 if self.on_retry is not None:
                     self.on_retry()
                 await asyncio.sleep(exc.retry_after)
+                continue
+            sent = SENT.get()
+            if sent is not None:
+                sent.append(
+                    {
+                        "method": type(method).__name__,
+                        "chat_id": chat_id,
+                        # a middleware gets the method's result itself (a Message for sendMessage)
+                        "message_id": getattr(response, "message_id", None),
+                    }
+                )
+            return response
         raise AssertionError("unreachable")
 
 
@@ -662,6 +721,7 @@ def create_dispatcher() -> Dispatcher:
     router = Router(name="timetodo")
     router.message.register(on_start, CommandStart())
     router.message.register(on_help, Command("help"))
+    router.message.register(on_ping, Command("ping"))
     for name, handler in LINKED_COMMANDS:
         router.message.register(_linked_runner(handler), Command(name))
     router.message.register(on_unknown, F.text.startswith("/"))

@@ -9,6 +9,15 @@ that). With Redis the reservation is one
 Lua script (atomic, one clock: Redis's TIME); without Redis it is the same arithmetic in the process, valid for
 one process only. Slots are spaced `MARGIN` wider than the nominal rate so that network jitter between the limiter
 and Telegram does not turn into 429s.
+
+Slots alone do not hold the limits when the sending process stalls (a busy machine): senders whose slots passed
+during the stall wake together and send in a burst — the cause of sporadic 429s under load. So after its slot each
+sender passes a gate on the *actual* send times (`gate`, one more atomic Redis call): a second reservation, taken
+when the sender is really about to send, at least MARGIN/chat_rate after the chat's previous one and 1/global_rate
+after the bot's — senders released together by a stall get consecutive send times instead of one burst. The bot's gate uses the nominal
+rate, its slots the `MARGIN`-wider one, so a backlog after a stall drains at the full rate; a chat's gate keeps the
+margin (a chat rarely has a backlog, and its one-second limit leaves the least room for jitter after the gate). A sender woken more than
+`LATE` after its slot takes a new slot first.
 """
 
 from __future__ import annotations
@@ -21,6 +30,18 @@ from typing import Any, Protocol
 MARGIN = 1.05
 LATE = 0.15  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
 MAX_RESLOTS = 3
+_GATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local chat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local bot = tonumber(redis.call('GET', KEYS[2]) or '0')
+local chat_gap = tonumber(ARGV[1])
+local bot_gap = tonumber(ARGV[2])
+local at = math.max(now, chat + chat_gap, bot + bot_gap)
+redis.call('SET', KEYS[1], at, 'PX', math.floor((at - now + chat_gap) / 1000) + 1000)
+redis.call('SET', KEYS[2], at, 'PX', math.floor((at - now + bot_gap) / 1000) + 1000)
+return at - now
+"""
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,6 +67,10 @@ class MemoryLimiter:
         self.bot_step = MARGIN / global_rate
         self._chats: dict[int, float] = {}
         self._bot = 0.0
+        self.chat_gap = self.chat_step
+        self.bot_gap = 1 / global_rate
+        self._chat_sent: dict[int, float] = {}
+        self._bot_sent = 0.0
 
     def reserve(self, chat_id: int) -> float:
         now = time.monotonic()
@@ -56,8 +81,16 @@ class MemoryLimiter:
             self._chats = {chat: at for chat, at in self._chats.items() if at > now}
         return slot - now
 
+    def gate(self, chat_id: int) -> float:
+        now = time.monotonic()
+        at = max(now, self._chat_sent.get(chat_id, -1e9) + self.chat_gap, self._bot_sent + self.bot_gap)
+        self._chat_sent[chat_id] = self._bot_sent = at
+        if len(self._chat_sent) > 10_000:
+            self._chat_sent = {chat: sent for chat, sent in self._chat_sent.items() if sent > now - self.chat_gap}
+        return at - now
+
     async def acquire(self, chat_id: int) -> float:
-        return await _acquire(lambda: _now_reserve(self.reserve(chat_id)))
+        return await _acquire(lambda: _now(self.reserve(chat_id)), lambda: _now(self.gate(chat_id)))
 
 
 class RedisLimiter:
@@ -67,6 +100,9 @@ class RedisLimiter:
         self.bot_step = int(MARGIN / global_rate * 1_000_000)
         self.prefix = prefix
         self._script = client.register_script(_RESERVE)
+        self.chat_gap = self.chat_step
+        self.bot_gap = int(1_000_000 / global_rate)
+        self._gate = client.register_script(_GATE)
 
     async def _reserve(self, chat_id: int) -> float:
         micros = await self._script(
@@ -74,16 +110,23 @@ class RedisLimiter:
         )
         return int(micros) / 1_000_000
 
+    async def _pass_gate(self, chat_id: int) -> float:
+        micros = await self._gate(
+            keys=[f"{self.prefix}:sent:{chat_id}", f"{self.prefix}:sent"], args=[self.chat_gap, self.bot_gap]
+        )
+        return int(micros) / 1_000_000
+
     async def acquire(self, chat_id: int) -> float:
-        return await _acquire(lambda: self._reserve(chat_id))
+        return await _acquire(lambda: self._reserve(chat_id), lambda: self._pass_gate(chat_id))
 
 
-async def _now_reserve(wait: float) -> float:
+async def _now(wait: float) -> float:
     return wait
 
 
-async def _acquire(reserve: Callable[[], Awaitable[float]]) -> float:
-    """Reserve a slot and sleep until it; reserve again when woken late. Returns the seconds waited."""
+async def _acquire(reserve: Callable[[], Awaitable[float]], gate: Callable[[], Awaitable[float]]) -> float:
+    """Reserve a slot and sleep until it (a new slot when woken very late), then pass the gate on actual send times
+    (see the module). Returns the seconds waited."""
     started = time.monotonic()
     for _ in range(MAX_RESLOTS):
         wait = await reserve()
@@ -92,4 +135,7 @@ async def _acquire(reserve: Callable[[], Awaitable[float]]) -> float:
             await asyncio.sleep(wait)
         if time.monotonic() - target <= LATE:
             break
+    wait = await gate()
+    if wait > 0:
+        await asyncio.sleep(wait)
     return time.monotonic() - started

@@ -3,6 +3,13 @@
 The webhook checks `X-Telegram-Bot-Api-Secret-Token` in constant time (wrong or missing → 401, nothing read
 further), answers as soon as the update is claimed and processes it afterwards. While maintenance is on it answers
 503, so Telegram keeps the update and delivers it again later (after a migration: to the new host).
+
+Two requests only a holder of the secret can make (Telegram never sends these headers):
+* `X-Timetodo-Probe: 1` — the update is processed before the answer, which lists what the bot sent for it
+  (`{"ok": true, "probe": {"sent": [{"method", "chat_id", "message_id"}]}}`); `timetodo migrate validate` uses
+  it to see the bot answer on a new host;
+* `X-Timetodo-Relayed-Update: 1` — an update an old, frozen host had accepted, sent on by its runtime after a
+  migration's switch; claimed in a space of its own (see `service.claim_update`).
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from timetodo.core.deps import API_PREFIX, SessionDep, SettingsDep, UserIdDep
 from timetodo.core.errors import AppError, ErrorCode, MaintenanceActive, NotFound, Unauthorized
 from timetodo.core.responses import json_response
 from timetodo.telegram import repository, service
-from timetodo.telegram.runtime import TelegramRuntime
+from timetodo.telegram.runtime import RELAY_HEADER, SECRET_HEADER, TelegramRuntime
 from timetodo.telegram.schemas import LinkOut, LinkStatus
 
 router = APIRouter(prefix=API_PREFIX, tags=["telegram"])
 MAX_UPDATE_BYTES = 1 << 20
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+PROBE_HEADER = "X-Timetodo-Probe"
 
 
 def _runtime(request: Request) -> TelegramRuntime:
@@ -52,8 +59,10 @@ async def webhook(request: Request, settings: SettingsDep) -> Response:
     update_id = update.get("update_id") if isinstance(update, dict) else None
     if not isinstance(update_id, int) or isinstance(update_id, bool):
         raise AppError("an update needs an integer update_id", code=ErrorCode.validation_error, status_code=400)
-    if not await runtime.claim(update_id):
+    if not await runtime.claim(update_id, relayed=request.headers.get(RELAY_HEADER) == "1"):
         return json_response({"ok": True, "duplicate": True})
+    if request.headers.get(PROBE_HEADER) == "1":
+        return json_response({"ok": True, "probe": {"sent": await runtime.probe(update)}})
     runtime.spawn(update)
     return json_response({"ok": True})
 

@@ -4,6 +4,18 @@ sends daily digests.
 Guarantees:
 * an update is processed by the instance that claimed its `update_id` (see `service.claim_update`), after the
   webhook has answered; `stop()` waits for updates in flight;
+* an update the webhook accepted is not lost to a write freeze that begins before it runs (a migration's cutover:
+  the webhook's maintenance check is a cached early answer, the guard inside the handler is the authoritative one).
+  A handler refused by the guard has written nothing; the update is kept in memory and run again: here once
+  maintenance ends, or — once this host forwards to a new one (after a migration's switch) — sent on to the new
+  host's webhook as a *relayed* update (claimed there in a space of its own, so it runs there once). Kept in memory
+  only: an instance that dies while frozen loses what it kept (logged at shutdown);
+* a probe (`probe`, for `timetodo migrate validate`) runs inline and returns what the bot sent for it, with the
+  message ids the Bot API gave;
+* Redis keys (update claims, limiter) start with `tg:<bot id>` (`service.redis_prefix`);
+* `health()` (the `telegram` entry of /health/detailed) reports getWebhookInfo — URL, pending updates, last delivery
+  error — fetched at most once per `WEBHOOK_INFO_SECONDS` per instance and bounded by a timeout; informational: a
+  failing webhook never makes the app unhealthy (restarting it would not fix Telegram's side);
 * an outbox row is sent by the instance that claimed it (FOR UPDATE SKIP LOCKED / the SQLite write lock) and marked
   sent afterwards. If an instance dies between sending and marking, the row's lease expires and it is sent again
   (at-least-once only across a crash: a lost reminder is worse than a repeated one);
@@ -18,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError, TelegramNetworkError, TelegramRetryAfter
 from aiogram.types import Update
@@ -33,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from timetodo.core.cache import Cache, RedisCache
 from timetodo.core.database import utcnow
 from timetodo.core.errors import MaintenanceActive, NotFound
-from timetodo.core.maintenance import guard_write
+from timetodo.core.maintenance import APP_STATE_ID, AppState, guard_write
 from timetodo.core.settings import Settings
 from timetodo.tasks import service as tasks_service
 from timetodo.telegram import bot as botmod
@@ -48,12 +62,24 @@ OUTBOX_BATCH = 200
 MAX_ATTEMPTS = 6
 SEND_CONCURRENCY = 16  # enough for 30 msg/s; each holds a Redis connection while reserving
 DIGEST_INTERVAL = 30.0
+WEBHOOK_INFO_SECONDS = 60.0
+WEBHOOK_INFO_TIMEOUT = 3.0
+RECENT_ERROR_SECONDS = 600.0  # a delivery error younger than this makes `webhook_ok` false (Telegram keeps the last)
+DEFERRED_INTERVAL = 1.0  # seconds between looks at the app state while updates wait out a freeze
+WEBHOOK_PATH = "/api/v1/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+RELAY_HEADER = "X-Timetodo-Relayed-Update"
 UPDATE_CONCURRENCY = 16  # updates processed at once per instance (each holds a database connection)
 
 MESSAGES = Counter(
     "timetodo_telegram_messages_total", "Bot messages from the outbox by kind and outcome", ["kind", "result"]
 )
 UPDATES = Counter("timetodo_telegram_updates_total", "Telegram updates by outcome", ["result"])
+DEFERRED = Counter(
+    "timetodo_telegram_deferred_updates_total",
+    "Accepted updates refused by a write freeze, by what became of them",
+    ["result"],
+)
 RETRIES = Counter("timetodo_telegram_retry_after_total", "429 answers waited out (retry_after)")
 LATENESS = Histogram(
     "timetodo_telegram_reminder_lateness_seconds",
@@ -62,9 +88,11 @@ LATENESS = Histogram(
 )
 
 
-def create_limiter(settings: Settings, cache: Cache) -> SendLimiter:
+def create_limiter(settings: Settings, cache: Cache, prefix: str = "tg") -> SendLimiter:
     if isinstance(cache, RedisCache):
-        return RedisLimiter(cache.client, settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE)
+        return RedisLimiter(
+            cache.client, settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE, prefix=f"{prefix}:rate"
+        )
     return MemoryLimiter(settings.TELEGRAM_CHAT_RATE, settings.TELEGRAM_GLOBAL_RATE)
 
 
@@ -96,7 +124,8 @@ class TelegramRuntime:
         self.maker = maker
         self.cache = cache
         self.retry_after = settings.MAINTENANCE_RETRY_AFTER
-        self.limiter = create_limiter(settings, cache)
+        self.prefix = service.redis_prefix(settings.TELEGRAM_BOT_TOKEN.get_secret_value())
+        self.limiter = create_limiter(settings, cache, self.prefix)
         self.bot: Bot = botmod.create_bot(
             settings.TELEGRAM_BOT_TOKEN.get_secret_value(), settings.TELEGRAM_API_BASE, self.limiter, RETRIES.inc
         )
@@ -108,6 +137,10 @@ class TelegramRuntime:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._username: str | None = None
+        self._deferred: dict[int, dict[str, Any]] = {}
+        self._webhook_info: tuple[float, dict[str, Any]] | None = None
+        self._webhook_lock = asyncio.Lock()
+        self._deferred_wake = asyncio.Event()
 
     # lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -117,6 +150,7 @@ class TelegramRuntime:
                 asyncio.create_task(self._setup(), name="telegram-setup"),
                 asyncio.create_task(self._send_loop(), name="telegram-outbox"),
                 asyncio.create_task(self._digest_loop(), name="telegram-digest"),
+                asyncio.create_task(self._deferred_loop(), name="telegram-deferred"),
             ]
 
     async def stop(self) -> None:
@@ -131,6 +165,12 @@ class TelegramRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loop
         self._loops = []
+        if self._deferred:
+            DEFERRED.labels("lost").inc(len(self._deferred))
+            log.error(
+                "stopping with updates that waited out a write freeze: they are lost",
+                extra={"update_ids": sorted(self._deferred)},
+            )
         await self.bot.session.close()
 
     async def drain(self, wait_seconds: float = 30.0) -> None:
@@ -151,29 +191,136 @@ class TelegramRuntime:
             self._username = (await self.bot.me()).username or ""
         return self._username
 
+    async def health(self) -> dict[str, Any]:
+        """getWebhookInfo, cached (see the module): `webhook_ok` when it points at PUBLIC_BASE_URL's webhook and its
+        last delivery error, if any, is older than RECENT_ERROR_SECONDS."""
+        async with self._webhook_lock:
+            now = time.monotonic()
+            if self._webhook_info is None or now - self._webhook_info[0] >= WEBHOOK_INFO_SECONDS:
+                self._webhook_info = (now, await self._fetch_webhook_info())
+            return dict(self._webhook_info[1])
+
+    async def _fetch_webhook_info(self) -> dict[str, Any]:
+        expected = self.settings.PUBLIC_BASE_URL.rstrip("/") + WEBHOOK_PATH
+        report: dict[str, Any] = {"ok": True, "expected_url": expected, "checked_at": utcnow().isoformat()}
+        try:
+            info = await asyncio.wait_for(self.bot.get_webhook_info(), WEBHOOK_INFO_TIMEOUT)
+        except (TimeoutError, TelegramAPIError, OSError) as exc:
+            return report | {"webhook_ok": False, "error": f"getWebhookInfo failed: {type(exc).__name__}"}
+        last_error = info.last_error_date
+        recent_error = last_error is not None and last_error.timestamp() >= time.time() - RECENT_ERROR_SECONDS
+        return report | {
+            "webhook_ok": info.url == expected and not recent_error,
+            "url": info.url,
+            "pending_update_count": info.pending_update_count,
+            "last_error_date": last_error.isoformat() if last_error else None,
+            "last_error_message": info.last_error_message,
+        }
+
     # updates ----------------------------------------------------------------------------------------------------
 
-    async def claim(self, update_id: int) -> bool:
-        fresh = await service.claim_update(self.cache, self.maker, update_id, self.retry_after)
+    async def claim(self, update_id: int, *, relayed: bool = False) -> bool:
+        fresh = await service.claim_update(
+            self.cache, self.maker, update_id, self.retry_after, prefix=self.prefix, relayed=relayed
+        )
         UPDATES.labels("accepted" if fresh else "duplicate").inc()
         return fresh
 
     def spawn(self, update: dict[str, Any]) -> None:
-        task = asyncio.create_task(self.process(update))
+        """Process a claimed webhook update in the background (a write freeze defers it, see the module)."""
+        task = asyncio.create_task(self.process(update, deferrable=True))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def process(self, update: dict[str, Any] | Update) -> None:
+    async def process(self, update: dict[str, Any] | Update, *, deferrable: bool = False) -> None:
         async with self._processing:
-            await self._process(update)
+            await self._process(update, deferrable=deferrable)
 
-    async def _process(self, update: dict[str, Any] | Update) -> None:
+    async def probe(self, update: dict[str, Any]) -> list[dict[str, Any]]:
+        """Process `update` now and return every Bot API request the bot made for it, with the answer's message id
+        (the bot really answered: the Bot API accepted the message)."""
+        sent: list[dict[str, Any]] = []
+        token = botmod.SENT.set(sent)
+        try:
+            await self.process(update)
+        finally:
+            botmod.SENT.reset(token)
+        return sent
+
+    async def _process(self, update: dict[str, Any] | Update, *, deferrable: bool = False) -> None:
+        botmod.DEFERRABLE.set(deferrable)  # this task's own context (create_task copies it)
         try:
             parsed = update if isinstance(update, Update) else Update.model_validate(update, context={"bot": self.bot})
             await self.dispatcher.feed_update(self.bot, parsed, ctx=self.ctx)
+        except MaintenanceActive:
+            if deferrable and isinstance(update, dict):
+                self._deferred[int(update["update_id"])] = update
+                self._deferred_wake.set()
+                DEFERRED.labels("kept").inc()
+                log.info("update refused by a write freeze: kept", extra={"update_id": update["update_id"]})
+            else:
+                UPDATES.labels("failed").inc()
         except Exception:
             UPDATES.labels("failed").inc()
             log.exception("telegram update failed")
+
+    async def _deferred_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._deferred:
+                self._deferred_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._deferred_wake.wait(), timeout=DIGEST_INTERVAL)
+                continue
+            try:
+                await self.run_deferred()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("running deferred telegram updates failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=DEFERRED_INTERVAL)
+
+    async def run_deferred(self) -> int:
+        """One look at the shared app state: forwarding → relay the kept updates to the new host; no maintenance →
+        run them here; still frozen → keep waiting. Returns how many left this instance."""
+        if not self._deferred:
+            return 0
+        async with self.maker() as session:
+            state = await session.get(AppState, APP_STATE_ID, populate_existing=True)
+        if state is None:
+            return 0
+        done = 0
+        if state.forward_to and (state.forward_until is None or state.forward_until > utcnow()):
+            secret = self.settings.TELEGRAM_WEBHOOK_SECRET
+            headers = {RELAY_HEADER: "1"} | ({SECRET_HEADER: secret.get_secret_value()} if secret else {})
+            url = state.forward_to.rstrip("/") + WEBHOOK_PATH
+            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
+                for update_id, update in list(self._deferred.items()):
+                    try:
+                        response = await http.post(url, json=update, headers=headers)
+                    except httpx.HTTPError as exc:
+                        log.warning("relaying a deferred update failed: %s", type(exc).__name__)
+                        break
+                    if response.is_success:
+                        del self._deferred[update_id]
+                        DEFERRED.labels("relayed").inc()
+                        done += 1
+                    elif response.status_code != 503:
+                        log.error(
+                            "the new host refused a relayed update",
+                            extra={"update_id": update_id, "status": response.status_code},
+                        )
+                        del self._deferred[update_id]
+                        DEFERRED.labels("refused").inc()
+                    else:
+                        break
+        elif not state.maintenance_enabled:
+            for update_id in list(self._deferred):
+                update = self._deferred.pop(update_id)
+                DEFERRED.labels("run").inc()
+                done += 1
+                await self.process(update, deferrable=True)  # frozen again → kept again
+        return done
 
     async def poll(self, stop: asyncio.Event | None = None) -> None:
         """Long polling for development (no public URL): getUpdates, claim, process — until `stop` is set."""

@@ -115,16 +115,40 @@ async def chat_user(session: AsyncSession, chat_id: int) -> tuple[TelegramLink, 
 # updates --------------------------------------------------------------------------------------------------------
 
 
-async def claim_update(cache: Cache, maker: async_sessionmaker[AsyncSession], update_id: int, retry_after: int) -> bool:
+RELAY_OFFSET = 1 << 52
+"""Database claims of relayed updates (see `claim_update`) are stored as `update_id + RELAY_OFFSET`: Telegram's
+update ids are far below it, and a probe's are negative."""
+
+
+def redis_prefix(bot_token: str) -> str:
+    """`tg:<bot id>`: every Redis key of a bot starts with it, so two bots on one Redis never share a claim or a
+    limiter slot (the bot id is the token's public part before the colon, what getMe answers as `id`)."""
+    return f"tg:{bot_token.split(':', 1)[0]}"
+
+
+async def claim_update(
+    cache: Cache,
+    maker: async_sessionmaker[AsyncSession],
+    update_id: int,
+    retry_after: int,
+    *,
+    prefix: str = "tg",
+    relayed: bool = False,
+) -> bool:
     """True for the first instance to see this update id; later deliveries (or other instances) get False.
     Without Redis the claim is a database row, written under the maintenance guard (MaintenanceActive → the
-    webhook answers 503 and Telegram delivers the update again later)."""
+    webhook answers 503 and Telegram delivers the update again later).
+
+    `relayed`: an update that an old host accepted but could not run because it was frozen, sent on to this host
+    by its runtime (see `TelegramRuntime`). It has a claim space of its own — the old host's claim of the same id
+    arrives here with the copied Redis/database and must not make this host drop it."""
     if cache.kind == "redis":
-        return await cache.set_if_absent(f"tg:update:{update_id}", b"1", UPDATE_CLAIM_SECONDS)
+        kind = "relay" if relayed else "update"
+        return await cache.set_if_absent(f"{prefix}:{kind}:{update_id}", b"1", UPDATE_CLAIM_SECONDS)
     async with maker() as session:
         await guard_write(session, retry_after)
         now = utcnow()
-        fresh = await repository.record_update(session, update_id, now)
+        fresh = await repository.record_update(session, update_id + (RELAY_OFFSET if relayed else 0), now)
         if fresh and update_id % 100 == 0:
             await repository.prune_updates(session, now - timedelta(seconds=UPDATE_CLAIM_SECONDS))
         await session.commit()
@@ -195,7 +219,8 @@ async def add_task(
         project, created = None, False
         if parsed.project:
             project, created = await find_or_create_project(session, user.id, parsed.project)
-            await guard_write(session, retry_after)
+            if created:  # create_project committed: the task's insert is a new transaction, guarded again
+                await guard_write(session, retry_after)
             data.project_id = project.id
         task = await tasks_service.create_task(session, user.id, data)
         out = task_out(task)

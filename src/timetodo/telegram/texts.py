@@ -40,6 +40,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "/timer start <n> | stop — учёт времени; /timer — что идёт сейчас\n/report [week|month] — итоги времени\n"
         "/tz <Europe/Moscow> — часовой пояс\n/lang ru|en — язык\n/digest ЧЧ:ММ|off — ежедневная сводка\n/unlink",
     },
+    "pong": {"en": "🏓 pong — the bot is up.", "ru": "🏓 pong — бот на связи."},
     "unknown_command": {
         "en": "I don't know this command. /help lists what I can do.",
         "ru": "Не знаю такой команды. /help — список команд.",
@@ -128,9 +129,24 @@ TEXTS: dict[str, dict[str, str]] = {
     "cmd_lang": {"en": "Language ru|en", "ru": "Язык ru|en"},
     "cmd_help": {"en": "What I can do", "ru": "Что я умею"},
     "cmd_unlink": {"en": "Unlink this chat", "ru": "Отвязать чат"},
+    "cmd_digest": {"en": "Daily digest HH:MM | off", "ru": "Ежедневная сводка ЧЧ:ММ | off"},
 }
 
-COMMANDS = ("add", "today", "overdue", "week", "list", "done", "timer", "report", "tz", "lang", "help", "unlink")
+COMMANDS = (
+    "add",
+    "today",
+    "overdue",
+    "week",
+    "list",
+    "done",
+    "timer",
+    "report",
+    "digest",
+    "tz",
+    "lang",
+    "help",
+    "unlink",
+)
 
 
 def locale_of(code: str | None) -> str:

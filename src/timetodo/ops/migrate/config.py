@@ -137,6 +137,11 @@ class Telegram(_Model):
     api_base: Annotated[str, Field(pattern=r"^https?://")] = "https://api.telegram.org"
     webhook_path: Annotated[str, Field(pattern=r"^/")] = "/api/v1/telegram/webhook"
     webhook_secret_env: EnvName | None = None
+    probe_chat_id: int | None = Field(
+        None,
+        description="a chat that has started the bot (the operator's own: its id is the user id); validate sends "
+        "/ping from it to the target's webhook and requires the bot's answer",
+    )
 
 
 class Dns(_Model):
@@ -162,6 +167,14 @@ class Prepare(_Model):
         return value
 
 
+class Validate(_Model):
+    canary: bool = Field(
+        True, description="plant a canary account on the source before the freeze, check it on the target"
+    )
+    load_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    load_connections: Annotated[int, Field(ge=1, le=128)] = 16
+
+
 class MigrationConfig(_Model):
     app_name: Annotated[str, Field(pattern=APP_NAME.pattern)] = "timetodo"
     strategy: Literal["dump"] = "dump"
@@ -173,6 +186,7 @@ class MigrationConfig(_Model):
     telegram: Telegram | None = None
     dns: Dns = Dns()
     prepare: Prepare = Prepare()
+    validate_: Validate = Field(Validate(), alias="validate")
 
     @model_validator(mode="after")
     def _defaults(self) -> MigrationConfig:

@@ -3,12 +3,17 @@ target with the same type, value and TTL within a tolerance; keys only on the ta
 run are counted, not reported as errors. Values are compared by a read-only Lua script that runs the type-specific
 reads and hashes on the server (one reply per batch), else DEBUG DIGEST-VALUE, else pipelined GET / HGETALL /
 LRANGE / SMEMBERS / ZRANGE / XRANGE hashed here — whichever both servers allow.
+
+Keys the target writes itself once it serves (`TARGET_OWN_KEYS`: the Telegram bot's update claims and send-limiter
+slots, short-lived de-duplication state rather than data) are not errors when only the target has them: they are
+counted in `target_own_keys`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +24,10 @@ from redis import exceptions as redis_errors
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.migrate.validate.common import MAX_NAMED, more
+
+TARGET_OWN_KEYS = re.compile(rb"^tg:\d+:(?:update|relay|rate):")
+"""`tg:<bot id>:update:<id>` / `:relay:<id>` (see timetodo.telegram.service.claim_update) and `:rate:…` (the
+limiter): after the switch the target's bot claims the updates Telegram delivers to it."""
 
 
 @dataclass
@@ -48,6 +57,8 @@ class RedisComparison:
     ttl_differs: int = 0
     expired_during_run: int = 0
     """Keys that expired (or were deleted) while being compared: counted, never errors."""
+    target_own_keys: int = 0
+    """Keys only on the target that the target wrote itself (`TARGET_OWN_KEYS`): counted, never errors."""
     sample: int | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -470,6 +481,9 @@ async def _target_pass(
             if 0 <= pttl <= ttl_tolerance_ms:
                 result.expired_during_run += 1  # expired on the source, about to on the target
                 continue
+            if TARGET_OWN_KEYS.match(key):
+                result.target_own_keys += 1
+                continue
             result.extra_on_target += 1
             result.problem("only on target", f"key {_show_redis_key(key)}: only on target")
 
@@ -488,6 +502,11 @@ def _summarize(result: RedisComparison, sample: int | None) -> None:
         )
     if sample is not None:
         result.warnings.append(f"only a sample of {sample} keys per side was compared")
+    if result.target_own_keys:
+        result.warnings.append(
+            f"{result.target_own_keys} keys only on the target are its own bot's update claims / limiter slots "
+            "(not errors)"
+        )
     if result.expired_during_run:
         result.warnings.append(f"{result.expired_during_run} keys expired while being compared (not errors)")
 
