@@ -29,6 +29,8 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 # a real ACME server (tests/ops/test_acme.py) and the client the deploy uses
 command -v pebble >/dev/null 2>&1 || need+=(pebble)
 command -v certbot >/dev/null 2>&1 || need+=(certbot)
+# `prepare` on a debootstrapped Debian 12 in a network namespace (tests/ops/test_prepare_os.py): its apt relay
+command -v socat >/dev/null 2>&1 || need+=(socat)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}" >&2

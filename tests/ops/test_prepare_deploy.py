@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import http.server
+import io
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -62,6 +64,7 @@ from timetodo.ops.migrate.deploy import (
     env_secrets,
     parse_env_text,
 )
+from timetodo.ops.migrate.deploy.image import build_context, with_image
 from timetodo.ops.migrate.prepare import PrepareResult, parse_prepare_output, prepare_script, run_prepare
 
 APP_DIR = "/opt/timetodo"
@@ -86,14 +89,23 @@ PREPARE_ITEMS = [
     "os",
     "docker-repo",
     "docker",
+    "docker-service",
     "deploy-user",
+    "ssh-hardening",
+    "sshd-reload",
     "app-dir",
-    "ufw",
+    "firewall",
+    "firewall-active",
     "swap",
+    "swap-active",
     "fail2ban",
+    "fail2ban-service",
     "unattended-upgrades",
+    "certbot",
 ]
-CHECK_ITEMS = ["docker", "compose", "ufw", "db-ports", "swap", "fail2ban"]
+CHECK_ITEMS = ["docker", "compose", "ssh", "ufw", "db-ports", "swap", "fail2ban", "unattended-upgrades"]
+# on a fresh host the package install starts Docker (the stub apt-get does so too)
+FIRST_RUN_OK = {"os", "docker-service"}
 
 
 # =========================================================================================================== stubs
@@ -161,7 +173,10 @@ ufw)
     echo "Added user rules (see 'ufw status' for running firewall):"
     if [ -s "$S/ufw.rules" ]; then cat "$S/ufw.rules"; else echo "(None)"; fi ;;
   allow\ *) add ufw.rules "ufw allow $2"; echo "Rules updated" ;;
-  "default deny incoming") echo deny >"$S/ufw.default_in" ;;
+  "default deny incoming")
+    echo deny >"$S/ufw.default_in"
+    mkdir -p "$TTD_PREPARE_ROOT/etc/default"
+    echo 'DEFAULT_INPUT_POLICY="DROP"' >"$TTD_PREPARE_ROOT/etc/default/ufw" ;;
   "--force enable") echo active >"$S/ufw"; echo "Firewall is active and enabled on system startup" ;;
   *) echo "stub ufw: unsupported: $*" >&2; exit 2 ;;
   esac ;;
@@ -171,6 +186,7 @@ systemctl)
   is-active) has active "${*: -1}" ;;
   enable) add enabled "${*: -1}"; [ "$2" = --now ] && add active "${*: -1}"; true ;;
   start | restart) add active "$2" ;;
+  reload) has active "$2" ;;
   *) echo "stub systemctl: unsupported: $*" >&2; exit 2 ;;
   esac ;;
 free)
@@ -181,7 +197,20 @@ free)
 swapon)
   if [ "${1:-}" = --show=NAME ]; then [ -f "$S/swaps" ] && cat "$S/swaps"; exit 0; fi
   add swaps "$1" ;;
-mkswap) echo "Setting up swapspace version 1, size = $1" ;;
+mkswap)
+  printf SWAPSPACE2 | dd of="$1" bs=1 seek=4086 conv=notrunc 2>/dev/null
+  echo "Setting up swapspace version 1, size = $1" ;;
+sshd)
+  case "$1" in
+  -t) [ -f "$S/sshd_refuses" ] && { echo "bad configuration option" >&2; exit 255; }; exit 0 ;;
+  -T) sed -n 's/^\([A-Za-z]*\) \(.*\)$/\1 \2/p' "$TTD_PREPARE_ROOT/etc/ssh/sshd_config.d/10-timetodo.conf" 2>/dev/null |
+        tr 'A-Z' 'a-z' | sed 's/prohibit-password/without-password/' ;;
+  esac ;;
+ischroot | systemd-detect-virt) exit 1 ;;
+apt-cache)
+  [ "$1" = policy ] || exit 2
+  version=$(awk -v p="$2" '$1 == p { print $2 }' "$S/candidates" 2>/dev/null)
+  printf '%s:\n  Installed: (none)\n  Candidate: %s\n' "$2" "${version:-(none)}" ;;
 fallocate) : >"${*: -1}" ;;
 curl)
   out=""; prev=""
@@ -190,12 +219,13 @@ curl)
 ss) [ -f "$S/ss" ] && cat "$S/ss"; exit 0 ;;
 docker)
   case "$1 ${2:-}" in
-  "version --format") if has packages docker-ce && has active docker; then echo 27.3.1; else echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1; fi ;;
-  "compose version") if has packages docker-compose-plugin; then echo 2.29.7; else echo "docker: 'compose' is not a docker command." >&2; exit 1; fi ;;
+  "version --format") if { has packages docker-ce || has packages docker.io; } && has active docker; then echo 27.3.1; else echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1; fi ;;
+  "compose version") if has packages docker-compose-plugin || has packages docker-compose-v2; then echo 2.29.7; else echo "docker: 'compose' is not a docker command." >&2; exit 1; fi ;;
   "ps --format") [ -f "$S/docker_ps" ] && cat "$S/docker_ps"; exit 0 ;;
   *) echo "stub docker: unsupported: $*" >&2; exit 2 ;;
   esac ;;
 fail2ban-client) has active fail2ban ;;
+docker-compose) if has packages docker-compose; then echo 1.29.2; else echo "docker-compose: not found" >&2; exit 127; fi ;;
 *) echo "stub $name: unsupported" >&2; exit 2 ;;
 esac
 """
@@ -217,6 +247,11 @@ STUBBED = [
     "ss",
     "docker",
     "fail2ban-client",
+    "sshd",
+    "ischroot",
+    "systemd-detect-virt",
+    "apt-cache",
+    "docker-compose",
 ]
 # calls that only read state; every other stub call changes the (pretend) host
 QUERIES = [
@@ -235,6 +270,12 @@ QUERIES = [
     ("docker", "compose version"),
     ("docker", "ps"),
     ("fail2ban-client", "status"),
+    ("sshd", "-T"),
+    ("sshd", "-t"),
+    ("ischroot", ""),
+    ("systemd-detect-virt", ""),
+    ("apt-cache", ""),
+    ("docker-compose", "version"),
 ]
 
 
@@ -289,7 +330,7 @@ class FakeHost:
 
 def make_fake_host(base: Path, *, os_release: str = UBUNTU_2204, ram_mb: int = 1024) -> FakeHost:
     host = FakeHost(base, base / "bin", base / "state", base / "root")
-    for path in (host.bin, host.state, host.root / "etc"):
+    for path in (host.bin, host.state, host.root / "etc/ssh", host.root / "run/systemd/system"):
         path.mkdir(parents=True)
     real_stat = shutil.which("stat")
     assert real_stat is not None
@@ -302,6 +343,12 @@ def make_fake_host(base: Path, *, os_release: str = UBUNTU_2204, ram_mb: int = 1
     (host.root / "etc" / "fstab").write_text("UUID=1234 / ext4 errors=remount-ro 0 1\n")
     (host.state / "packages").write_text("ca-certificates\ncurl\n")  # a fresh cloud image has these
     (host.state / "ram_mb").write_text(f"{ram_mb}\n")
+    # a booted systemd host (run/systemd/system above) with sshd running and the apt timers on
+    (host.state / "enabled").write_text("ssh\napt-daily-upgrade.timer\n")
+    (host.state / "active").write_text("ssh\n")
+    (host.root / "etc/ssh/sshd_config").write_text(
+        "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication yes\nUsePAM yes\n"
+    )
     (host.state / "ss").write_text(
         "LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\nLISTEN 0 244 127.0.0.1:5432 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*\n"
     )
@@ -413,9 +460,11 @@ async def test_prepare_first_run_changes_second_run_changes_nothing(fake_host: F
     assert first.exit_status == 0, (first.items, first.stderr_tail)
     assert list(statuses(first, "prepare")) == PREPARE_ITEMS
     assert list(statuses(first, "check")) == CHECK_ITEMS
-    assert statuses(first, "prepare") == {name: "ok" if name == "os" else "changed" for name in PREPARE_ITEMS}
+    assert statuses(first, "prepare") == {
+        name: "ok" if name in FIRST_RUN_OK else "changed" for name in PREPARE_ITEMS
+    }, first.items
     assert set(statuses(first, "check").values()) == {"ok"}, first.items
-    assert first.ok and not first.failed
+    assert first.ok and not first.failed and not first.skipped
 
     # what the first run did, as the stand-in tools saw it
     calls = fake_host.calls()
@@ -537,7 +586,7 @@ async def test_prepare_failed_item_does_not_stop_the_rest(fake_host: FakeHost) -
     fake_host.reset_calls()
     again = await prepare_on(fake_host)
     assert again.ok, again.items
-    assert [i.name for i in again.changed] == ["fail2ban"]
+    assert [i.name for i in again.changed] == ["fail2ban", "fail2ban-service"]  # installed, then restarted
 
 
 async def test_prepare_refuses_conflicting_distribution_docker(fake_host: FakeHost) -> None:
@@ -549,7 +598,7 @@ async def test_prepare_refuses_conflicting_distribution_docker(fake_host: FakeHo
     assert not any("docker-ce" in c for c in fake_host.calls() if c.startswith("apt-get"))
     deploy_user = result.item("deploy-user")
     assert deploy_user is not None and deploy_user.status == "failed" and "no docker group" in deploy_user.detail
-    ufw = result.item("ufw")
+    ufw = result.item("firewall")
     assert ufw is not None and ufw.status == "changed"  # the items after a failed one still run
 
 
@@ -558,6 +607,84 @@ async def test_run_prepare_reports_a_script_that_cannot_run() -> None:
     assert result.exit_status == 7 and not result.ok
     assert [(i.name, i.status) for i in result.items] == [("script", "failed")]
     assert "oops: no such thing" in result.items[0].detail
+
+
+@pytest.mark.parametrize(
+    ("candidates", "compose"),
+    [
+        ("docker.io 24.0.7\ndocker-compose-v2 2.24.6\ndocker-compose 1.29.2\n", "docker-compose-v2"),  # Ubuntu
+        ("docker.io 20.10.24\ndocker-compose 1.29.2\n", "docker-compose"),  # Debian 12: Compose v1 only
+    ],
+)
+async def test_prepare_distro_docker_picks_the_compose_package(
+    fake_host: FakeHost, candidates: str, compose: str
+) -> None:
+    (fake_host.state / "candidates").write_text(candidates)
+    (fake_host.state / "enabled").write_text("ssh\napt-daily-upgrade.timer\ndocker\n")
+    (fake_host.state / "active").write_text("ssh\ndocker\n")
+    (fake_host.state / "group.docker").write_text("")
+    result = await prepare_on(fake_host, docker="distro")
+    assert "docker-repo" not in statuses(result, "prepare")  # no third-party repository
+    installs = [c for c in fake_host.calls() if c.startswith("apt-get") and " install " in c]
+    assert any(c.endswith(f" docker.io {compose}") for c in installs), installs
+    docker = result.item("docker")
+    assert docker is not None and docker.status == "changed" and compose in docker.detail
+    assert not (fake_host.root / "etc/apt/sources.list.d/docker.list").exists()
+    compose_check = result.item("compose", "check")
+    assert compose_check is not None and compose_check.status == "ok"
+    assert ("docker-compose 1.29.2 (Compose v1" in compose_check.detail) == (compose == "docker-compose")
+    again = await prepare_on(fake_host, docker="distro")
+    assert again.changed == [] and again.ok, again.items
+
+
+async def test_prepare_distro_refuses_an_installed_docker_ce(fake_host: FakeHost) -> None:
+    with (fake_host.state / "packages").open("a") as handle:
+        handle.write("docker-ce\ndocker-ce-cli\n")
+    result = await prepare_on(fake_host, docker="distro")
+    docker = result.item("docker")
+    assert docker is not None and docker.status == "failed" and 'prepare.docker = "docker-ce"' in docker.detail
+    service = result.item("docker-service")
+    assert service is not None and service.status == "failed"  # never started after a failed install
+    assert not any(" install " in c for c in fake_host.calls() if "docker.io" in c)
+
+
+async def test_prepare_ssh_hardening_never_leaves_a_config_sshd_refuses(fake_host: FakeHost) -> None:
+    (fake_host.state / "sshd_refuses").write_text("")
+    result = await prepare_on(fake_host)
+    item = result.item("ssh-hardening")
+    assert item is not None and item.status == "failed" and "sshd -t refused" in item.detail
+    assert not (fake_host.root / "etc/ssh/sshd_config.d/10-timetodo.conf").exists()
+    reload = result.item("sshd-reload")
+    assert reload is not None and reload.status == "failed"
+    assert "systemctl reload ssh" not in fake_host.calls()
+
+
+async def test_prepare_without_systemd_or_own_kernel_reports_skipped(fake_host: FakeHost) -> None:
+    shutil.rmtree(fake_host.root / "run/systemd")  # no systemd ...
+    (fake_host.root / ".dockerenv").write_text("")  # ... and a container's kernel
+    result = await prepare_on(fake_host)
+    assert result.ok, result.items
+    skipped = {i.name: i.reason for i in result.items if i.phase == "prepare" and i.status == "skipped"}
+    assert skipped == {
+        "docker-service": "no systemd",
+        "sshd-reload": "no systemd",
+        "firewall-active": "container",
+        "swap-active": "container",
+        "fail2ban-service": "no systemd",
+    }
+    calls = fake_host.calls()
+    assert not any(
+        c.startswith(("systemctl enable", "systemctl start", "systemctl re", "ufw --force", "swapon /")) for c in calls
+    )
+    checks = {i.name: i.label for i in result.items if i.phase == "check"}
+    assert checks["ufw"] == "skipped (container)" and checks["swap"] == "skipped (container)"
+    assert checks["fail2ban"] == "skipped (no systemd)" and checks["unattended-upgrades"] == "skipped (no systemd)"
+    assert checks["ssh"] == "ok"
+    console = Console(record=True, width=200)
+    result.render(console)
+    out = console.export_text()
+    assert "skipped (no systemd)" in out and "9 item(s) skipped" in out
+    assert result.to_dict()["skipped"][0] == "prepare:docker-service (no systemd)"
 
 
 # ----------------------------------------------------------------------------------------------------------- sshd
@@ -578,7 +705,7 @@ async def test_run_prepare_over_real_ssh(fake_host: FakeHost, ssh: SSHTransport)
     first = await prepare_on(fake_host, ssh)
     assert first.host == ssh.describe()
     assert first.exit_status == 0 and first.ok, (first.items, first.stderr_tail)
-    assert statuses(first, "prepare") == {name: "ok" if name == "os" else "changed" for name in PREPARE_ITEMS}
+    assert statuses(first, "prepare") == {name: "ok" if name in FIRST_RUN_OK else "changed" for name in PREPARE_ITEMS}
     fake_host.reset_calls()
     second = await prepare_on(fake_host, ssh)
     assert statuses(second, "prepare") == dict.fromkeys(PREPARE_ITEMS, "ok")
@@ -667,6 +794,10 @@ class RecordingTransport:
         return None
 
 
+PULLED: dict[str, Any] = {"image_source": "pull", "image": "ghcr.io/owner/timetodo:1.2.3"}
+IMAGE_THERE = {"image inspect": [CommandResult("", 0, "sha256:" + "cd" * 32 + "\n", "", 0)]}
+
+
 def ok_health(status: int = 200) -> CommandResult:
     body = json.dumps({"status": "ok" if status == 200 else "unhealthy", "checks": {"database": {"ok": status == 200}}})
     return CommandResult("", 0, f"{body}\n{status}\n", "", 0.0)
@@ -685,31 +816,74 @@ def bundle(tmp_path: Path) -> Path:
 
 
 async def test_compose_runtime_deploy_commands(bundle: Path) -> None:
-    fake = RecordingTransport(answers={"/health/detailed": [ok_health(503), ok_health(200)]})
+    inspect_missing = CommandResult("", 1, "", "Error: No such image", 0)
+    inspect_found = CommandResult("", 0, "sha256:" + "ab" * 32 + "\n", "", 0)
+    fake = RecordingTransport(
+        answers={
+            "/health/detailed": [ok_health(503), ok_health(200)],
+            "image inspect": [inspect_missing, inspect_found],
+        }
+    )
     assert isinstance(fake, Transport)
-    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle)
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, context_dir=ROOT)
     assert isinstance(runtime, Runtime)
     env_text = compose_env_text()
 
     result = await runtime.deploy(env_text, health_timeout=30)
 
+    context = build_context(ROOT)
+    tag = f"timetodo:ctx-{context.sha256[:12]}"
+    archive = f"/opt/timetodo/build/context-{context.sha256[:12]}.tar.gz"
+    unpacked = archive.removesuffix(".tar.gz")
     compose = "docker compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env"
     probe = runtime._probe_command()
-    assert fake.ops == [
+    ops = [op if op[0] != "put_file" or op[2] != archive else ("put_file", "<tmp>", archive, op[3]) for op in fake.ops]
+    assert ops == [
         ("put_file", str(bundle / "docker-compose.yml"), "/opt/timetodo/docker-compose.yml", 0o644),
         ("put_file", str(bundle / "nginx/acme/.gitkeep"), "/opt/timetodo/nginx/acme/.gitkeep", 0o644),
         ("put_file", str(bundle / "nginx/timetodo.conf"), "/opt/timetodo/nginx/timetodo.conf", 0o644),
+        ("run", f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
+        ("put_file", "<tmp>", archive, 0o644),
+        ("run", f"rm -rf {unpacked}"),
+        ("run", f"mkdir -p {unpacked}"),
+        ("run", f"tar -xzf {archive} -C {unpacked}"),
+        ("run", f"docker build -t {tag} {unpacked}"),
+        ("run", f"rm -rf {unpacked} {archive}"),
+        ("run", f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
         ("write_text", "/opt/timetodo/.env", 0o600),
         ("run", f"{compose} config --quiet"),
         ("run", f"{compose} up -d --wait"),
         ("run", probe),
         ("run", probe),
+        ("write_text", "/opt/timetodo/.image.json", 0o644),
     ]
     assert "curl -sS" in probe and "http://127.0.0.1/health/detailed" in probe and "python3 -c" in probe
-    assert fake.texts["/opt/timetodo/.env"] == (env_text, 0o600)
+    assert fake.texts["/opt/timetodo/.env"] == (env_text + f"TIMETODO_IMAGE={tag}\n", 0o600)
     assert result.healthy and result.runtime == "compose" and result.health_url == "http://127.0.0.1/health/detailed"
-    assert [s.name for s in result.steps] == ["upload", "env", "config", "up", "health"]
+    assert [s.name for s in result.steps] == ["upload", "image", "env", "config", "up", "health"]
+    assert result.to_dict()["image"] == f"{tag} (sha256:{'ab' * 6})"  # the final report's target line
+    assert result.to_dict()["image_record"] == {
+        "source": "build",
+        "tag": tag,
+        "id": "sha256:" + "ab" * 32,
+        "built": True,
+        "previous_tag": "",
+        "previous_id": "",
+    }
+    assert json.loads(fake.texts["/opt/timetodo/.image.json"][0])["tag"] == tag
     json.dumps(result.to_dict())
+
+    # recorded in the state as the deploy step's result, shown on the final report's target side
+    from timetodo.ops.migrate.report.model import build
+    from timetodo.ops.migrate.state import MigrationState
+
+    state = MigrationState.load(bundle.parent / "work")
+    state.start("deploy")
+    state.finish("deploy", result.to_dict())
+    again = MigrationState.load(bundle.parent / "work")
+    assert again.result("deploy")["image_record"]["tag"] == tag  # type: ignore[index]
+    target_side = next(side for side in build(again).sides if side.role == "target")
+    assert target_side.image == f"{tag} (sha256:{'ab' * 6})"
 
     # the env text's secrets are file content only: never in a command line or a file name
     everything = json.dumps([op for op in fake.ops])
@@ -743,17 +917,20 @@ async def test_compose_runtime_plan_and_failures(bundle: Path) -> None:
     assert str(plan[0]).startswith("[ssh://root@vps.example:22] upload ")
 
     failing = RecordingTransport(
-        answers={" config ": [CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)]}
+        answers={
+            " config ": [CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)],
+            **IMAGE_THERE,
+        }
     )
-    runtime = ComposeRuntime(failing, "/srv/todo", bundle_dir=bundle)
+    runtime = ComposeRuntime(failing, "/srv/todo", bundle_dir=bundle, **PULLED)
     with pytest.raises(DeployError) as caught:
         await runtime.deploy("SECRET_KEY=x\n")
     assert caught.value.step == "config" and "POSTGRES_PASSWORD is missing" in str(caught.value)
     assert "/srv/todo/.env" in caught.value.hint
     assert not any(" up " in op[1] for op in failing.ops if op[0] == "run")  # nothing started
 
-    unhealthy = RecordingTransport(answers={"/health/detailed": [ok_health(503)]})
-    runtime = ComposeRuntime(unhealthy, "/srv/todo", bundle_dir=bundle)
+    unhealthy = RecordingTransport(answers={"/health/detailed": [ok_health(503)], **IMAGE_THERE})
+    runtime = ComposeRuntime(unhealthy, "/srv/todo", bundle_dir=bundle, **PULLED)
     with pytest.raises(DeployError) as caught:
         await runtime.deploy("HTTP_PORT=8080\n", health_timeout=1)
     assert caught.value.step == "health" and "HTTP 503" in str(caught.value) and "database" in str(caught.value)
@@ -762,6 +939,123 @@ async def test_compose_runtime_plan_and_failures(bundle: Path) -> None:
     with pytest.raises(DeployError) as caught:
         await ComposeRuntime(RecordingTransport(), "/srv/todo", bundle_dir=bundle / "nope").deploy("A=1\n")
     assert caught.value.step == "upload" and "docker-compose.yml" in str(caught.value)
+
+
+async def test_compose_runtime_falls_back_to_compose_v1(bundle: Path) -> None:
+    """Debian 12's own packages (prepare.docker = "distro") have docker.io without the v2 plugin: the docker CLI
+    says so, and deploy drives docker-compose 1.29 instead (`up -d` without --wait; the health poll waits)."""
+    no_plugin = CommandResult("", 1, "", "docker: 'compose' is not a docker command.\nSee 'docker --help'", 0)
+    fake = RecordingTransport(
+        answers={"docker compose ": [no_plugin], "/health/detailed": [ok_health(200)], **IMAGE_THERE}
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, **PULLED)
+    result = await runtime.deploy(compose_env_text(), health_timeout=30)
+    assert result.healthy and runtime.compose_v1
+    v1 = "docker-compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env"
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert runs[0] == "docker pull ghcr.io/owner/timetodo:1.2.3"
+    assert runs[2:5] == [
+        "docker compose -p timetodo -f /opt/timetodo/docker-compose.yml --env-file /opt/timetodo/.env config --quiet",
+        f"{v1} config --quiet",
+        f"{v1} up -d",
+    ]
+    fake.ops.clear()
+    await runtime.stop()
+    assert fake.ops == [("run", f"{v1} stop app")]
+
+    # any other config failure is the config's, reported as before
+    broken = CommandResult("", 1, "", "required variable POSTGRES_PASSWORD is missing a value", 0)
+    failing = RecordingTransport(answers={" config ": [broken], **IMAGE_THERE})
+    runtime = ComposeRuntime(failing, "/opt/timetodo", bundle_dir=bundle, **PULLED)
+    with pytest.raises(DeployError, match="POSTGRES_PASSWORD"):
+        await runtime.deploy("SECRET_KEY=x\n")
+    assert not runtime.compose_v1
+
+
+def test_build_context_is_deterministic_and_complete(tmp_path: Path) -> None:
+    first, second = build_context(ROOT), build_context(ROOT)
+    assert first.data == second.data and first.sha256 == second.sha256
+    with tarfile.open(fileobj=io.BytesIO(first.data)) as tar:
+        names = tar.getnames()
+        assert all(m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in tar.getmembers())
+    assert {"Dockerfile", "pyproject.toml", "uv.lock", "README.md", "src/timetodo/main.py"} <= set(names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") or n.startswith(("tests/", "deploy/")) for n in names)
+    assert first.tag("timetodo") == f"timetodo:ctx-{first.sha256[:12]}"
+
+    # a changed source file is a new context (a new tag); a missing Dockerfile is named
+    copy = tmp_path / "ctx"
+    for name in ("Dockerfile", "pyproject.toml", "uv.lock", "README.md"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    (copy / "src/timetodo").mkdir(parents=True)
+    (copy / "src/timetodo/__init__.py").write_text("")
+    one = build_context(copy)
+    (copy / "src/timetodo/__init__.py").write_text("# changed\n")
+    assert build_context(copy).sha256 != one.sha256
+    (copy / "Dockerfile").unlink()
+    with pytest.raises(FileNotFoundError, match="Dockerfile"):
+        build_context(copy)
+
+
+def test_with_image_overrides_the_env_files_image() -> None:
+    text = "SECRET_KEY=x\nTIMETODO_IMAGE=old:1\nexport TIMETODO_IMAGE = older\nA=1"
+    assert with_image(text, "timetodo:ctx-abc") == "SECRET_KEY=x\nA=1\nTIMETODO_IMAGE=timetodo:ctx-abc\n"
+
+
+@dataclass
+class FilesTransport(RecordingTransport):
+    """RecordingTransport whose read_text answers from the files written so far (or given)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+
+    async def write_text(self, remote: str, text: str, *, mode: int = 0o600) -> None:
+        await super().write_text(remote, text, mode=mode)
+        self.files[remote] = text
+
+    async def read_text(self, remote: str) -> str:
+        if remote not in self.files:
+            raise FileNotFoundError(remote)
+        return self.files[remote]
+
+
+async def test_compose_records_the_previous_image_and_rolls_the_app_back(bundle: Path) -> None:
+    ids = {"ghcr.io/owner/timetodo:1": "sha256:" + "01" * 32, "ghcr.io/owner/timetodo:2": "sha256:" + "02" * 32}
+
+    def runtime_for(fake: FilesTransport, image: str) -> ComposeRuntime:
+        fake.answers = {
+            "/health/detailed": [ok_health(200)],
+            "image inspect": [CommandResult("", 0, ids[image] + "\n", "", 0)],
+        }
+        return ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, image_source="pull", image=image)
+
+    fake = FilesTransport()
+    env_text = compose_env_text()
+    first = await runtime_for(fake, "ghcr.io/owner/timetodo:1").deploy(env_text, health_timeout=10)
+    assert first.image["previous_tag"] == "" and first.image["id"] == ids["ghcr.io/owner/timetodo:1"]
+    second = await runtime_for(fake, "ghcr.io/owner/timetodo:2").deploy(env_text, health_timeout=10)
+    assert second.image["tag"] == "ghcr.io/owner/timetodo:2"
+    assert second.image["previous_tag"] == "ghcr.io/owner/timetodo:1"
+    assert second.image["previous_id"] == ids["ghcr.io/owner/timetodo:1"]
+    # the same image once more: the one to go back to stays :1
+    again = await runtime_for(fake, "ghcr.io/owner/timetodo:2").deploy(env_text, health_timeout=10)
+    assert again.image["previous_tag"] == "ghcr.io/owner/timetodo:1"
+    assert "TIMETODO_IMAGE=ghcr.io/owner/timetodo:2" in fake.files["/opt/timetodo/.env"]
+
+    fake.ops.clear()
+    runtime = runtime_for(fake, "ghcr.io/owner/timetodo:1")
+    back = await runtime.rollback_image(health_timeout=10)
+    assert back.source == "rollback" and back.tag == "ghcr.io/owner/timetodo:1"
+    assert back.previous_tag == "ghcr.io/owner/timetodo:2"
+    assert fake.files["/opt/timetodo/.env"].endswith("TIMETODO_IMAGE=ghcr.io/owner/timetodo:1\n")
+    assert "SECRET_KEY=" + ENV_SECRETS["SECRET_KEY"] in fake.files["/opt/timetodo/.env"]  # the rest kept
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert not any(" pull " in r for r in runs)  # nothing fetched: the previous image is still there
+    assert any(r.endswith("up -d --wait") for r in runs)
+    assert json.loads(fake.files["/opt/timetodo/.image.json"])["tag"] == "ghcr.io/owner/timetodo:1"
+
+    # nothing recorded before: a clear refusal
+    with pytest.raises(DeployError, match="no previous image"):
+        await runtime_for(FilesTransport(), "ghcr.io/owner/timetodo:1").rollback_image()
 
 
 def test_compose_bundle_of_the_repository_is_found() -> None:
@@ -1011,3 +1305,123 @@ async def test_process_runtime_plan_runs_nothing() -> None:
     assert "http://127.0.0.1:8001/health/detailed" in text
     with pytest.raises(ValueError, match="absolute"):
         ProcessRuntime(fake, "opt", timetodo_bin="/x/timetodo")
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ('[target]\nimage_source = "pull"', "target", "needs target.image"),
+        ('[target]\nimage_source = "ftp"', "target.image_source", "'build', 'load' or 'pull'"),
+        ('[prepare]\ndocker = "snap"', "prepare.docker", "'docker-ce' or 'distro'"),
+        ('[prepare]\ndeploy_user = "root"', "prepare.deploy_user", "other than root"),
+        ("[prepare]\nswap_mb = 1", "prepare.swap_mb", "greater than or equal to 256"),
+    ],
+)
+def test_image_and_prepare_config_errors_name_the_key(tmp_path: Path, extra: str, key: str, message: str) -> None:
+    from timetodo.ops.migrate.config import ConfigError, load_config
+
+    section, _, line = extra.partition("\n")
+    target = 'host = "203.0.113.10"\npublic_url = "https://todo.example.com"\ndatabase_url_env = "T_DB"\n'
+    text = (
+        '[source]\napi_url = "https://old.example.com"\nadmin_token_env = "A"\ndatabase_url_env = "S_DB"\n'
+        f"[target]\n{target}{line + chr(10) if section == '[target]' else ''}"
+        f"{extra + chr(10) if section == '[prepare]' else ''}"
+    )
+    path = tmp_path / "migration.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key == key and message in caught.value.message, caught.value
+
+
+async def test_compose_deploy_obtains_the_certificate_and_switches_nginx_to_tls(bundle: Path) -> None:
+    """A fresh host with target.public_url https:// (the commands sent; certbot against a real ACME server and
+    nginx serving and renewing its certificate run in tests/ops/test_acme.py, the TLS probe in
+    tests/ops/test_deploy_tls_probe.py)."""
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    fake = FilesTransport(
+        answers={
+            "test -s": [CommandResult("", 1, "", "", 0)],
+            "openssl x509": [CommandResult("", 0, "serial=0ABC\nnotAfter=Feb 27 10:00:00 2027 GMT\n", "", 0)],
+            "/health/detailed": [ok_health(200)],
+            **IMAGE_THERE,
+        }
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    result = await runtime.deploy(compose_env_text(), health_timeout=10)
+
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    certbot = next(i for i, r in enumerate(runs) if r.startswith("certbot certonly"))
+    probes = [i for i, r in enumerate(runs) if "/health/detailed" in r]
+    reload = runs.index(shlex.join(runtime.reload_nginx_command()))
+    assert "http://127.0.0.1/health/detailed" in runs[probes[0]] and probes[0] < certbot  # plain HTTP first
+    assert "--webroot -w /opt/timetodo/nginx/acme -d todo.example.com" in runs[certbot]
+    assert certbot < reload < probes[-1]
+    assert "--resolve todo.example.com:443:127.0.0.1 " in runs[probes[-1]]
+    assert "https://todo.example.com/health/detailed" in runs[probes[-1]]
+    conf_writes = [i for i, op in enumerate(fake.ops) if op[:2] == ("write_text", "/opt/timetodo/nginx/timetodo.conf")]
+    assert len(conf_writes) == 2  # plain, then TLS
+    tls_conf = fake.files["/opt/timetodo/nginx/timetodo.conf"]
+    assert "ssl_certificate /etc/letsencrypt/live/todo.example.com/fullchain.pem;" in tls_conf
+    assert "server_name todo.example.com;" in tls_conf and "/.well-known/acme-challenge/" in tls_conf
+    assert "LETSENCRYPT_DIR=/etc/letsencrypt" in fake.files["/opt/timetodo/.env"]
+    hook = fake.files["/etc/letsencrypt/renewal-hooks/deploy/timetodo-reload.sh"]
+    assert hook.rstrip().endswith(f"exec {shlex.join(runtime.reload_nginx_command())}")
+    assert "certbot renew" in fake.files["/etc/cron.d/timetodo-certbot"]  # no certbot.timer here: our own job
+    assert result.healthy and result.health_url == "https://todo.example.com/health/detailed"
+    assert result.image["certificate"]["serial"] == "0ABC"
+    assert [s.name for s in result.steps][-3:] == ["health-http", "certificate", "health"]
+
+    # deployed again: the certificate is there, nginx starts on TLS at once, certbot keeps it
+    fake.answers["test -s"] = [CommandResult("", 0, "", "", 0)]
+    fake.ops.clear()
+    await runtime.deploy(compose_env_text(), health_timeout=10)
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert all("https://todo.example.com" in r for r in runs if "/health/detailed" in r)
+    assert shlex.join(runtime.reload_nginx_command()) not in runs
+    assert any("--keep-until-expiring" in r for r in runs if r.startswith("certbot"))
+
+
+async def test_compose_deploy_before_the_dns_switch_keeps_plain_http(bundle: Path) -> None:
+    """HTTP-01 cannot pass while the name still points at the old host: the app runs on plain HTTP, the deploy
+    result says the certificate is pending and why, nginx is not switched to TLS."""
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    problem = "  Type:   dns\n  Detail: DNS problem: NXDOMAIN looking up A for todo.example.com\n"
+    fake = FilesTransport(
+        answers={
+            "test -s": [CommandResult("", 1, "", "", 0)],
+            "certbot certonly": [CommandResult("", 1, problem, "", 0)],
+            "/health/detailed": [ok_health(200)],
+            **IMAGE_THERE,
+        }
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    result = await runtime.deploy(compose_env_text(), health_timeout=10)
+    assert result.healthy and result.health_url == "http://127.0.0.1/health/detailed"
+    certificate = result.image["certificate"]
+    assert certificate["status"] == "pending" and "DNS" in certificate["error"]
+    assert "timetodo migrate deploy" in certificate["hint"]
+    assert "ssl_certificate" not in fake.files["/opt/timetodo/nginx/timetodo.conf"]
+    runs = [op[1] for op in fake.ops if op[0] == "run"]
+    assert shlex.join(runtime.reload_nginx_command()) not in runs
+    assert all("https://" not in r for r in runs if "/health/detailed" in r)
+
+
+async def test_app_rollback_probes_over_tls_when_nginx_serves_it(bundle: Path) -> None:
+    from timetodo.ops.adapters.acme import Acme
+
+    acme = Acme(domains=("todo.example.com",), email="ops@example.com", webroot="/opt/timetodo/nginx/acme")
+    record = {"source": "pull", "tag": "ghcr.io/owner/timetodo:2", "id": "sha256:02", "previous_tag": "t:1"}
+    fake = FilesTransport(
+        answers={"test -s": [CommandResult("", 0, "", "", 0)], "/health/detailed": [ok_health(200)], **IMAGE_THERE},
+        files={"/opt/timetodo/.image.json": json.dumps(record), "/opt/timetodo/.env": "PUBLIC_BASE_URL=http://x\n"},
+    )
+    runtime = ComposeRuntime(fake, "/opt/timetodo", bundle_dir=bundle, acme=acme, **PULLED)
+    image = await runtime.rollback_image(health_timeout=5)
+    assert image.tag == "t:1" and image.previous_tag == "ghcr.io/owner/timetodo:2"
+    probes = [op[1] for op in fake.ops if op[0] == "run" and "/health/detailed" in op[1]]
+    assert probes and all("https://todo.example.com/health/detailed" in p for p in probes)

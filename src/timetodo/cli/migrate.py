@@ -77,10 +77,12 @@ HELP = {
     "backup verify` and `restore` read: pg_dump -Fc with row counts from the same snapshot, every Redis key with "
     "its TTL, the uploads, a manifest with the sha256 of every part and file.\n\nExample: timetodo migrate backup "
     "-c migration.toml",
-    "prepare": "Prepare the target host idempotently (Docker CE + compose plugin, deploy user, ufw 22/80/443, swap, "
-    "fail2ban, unattended-upgrades) and self-check it.\n\nExample: timetodo migrate prepare -c migration.toml",
-    "deploy": "Ship the compose bundle and the env file (0600) to the target, start it, migrate, wait for "
-    "/health/detailed.\n\nExample: timetodo migrate deploy -c migration.toml",
+    "prepare": "Prepare the target host idempotently (Docker CE or the distribution's docker.io, deploy user, SSH "
+    "hardening, ufw 22/80/443, swap, fail2ban, unattended-upgrades, certbot) and self-check it; without systemd or in "
+    "a container, what needs them is reported skipped.\n\nExample: timetodo migrate prepare -c migration.toml",
+    "deploy": "Ship the compose bundle, the app's image (built on the target from the build context by default) and "
+    "the env file (0600) to the target, start it, migrate, obtain the certificate for an https:// public_url, wait "
+    "for /health/detailed.\n\nExample: timetodo migrate deploy -c migration.toml",
     "sync": "First full copy (database, Redis, uploads) while the source stays live: measures throughput for the "
     "downtime estimate.\n\nExample: timetodo migrate sync -c migration.toml",
     "cutover": "Freeze writes on the source (maintenance mode), final copy, verify, switch webhook and DNS. Aborts and "
@@ -171,6 +173,23 @@ def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: A
             console.print("[bold]finished[/]: the source no longer forwards; it stays in maintenance mode")
         else:
             console.print("nothing to finish: the source is not forwarding")
+        return EXIT_OK
+
+    _execute(config, accept_new_host_key, body)
+
+
+@app.command("app-rollback")
+def app_rollback(config: ConfigOption = Path("migration.toml"), accept_new_host_key: AcceptOption = False) -> None:
+    """The app on the target goes back to the image of the deployment before (compose runtime; the data stays as
+    it is). The image of each deployment is recorded on the target in <app_dir>/.image.json.
+
+    Example: timetodo migrate app-rollback -c migration.toml
+    """
+    from timetodo.ops.migrate.deploy import rollback_app
+
+    async def body(ctx: Context) -> int:
+        image = await rollback_app(ctx)
+        console.print(f"[bold]app rolled back[/]: {image['tag']} ({image['id'][:19]}) runs again")
         return EXIT_OK
 
     _execute(config, accept_new_host_key, body)

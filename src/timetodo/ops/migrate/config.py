@@ -100,6 +100,16 @@ class Target(SSHHost):
     uploads_dir: str | None = Field(None, description="UPLOAD_DIR on the target (default <app_dir>/uploads)")
     # runtime "compose": the bundle shipped to the target (relative paths: from migration.toml's folder)
     bundle_dir: Path = Path("deploy")
+    # runtime "compose": how the app's image gets there: built on the target from a shipped build context (the
+    # folder with the Dockerfile, default: bundle_dir's parent), loaded from this machine's `docker save`, or pulled
+    image_source: Literal["build", "load", "pull"] = "build"
+    image: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")] | None = None
+    build_context: Path | None = None
+    # runtime "compose" with an https:// public_url: deploy obtains the certificate by ACME HTTP-01 (certbot on the
+    # host) when acme_email is set; acme_server / acme_ca_bundle only for another CA than Let's Encrypt
+    acme_email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    acme_server: Annotated[str, Field(pattern=r"^https://")] = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None
     # runtime "process": the timetodo executable on the target and where the app listens (behind nginx)
     timetodo_bin: str | None = None
     app_host: str = "127.0.0.1"
@@ -114,6 +124,12 @@ class Target(SSHHost):
     @classmethod
     def _strip(cls, value: str) -> str:
         return _reject_inline_password(value).rstrip("/")
+
+    @model_validator(mode="after")
+    def _image(self) -> Target:
+        if self.image_source in ("load", "pull") and not self.image:
+            raise ValueError(f'image_source = "{self.image_source}" needs target.image (the image\'s name)')
+        return self
 
 
 class Telegram(_Model):
@@ -131,6 +147,24 @@ class Telegram(_Model):
 class Dns(_Model):
     record: str | None = None
     hook: Path | None = Field(None, description="a script called with: RECORD OLD_TARGET NEW_TARGET")
+
+
+class Prepare(_Model):
+    """`[prepare]`: how `timetodo migrate prepare` sets the target host up."""
+
+    docker: Literal["docker-ce", "distro"] = Field(
+        "docker-ce", description="Docker CE from download.docker.com, or the distribution's docker.io + compose"
+    )
+    deploy_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "deploy"
+    swap_mb: Annotated[int, Field(ge=256, le=65536)] = 2048
+    min_ram_mb: Annotated[int, Field(ge=0, le=16 * 1024 * 1024, description="a swap file below this much RAM")] = 2048
+
+    @field_validator("deploy_user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value == "root":
+            raise ValueError("must be a user other than root")
+        return value
 
 
 class Validate(_Model):
@@ -151,6 +185,7 @@ class MigrationConfig(_Model):
     target: Target
     telegram: Telegram | None = None
     dns: Dns = Dns()
+    prepare: Prepare = Prepare()
     validate_: Validate = Field(Validate(), alias="validate")
 
     @model_validator(mode="after")
@@ -172,6 +207,7 @@ class MigrationConfig(_Model):
         target = host(self.target).model_copy(
             update={
                 "bundle_dir": under(self.target.bundle_dir),
+                "build_context": None if self.target.build_context is None else under(self.target.build_context),
                 "env_file": None if self.target.env_file is None else under(self.target.env_file),
             }
         )

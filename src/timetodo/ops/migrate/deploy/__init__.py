@@ -8,7 +8,9 @@ compose bundle under Docker; `process`: `timetodo serve` from a virtualenv). Onl
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from timetodo.ops.adapters.acme import Acme
 from timetodo.ops.adapters.transport import Transport
 from timetodo.ops.errors import StepError
 from timetodo.ops.migrate.config import MigrationConfig
@@ -20,6 +22,7 @@ from timetodo.ops.migrate.deploy.runtime import (
     PlannedCommand,
     Runtime,
     env_secrets,
+    image_label,
     parse_env_text,
 )
 
@@ -37,6 +40,7 @@ __all__ = [
     "make_runtime",
     "parse_env_text",
     "plan",
+    "rollback_app",
     "run",
 ]
 
@@ -54,7 +58,35 @@ def make_runtime(config: MigrationConfig, transport: Transport) -> Runtime:
             host=target.app_host,
             port=target.app_port,
         )
-    return ComposeRuntime(transport, config.app_dir, bundle_dir=target.bundle_dir, project=config.app_name)
+    return ComposeRuntime(
+        transport,
+        config.app_dir,
+        bundle_dir=target.bundle_dir,
+        project=config.app_name,
+        prepare_options=config.prepare.model_dump(),
+        image_source=target.image_source,
+        image=target.image,
+        context_dir=target.build_context,
+        acme=_acme(config),
+    )
+
+
+def _acme(config: MigrationConfig) -> Acme | None:
+    """The certificate deploy obtains: for target.public_url's name when it is https:// and acme_email is set."""
+    target = config.target
+    public = urlsplit(target.public_url)
+    if public.scheme != "https" or target.acme_email is None:
+        return None
+    try:
+        return Acme(
+            domains=(public.hostname or "",),
+            email=target.acme_email,
+            webroot=f"{config.app_dir}/nginx/acme",
+            server=target.acme_server,
+            ca_bundle=target.acme_ca_bundle,
+        )
+    except ValueError as exc:
+        raise StepError(f"target.public_url / target.acme_email: {exc}", "use the DNS name clients use") from None
 
 
 def env_text(ctx: Context) -> str:
@@ -86,3 +118,21 @@ async def run(ctx: Context) -> dict[str, Any]:
     result = await runtime.deploy(env_text(ctx))
     await runtime.wait_healthy(timeout=300)
     return dict(result.to_dict())
+
+
+async def rollback_app(ctx: Context) -> dict[str, Any]:
+    """`timetodo migrate app-rollback`: the previous deployment's image runs again (compose runtime), the data as it
+    is. The deploy step's recorded result then names the image that runs."""
+    runtime = await ctx.runtime()
+    if not isinstance(runtime, ComposeRuntime):
+        raise StepError(
+            f"app-rollback needs the compose runtime (target.runtime is {runtime.name!r})",
+            "deploy the previous version of the virtualenv instead",
+        )
+    image = (await runtime.rollback_image()).to_dict()
+    deploy = ctx.state.step(NAME)
+    result = dict(deploy.get("result") or {})
+    result["image"], result["image_record"] = image_label(image), image
+    deploy["result"] = result
+    ctx.state.save()
+    return image

@@ -59,6 +59,25 @@ except Exception as e:
 sys.stdout.write(body + "\\n" + str(code) + "\\n")
 """
 
+# The same over TLS, connecting to 127.0.0.1 but verifying the certificate for the public name (argv: name, port,
+# path, timeout, CA file or ""): what a client of https://NAME sees once DNS points at this host.
+PROBE_TLS_PY = """import http.client, socket, ssl, sys
+name, port, path, timeout, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+try:
+    ctx = ssl.create_default_context(cafile=cafile or None)
+    class Local(http.client.HTTPSConnection):
+        def connect(self):
+            raw = socket.create_connection(("127.0.0.1", port), timeout)
+            self.sock = ctx.wrap_socket(raw, server_hostname=name)
+    conn = Local(name, port, timeout=timeout, context=ctx)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    code, body = r.status, r.read().decode("utf-8", "replace")
+except Exception as e:
+    code, body = 0, f"{type(e).__name__}: {e}"
+sys.stdout.write(body + "\\n" + str(code) + "\\n")
+"""
+
 
 # --------------------------------------------------------------------------------------------------------- results
 
@@ -99,6 +118,8 @@ class DeployResult:
     health: dict[str, Any] = field(default_factory=dict)
     steps: list[DeployStep] = field(default_factory=list)
     seconds: float = 0.0
+    image: dict[str, Any] = field(default_factory=dict)
+    """compose runtime: where the image came from, its tag and id, and the previous deployment's (image.py)."""
 
     @property
     def healthy(self) -> bool:
@@ -114,6 +135,8 @@ class DeployResult:
             "health": self.health,
             "seconds": round(self.seconds, 3),
             "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "detail": s.detail} for s in self.steps],
+            # "image" one line (the final report's target side shows it), "image_record" every field
+            **({"image": image_label(self.image), "image_record": self.image} if self.image else {}),
         }
 
 
@@ -161,6 +184,13 @@ class Runtime(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
+
+
+def image_label(image: dict[str, Any]) -> str:
+    """`tag (sha256:0123456789ab)` of a deployed image record."""
+    tag, image_id = str(image.get("tag", "")), str(image.get("id", ""))
+    short = image_id.split(":", 1)[-1][:12]
+    return f"{tag} (sha256:{short})" if short else tag
 
 
 class EnvFileError(OpsError):

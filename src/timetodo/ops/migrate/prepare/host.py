@@ -6,22 +6,33 @@ with the script on stdin, under `sudo -n` when the SSH user is not root) and par
 The script checks every item first and changes only what is missing, so a second run changes nothing. It prints one
 machine-readable line per item on stdout (tool output goes to stderr):
 
-    PREPARE <item> ok|changed|failed <detail>
-    CHECK <item> ok|failed <detail>
+    PREPARE <item> ok|changed|failed|skipped (<why>) <detail>
+    CHECK <item> ok|failed|skipped (<why>) <detail>
 
-Items, in order: `os`, `docker-repo` (Docker's apt repository: key in /etc/apt/keyrings, the distribution's
-codename from /etc/os-release), `docker` (Docker CE + compose plugin, service running), `deploy-user` (exists, in
-the docker group), `app-dir` (owned by the deploy user, 0750), `ufw` (default deny incoming; SSH port, 80, 443
-allowed; enabled), `swap` (a swap file when RAM < 2 GB), `fail2ban` (sshd jail), `unattended-upgrades`. Then the
-self-check: `docker`, `compose`, `ufw` (active with exactly those ports), `db-ports` (nothing listening on
-0.0.0.0/[::] :5432 or :6379, nor published so by a container), `swap`, `fail2ban`.
+Items, in order: `os`; `docker-repo` (docker-ce only: Docker's apt repository, key in /etc/apt/keyrings, the
+distribution's codename from /etc/os-release) and `docker` (`docker = "docker-ce"`: Docker CE + the compose plugin;
+`"distro"`: the distribution's docker.io + docker-compose-v2, or docker-compose where that is the release's only
+compose); `docker-service`; `deploy-user` (exists, in the docker group); `ssh-hardening` (a drop-in in
+/etc/ssh/sshd_config.d: keys only, root only with a key; checked by `sshd -t` before it stays); `sshd-reload`;
+`app-dir` (owned by the deploy user, 0750); `firewall` (ufw: default deny incoming; SSH port, 80, 443 allowed);
+`firewall-active` (ufw enabled); `swap` (a formatted swap file in /etc/fstab when RAM < min_ram_mb) and
+`swap-active`; `fail2ban` (package + sshd jail) and `fail2ban-service`; `unattended-upgrades`; `certbot` (deploy obtains the TLS certificate with it). Then the
+self-check: `docker`, `compose`, `ssh` (sshd's effective configuration), `ufw` (active with exactly those ports),
+`db-ports` (nothing listening on 0.0.0.0/[::] :5432 or :6379, nor published so by a container), `swap`,
+`fail2ban`, `unattended-upgrades` (its systemd timer).
+
+What a host without systemd (a chroot, a plain container) cannot do is `skipped (no systemd)`: enabling/starting
+units, and the checks that need them running. What needs the host's own kernel is `skipped (container)` inside a
+chroot or container: `ufw enable` (loading rules), `swapon`. Skipped is never `ok` and never a failure: the
+report says what is left for a real boot.
 
 There is no `set -e`: an item that fails records its own failure and the next items still run; the exit status is
 1 when anything failed. Rules in ufw other than the three ports are reported by the self-check, never deleted
 (they may be someone's deliberate choice, and deleting the wrong one can lock the operator out).
 
 `TTD_PREPARE_ROOT` (tests only; empty on a real host) is put in front of every file path the script reads or
-writes (/etc/os-release, /etc/apt/..., /etc/fstab, /swapfile, /etc/fail2ban/..., the app directory).
+writes (/etc/os-release, /etc/apt/..., /etc/ssh/..., /etc/fstab, /swapfile, /etc/fail2ban/..., /run/systemd, the
+app directory).
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from rich.table import Table
 from timetodo.ops.adapters.transport import Transport
 
 Phase = Literal["prepare", "check"]
-Status = Literal["ok", "changed", "failed"]
+Status = Literal["ok", "changed", "failed", "skipped"]
+DockerSource = Literal["docker-ce", "distro"]
 
 MIN_RAM_MB = 2048
 DOCKER_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
@@ -55,14 +67,25 @@ PUBLIC_DB_PORTS = (5432, 6379)
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _APP_DIR = re.compile(r"^/[A-Za-z0-9._/-]+$")
-_LINE = re.compile(r"^(PREPARE|CHECK) (\S+) (ok|changed|failed)(?: (.*))?$")
+_LINE = re.compile(r"^(PREPARE|CHECK) (\S+) (ok|changed|failed|skipped \(([^)]*)\))(?: (.*))?$")
 
 
 # ---------------------------------------------------------------------------------------------------------- script
 
 
-def prepare_script(*, app_dir: str, deploy_user: str = "deploy", swap_mb: int = 2048, ssh_port: int = 22) -> str:
-    """The bash script that prepares the host (see the module docstring). Raises ValueError on a bad argument."""
+def prepare_script(
+    *,
+    app_dir: str,
+    deploy_user: str = "deploy",
+    swap_mb: int = 2048,
+    ssh_port: int = 22,
+    docker: DockerSource = "docker-ce",
+    min_ram_mb: int = MIN_RAM_MB,
+) -> str:
+    """The bash script that prepares the host (see the module docstring). Raises ValueError on a bad argument.
+
+    `docker`: where Docker comes from (Docker's apt repository, or the distribution's packages); `min_ram_mb`: below
+    this much RAM the host gets a swap file of `swap_mb`."""
     app_dir = app_dir.rstrip("/") or "/"
     if not _APP_DIR.match(app_dir) or app_dir == "/" or "/../" in f"{app_dir}/" or "//" in app_dir:
         raise ValueError(f"app_dir must be an absolute path below / without '..' (got {app_dir!r})")
@@ -72,14 +95,20 @@ def prepare_script(*, app_dir: str, deploy_user: str = "deploy", swap_mb: int = 
         raise ValueError(f"swap_mb must be between 256 and 65536 (got {swap_mb})")
     if not 1 <= ssh_port <= 65535:
         raise ValueError(f"ssh_port must be between 1 and 65535 (got {ssh_port})")
+    if docker not in ("docker-ce", "distro"):
+        raise ValueError(f"docker must be 'docker-ce' or 'distro' (got {docker!r})")
+    if not 0 <= min_ram_mb <= 16 * 1024 * 1024:
+        raise ValueError(f"min_ram_mb must be between 0 and 16777216 (got {min_ram_mb})")
     header = "\n".join(
         [
             f"APP_DIR_PATH={shlex.quote(app_dir)}",
             f"DEPLOY_USER={shlex.quote(deploy_user)}",
             f"SWAP_MB={swap_mb}",
             f"SSH_PORT={ssh_port}",
-            f"MIN_RAM_MB={MIN_RAM_MB}",
+            f"MIN_RAM_MB={min_ram_mb}",
+            f"DOCKER_SOURCE={docker}",
             f"DOCKER_PKGS=({' '.join(DOCKER_PACKAGES)})",
+            f"DOCKER_CE_PKGS=({' '.join(DOCKER_PACKAGES[:3])})",
             f"DOCKER_CONFLICTS=({' '.join(DOCKER_CONFLICTS)})",
             f"DB_PORTS_RE='{'|'.join(str(p) for p in PUBLIC_DB_PORTS)}'",
         ]
@@ -96,9 +125,19 @@ class PrepareItem:
     name: str
     status: Status
     detail: str = ""
+    reason: str = ""
+    """Why a `skipped` item was skipped: `no systemd` or `container`."""
+
+    @property
+    def label(self) -> str:
+        """The status as printed: `ok`, `changed`, `failed`, `skipped (no systemd)`."""
+        return f"skipped ({self.reason})" if self.status == "skipped" else self.status
 
     def to_dict(self) -> dict[str, str]:
-        return {"phase": self.phase, "name": self.name, "status": self.status, "detail": self.detail}
+        found = {"phase": self.phase, "name": self.name, "status": self.status, "detail": self.detail}
+        if self.status == "skipped":
+            found["reason"] = self.reason
+        return found
 
 
 @dataclass
@@ -124,6 +163,10 @@ class PrepareResult:
         return [i for i in self.items if i.status == "failed"]
 
     @property
+    def skipped(self) -> list[PrepareItem]:
+        return [i for i in self.items if i.status == "skipped"]
+
+    @property
     def unchanged(self) -> list[PrepareItem]:
         return [i for i in self.items if i.status == "ok"]
 
@@ -137,6 +180,7 @@ class PrepareResult:
             "exit_status": self.exit_status,
             "changed": [i.name for i in self.changed],
             "failed": [f"{i.phase}:{i.name}" for i in self.failed],
+            "skipped": [f"{i.phase}:{i.name} ({i.reason})" for i in self.skipped],
             "items": [i.to_dict() for i in self.items],
         }
 
@@ -148,9 +192,9 @@ class PrepareResult:
         table.add_column("item")
         table.add_column("status")
         table.add_column("detail", overflow="fold")
-        colors = {"ok": "green", "changed": "yellow", "failed": "bold red"}
+        colors = {"ok": "green", "changed": "yellow", "failed": "bold red", "skipped": "cyan"}
         for item in self.items:
-            table.add_row(item.phase, item.name, f"[{colors[item.status]}]{item.status}[/]", item.detail)
+            table.add_row(item.phase, item.name, f"[{colors[item.status]}]{item.label}[/]", item.detail)
         console.print(table)
         if self.failed:
             console.print(f"[bold red]{len(self.failed)} item(s) failed[/]")
@@ -158,6 +202,11 @@ class PrepareResult:
             console.print(f"[yellow]{len(self.changed)} item(s) changed[/], the rest was already in place")
         else:
             console.print("[green]nothing to change: the host was already prepared[/]")
+        if self.skipped:
+            console.print(
+                f"[cyan]{len(self.skipped)} item(s) skipped[/]: this system has no systemd or shares its kernel; "
+                "they take effect on the real host's boot"
+            )
 
 
 def parse_prepare_output(text: str) -> PrepareResult:
@@ -167,9 +216,11 @@ def parse_prepare_output(text: str) -> PrepareResult:
         match = _LINE.match(line.rstrip("\r"))
         if match is None:
             continue
-        kind, name, status, detail = match.groups()
+        kind, name, status, reason, detail = match.groups()
         phase: Phase = "prepare" if kind == "PREPARE" else "check"
-        items.append(PrepareItem(phase, name, status, (detail or "").strip()))  # type: ignore[arg-type]
+        if reason is not None:
+            status = "skipped"
+        items.append(PrepareItem(phase, name, status, (detail or "").strip(), reason or ""))  # type: ignore[arg-type]
     return PrepareResult(items=items)
 
 
