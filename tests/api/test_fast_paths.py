@@ -35,7 +35,7 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-async def test_list_and_get_are_one_round_trip_each(pg_app: FastAPI) -> None:
+async def test_list_get_create_are_one_round_trip_each(pg_app: FastAPI) -> None:
     queries: list[str] = []
 
     def log(record: Any) -> None:
@@ -56,6 +56,7 @@ async def test_list_and_get_are_one_round_trip_each(pg_app: FastAPI) -> None:
             for method, path, body in (
                 ("GET", "/api/v1/tasks?limit=50", None),
                 ("GET", f"/api/v1/tasks/{task_id}", None),
+                ("POST", "/api/v1/tasks", {"title": "t", "labels": ["a"], "due": {"date": "2030-01-02"}}),
             ):
                 queries.clear()
                 resp = await client.request(method, path, json=body, headers=headers)
@@ -196,3 +197,37 @@ async def test_api_answers_after_the_server_killed_every_connection(pg_app: Fast
                 assert (await client.get(f"/api/v1/tasks/{task['id']}", headers=headers)).status_code == 200
         finally:
             await admin.close()
+
+
+async def test_create_in_maintenance_is_refused_and_writes_nothing(pg_app: FastAPI) -> None:
+    """The one-statement create checks the flag itself (the early check of the middleware is a cache)."""
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    async with asgi_client(pg_app) as client:
+        _, tokens = await new_user(client)
+    owner = int(tokens["user"]["id"])
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE app_state SET maintenance_enabled = true"))
+    try:
+        from timetodo.core.errors import MaintenanceActive
+        from timetodo.tasks.schemas import TaskIn
+
+        with pytest.raises(MaintenanceActive):
+            await service.create_task_json(db, owner, TaskIn(title="no"), 5)
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("UPDATE app_state SET maintenance_enabled = false"))
+    async with db.engine.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM tasks WHERE owner_id = :o"), {"o": owner})).scalar()
+    assert count == 0
+
+
+async def test_a_create_for_a_vanished_owner_is_a_409_not_a_500(pg_app: FastAPI) -> None:
+    """The driver's own integrity error (no SQLAlchemy in between) gets the same 409 envelope."""
+    from timetodo.tasks.schemas import TaskIn
+
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    with pytest.raises(asyncpg.exceptions.ForeignKeyViolationError) as raised:
+        await service.create_task_json(db, 10**12, TaskIn(title="t"), 5)
+    handler = pg_app.exception_handlers[asyncpg.exceptions.IntegrityConstraintViolationError]
+    resp = await handler(None, raised.value)  # type: ignore[arg-type]
+    assert resp.status_code == 409 and orjson.loads(resp.body)["error"] == "conflict"

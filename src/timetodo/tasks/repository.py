@@ -268,3 +268,33 @@ PG_GET_TASK = (
     f"SELECT {TASK_JSON}::text FROM tasks "  # noqa: S608 (constants only)
     "WHERE tasks.id = $1 AND tasks.owner_id = $2 AND tasks.deleted_at IS NULL"
 )
+
+# the columns a plain create sets, in the order of PG_CREATE_TASK's arguments $2…; $1 is the owner, the last one now
+CREATE_COLUMNS = (
+    "title",
+    "description",
+    "priority",
+    "labels",
+    "position",
+    "estimate_minutes",
+    "due_date",
+    "due_datetime",
+    "due_timezone",
+    "due_string",
+    "due_utc",
+    "recurrence_rule",
+    "recurrence_mode",
+    "recurrence_anchor",
+)
+_NOW = f"${len(CREATE_COLUMNS) + 2}"
+_CREATE_VALUES = ", ".join(f"${i + 2}" for i in range(len(CREATE_COLUMNS)))
+# One statement = one implicit transaction: the maintenance guard (the share lock on app_state's row, held until the
+# statement commits; `set_maintenance` waits for it), the sync version (timetodo.core.tracking) and the insert. The
+# insert runs only when maintenance is off; the answer says which: (maintenance_enabled, the task's JSON or NULL).
+PG_CREATE_TASK = (
+    "WITH guard AS (SELECT maintenance_enabled AS m FROM app_state WHERE id = 1 FOR SHARE), "  # noqa: S608
+    f"ins AS (INSERT INTO tasks (owner_id, {', '.join(CREATE_COLUMNS)}, done, created_at, updated_at, sync_version) "
+    f"SELECT $1, {_CREATE_VALUES}, false, {_NOW}, {_NOW}, ttd_sync_next_version($1) FROM guard WHERE NOT guard.m "
+    f"RETURNING {TASK_JSON}::text AS j) "
+    "SELECT guard.m, (SELECT ins.j FROM ins) FROM guard"
+)

@@ -3,7 +3,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
 
 from timetodo.core.deps import (
     API_PREFIX,
@@ -13,8 +14,11 @@ from timetodo.core.deps import (
     SessionDep,
     UserIdDep,
     WriteSessionDep,
+    write_session,
 )
+from timetodo.core.idempotency import claim_of
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
+from timetodo.core.responses import json_response
 from timetodo.core.validators import MAX_ID
 from timetodo.tasks import service
 from timetodo.tasks.models import Task, task_to_dict
@@ -99,10 +103,17 @@ async def list_tasks(
 
 
 @router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut, tags=["tasks"])
-async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
-    out = task_out(await service.create_task(session, user_id, data))
-    await events.publish(user_id, "task.created", out.model_dump(mode="json"))
-    return out
+async def create_task(
+    request: Request, data: TaskIn, user_id: UserIdDep, db: DatabaseDep, events: EventsDep
+) -> Response:
+    if claim_of(request) is None and service.can_create_in_one_statement(db, data):
+        body = await service.create_task_json(db, user_id, data, request.app.state.settings.MAINTENANCE_RETRY_AFTER)
+        await events.publish(user_id, "task.created", orjson.Fragment(body))
+        return Response(body, status_code=status.HTTP_201_CREATED, media_type="application/json")
+    async with write_session(request) as session:
+        out = task_out(await service.create_task(session, user_id, data)).model_dump(mode="json")
+    await events.publish(user_id, "task.created", out)
+    return json_response(out, status_code=status.HTTP_201_CREATED)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])

@@ -1,6 +1,6 @@
 """Projects and tasks: validation across rows, soft deletes, completion.
 
-The hot reads (`list_tasks_json`, `get_task_json`) answer with the response body; on PostgreSQL
+The hot paths (`list_tasks_json`, `get_task_json`, `create_task_json`) answer with the response body; on PostgreSQL
 each is one statement — one round trip (see `timetodo.core.rawdb`); SQLite goes through a session."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.core import rawdb
 from timetodo.core.database import Database, utcnow
-from timetodo.core.errors import InvalidInput, NotFound
+from timetodo.core.errors import InvalidInput, MaintenanceActive, NotFound
 from timetodo.core.pagination import decode_cursor, encode_cursor, next_cursor
 from timetodo.core.responses import JSON_OPTIONS
 from timetodo.tasks import hooks, repository
@@ -223,6 +223,33 @@ async def get_task_json(db: Database, owner_id: int, task_id: int) -> bytes:
     if row is None:
         raise NotFound("Task not found")
     return str(row[0]).encode()
+
+
+def can_create_in_one_statement(db: Database, data: TaskIn) -> bool:
+    """A plain task (no project or parent to check) on PostgreSQL: `create_task_json` does it in one statement."""
+    return db.postgres and data.project_id is None and data.parent_id is None
+
+
+async def create_task_json(db: Database, owner_id: int, data: TaskIn, retry_after: int) -> bytes:
+    """Create a plain task in one statement (`repository.PG_CREATE_TASK`: maintenance guard, sync version and
+    insert in one implicit transaction) and return its API document."""
+    columns = due_columns(data.due)
+    values: dict[str, Any] = {
+        "title": data.title,
+        "description": data.description,
+        "priority": data.priority,
+        "labels": orjson.dumps(list(dict.fromkeys(data.labels))).decode(),
+        "position": data.position,
+        "estimate_minutes": data.estimate_minutes,
+        **columns,
+    }
+    args = [owner_id, *(values[name] for name in repository.CREATE_COLUMNS), utcnow()]
+    row = await rawdb.fetchrow(db.engine, repository.PG_CREATE_TASK, *args, write=True)
+    if row is None:
+        raise RuntimeError("app_state row is missing: run `timetodo db upgrade`")
+    if row[0]:
+        raise MaintenanceActive(retry_after)
+    return str(row[1]).encode()
 
 
 async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: TaskUpdate) -> Task:
