@@ -274,7 +274,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"bare": [], "list": [], "create": []}
     profile: list[tuple[str, float, float]] = []
     try:
-        api.wait_ready()
+        api.wait_ready(timeout=300)  # workers import the app in 1 s idle, 30 s+ on a busy shared machine
         tokens, ids = make_users(api.url, args.users)
         asyncio.run(load_tasks(db_url, ids, args.tasks_per_user))
         page = httpx.get(f"{api.url}/api/v1/tasks?limit=50", headers={"Authorization": f"Bearer {tokens[0]}"})
