@@ -267,7 +267,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ttd-bench-"))
     db_url = asyncio.run(create_database(pg_url))
     env = server_env(db_url, redis_url, work / "data")
-    env |= {"LOG_LEVEL": "WARNING", "ACCESS_TOKEN_TTL_MINUTES": "240", "LOGIN_ATTEMPTS_PER_MINUTE": "1000"}
+    env |= {
+        "LOG_LEVEL": "WARNING",
+        "ACCESS_TOKEN_TTL_MINUTES": "240",
+        "LOGIN_ATTEMPTS_PER_MINUTE": "1000",
+        "REGISTRATIONS_PER_HOUR": "100000",
+    }
     api = ServerProcess(env, work, workers=WORKERS)
     bare_port = free_port()
     bare: subprocess.Popen[bytes] | None = None
