@@ -63,6 +63,7 @@ class Facts(BaseModel):
     db_bytes: int | None = None
     tables_without_pk: list[str] | None = None
     source_redis: str | None = None
+    target_redis_image: str | None = None
     keys: int | None = None
     files_bytes: int | None = None
     files: int | None = None

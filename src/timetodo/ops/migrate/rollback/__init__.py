@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from timetodo.ops.adapters import redis as redisops
-from timetodo.ops.adapters.rsync import Place, rsync
+from timetodo.ops.adapters.filecopy import copy_tree
+from timetodo.ops.adapters.rsync import Place
 from timetodo.ops.migrate.data import source_place, staging_dir, target_place
 from timetodo.ops.migrate.rollback.apply import apply_delta
 from timetodo.ops.migrate.rollback.compute import compute_delta
@@ -71,8 +72,8 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
         result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
     src = source_place(ctx)
     if src is not None:
-        pulled = await rsync(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
-        pushed = await rsync(Place(str(staging_dir(ctx))), src, delete=False)
+        pulled = await copy_tree(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
+        pushed = await copy_tree(Place(str(staging_dir(ctx))), src, delete=False)
         result["files"] = {"pulled": pulled, "pushed": pushed}
     return result
 
