@@ -99,7 +99,7 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_cli_deactivates_activates_and_deletes(client: httpx.AsyncClient, settings: Settings) -> None:
-    headers, tokens = await new_user(client)
+    _, tokens = await new_user(client)
     email = tokens["user"]["email"]
     result = _cli(settings, "deactivate", email)
     assert result.returncode == 0, result.stderr
