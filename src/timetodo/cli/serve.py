@@ -55,6 +55,9 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
         timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
+        # a worker answers the supervisor's pings only once the app is imported (≈ 1 s idle, > 5 s — uvicorn's
+        # default — on a busy 2-core host, where every worker was then killed and restarted forever)
+        timeout_worker_healthcheck=60,
         access_log=False,
         log_config=None,
         server_header=False,

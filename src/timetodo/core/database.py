@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,21 +112,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     if isinstance(value, str):
         # a raw NUL, or one JSON-escaped for a JSON column (PostgreSQL refuses both: text cannot hold NUL)
         return "\x00" in value or "\\u0000" in value
     if isinstance(value, list | tuple):
-        return any(_has_nul(item) for item in value)
+        return any(has_nul(item) for item in value)
     if isinstance(value, dict):
-        return any(_has_nul(item) for item in value.values())
+        return any(has_nul(item) for item in value.values())
     return False
 
 
 def _refuse_nul(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _executemany: bool) -> None:
     """No text with a NUL character reaches the database, on either backend (PostgreSQL cannot store it and
     answered with an error that became a 500; SQLite would store it and make filters misbehave)."""
-    if parameters and _has_nul(parameters):
+    if parameters and has_nul(parameters):
         raise InvalidInput("text must not contain the NUL character (\\u0000)")
 
 
@@ -186,6 +187,19 @@ class AppSession(AsyncSession):
         await super().commit()
 
 
+@dataclass(frozen=True)
+class Database:
+    """The app's engine and sessionmaker, for services that run one statement directly on PostgreSQL
+    (`timetodo.core.rawdb`) and fall back to a session on SQLite."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    @property
+    def postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AppSession, expire_on_commit=False, autoflush=False)
 
@@ -208,6 +222,7 @@ __all__ = [
     "AppSession",
     "Base",
     "BigIntPK",
+    "Database",
     "TimestampMixin",
     "UTCDateTime",
     "create_engine",

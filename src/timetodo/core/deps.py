@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import Cache
+from timetodo.core.database import Database
 from timetodo.core.errors import Unauthorized
 from timetodo.core.events import EventHub
 from timetodo.core.idempotency import claim_of
@@ -50,6 +52,26 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_database(request: Request) -> Database:
+    """Engine + sessionmaker, for the one-statement paths (no session opened)."""
+    db: Database | None = getattr(request.app.state, "database", None)
+    if db is None:
+        db = request.app.state.database = Database(request.app.state.engine, request.app.state.sessionmaker)
+    return db
+
+
+@asynccontextmanager
+async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """`WriteSessionDep` for an endpoint that decides inside itself whether it needs a session: the request's
+    session (the idempotency claim's, or a new one closed on exit) with its write transaction begun."""
+    claim = claim_of(request)
+    if claim is not None:
+        yield await begin_write(request, claim.open_session())
+        return
+    async with request.app.state.sessionmaker() as session:
+        yield await begin_write(request, session)
+
+
 async def begin_write(request: Request, session: AsyncSession) -> AsyncSession:
     """Start the write transaction of `session`: the maintenance guard first, then the request's idempotency claim
     (when it sent an Idempotency-Key). Endpoints that receive a body from the client call this only after the body
@@ -87,5 +109,6 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 SessionDep = Annotated[AsyncSession, _SESSION]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session)]
 UserIdDep = Annotated[int, Depends(current_user_id)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 EventsDep = Annotated[EventHub, Depends(get_events)]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

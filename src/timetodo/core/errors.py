@@ -6,6 +6,7 @@ import logging
 from enum import StrEnum
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -203,6 +204,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(IntegrityError, integrity_error)
     app.add_exception_handler(DataError, data_error)
+    # the same errors from statements run on the driver directly (timetodo.core.rawdb)
+    app.add_exception_handler(asyncpg.exceptions.IntegrityConstraintViolationError, integrity_error)
+    app.add_exception_handler(asyncpg.exceptions.DataError, data_error)
     app.add_exception_handler(Exception, unhandled)
 
 

@@ -31,7 +31,14 @@ _SECRET_PATTERNS = [
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+# every pattern above needs a ':' or '=' or the word bearer: text without them is returned as is (one search
+# instead of four substitutions — most log fields, e.g. the access line's route and method, have none)
+_MAYBE_SECRET = re.compile(r"[:=]|(?i:bearer)")
+
+
 def mask_secrets(text: str) -> str:
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     for pattern in _SECRET_PATTERNS:
         if pattern.groups == 3:
             text = pattern.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)

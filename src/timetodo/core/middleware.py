@@ -89,20 +89,21 @@ class RequestContextMiddleware:
             route = route_template(scope)
             HTTP_REQUESTS.labels(method, route, str(status)).inc()
             HTTP_LATENCY.labels(method, route).observe(elapsed)
-            access_log.info(
-                "%s %s %s",
-                method,
-                route,
-                status,
-                extra={
-                    "method": method,
-                    "path": scope.get("path", ""),
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": (scope.get("client") or ("", 0))[0],
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s",
+                    method,
+                    route,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": scope.get("path", ""),
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": (scope.get("client") or ("", 0))[0],
+                    },
+                )
             request_id_var.reset(token)
 
     @staticmethod

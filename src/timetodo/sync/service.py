@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.auth.models import User
 from timetodo.core.errors import AppError, ErrorCode
 from timetodo.core.pagination import decode_opaque, encode_opaque
+from timetodo.core.tracking import watermark
 from timetodo.tasks.models import Project, Task
 from timetodo.timer.models import TimeEntry
 
@@ -56,26 +56,30 @@ class Changes:
 
 async def changes_since(session: AsyncSession, owner_id: int, token: str | None, limit: int = DEFAULT_LIMIT) -> Changes:
     """Rows of the owner with `since < sync_version <= cutoff`, where the cutoff is the version of the `limit`-th
-    change (a page may run past `limit` to keep one transaction's changes together).
+    change at or below the owner's watermark (a page may run past `limit` to keep one transaction's changes
+    together).
 
-    Versions of one user commit in order, so every row at or below a visible version is visible: the cutoff can be
-    computed first and the rows read by later statements. A row changed again meanwhile carries a newer version and
-    comes in a later page with its newest state."""
+    Every transaction that stamped a version at or below the watermark has ended (`timetodo.core.tracking`), so
+    every row up to it is visible: the cutoff can be computed first and the rows read by later statements. A row
+    changed again meanwhile carries a newer version and comes in a later page with its newest state."""
     since = decode_token(token)
     initial = since == 0
-    current = (await session.execute(select(User.sync_version).where(User.id == owner_id))).scalar_one()
+    current = await watermark(session, owner_id)
     if since > current:
         raise SyncResetRequired()
 
     versions: list[int] = []
     for model in TRACKED.values():
-        stmt = select(model.sync_version).where(model.owner_id == owner_id, model.sync_version > since)
+        stmt = select(model.sync_version).where(
+            model.owner_id == owner_id, model.sync_version > since, model.sync_version <= current
+        )
         if initial:
             stmt = stmt.where(model.deleted_at.is_(None))
         versions += (await session.execute(stmt.order_by(model.sync_version).limit(limit + 1))).scalars().all()
     versions.sort()
     if not versions:
-        return Changes(version=max(since, current), has_more=False)
+        # nothing new up to the watermark: the same token (changes above it, in flight when it was read, come next)
+        return Changes(version=since, has_more=False)
     cutoff = versions[min(limit, len(versions)) - 1]
 
     result = Changes(version=cutoff, has_more=versions[-1] > cutoff)

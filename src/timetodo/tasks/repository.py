@@ -1,4 +1,8 @@
-"""All queries of projects and tasks. Every query is scoped to the owner; deleted rows are invisible."""
+"""All queries of projects and tasks. Every query is scoped to the owner; deleted rows are invisible.
+
+The `pg_*` functions are the one-round-trip PostgreSQL paths of the hot endpoints (`timetodo.core.rawdb`): the
+database builds the response JSON (`TASK_JSON`, the same document as `task_to_dict` + orjson), so no Python object is
+made per row and the `labels` column is passed through as JSON text, never decoded."""
 
 from __future__ import annotations
 
@@ -148,3 +152,149 @@ async def list_completions(session: AsyncSession, owner_id: int, task_id: int) -
         .order_by(TaskCompletion.id)
     )
     return result.scalars().all()
+
+
+# PostgreSQL one-round-trip paths ---------------------------------------------------------------------------------
+
+
+def _iso(column: str, utc: bool) -> str:
+    """`datetime.isoformat()` / orjson's format in SQL: microseconds only when there are any; `Z` for UTC."""
+    local = f"({column} AT TIME ZONE 'UTC')" if utc else column
+    return (
+        f"to_char({local}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN date_trunc('second', {column}) = {column} "
+        f"THEN '' ELSE to_char({local}, '.US') END" + (" || 'Z'" if utc else "")
+    )
+
+
+def _due_json(t: str) -> str:
+    return (
+        f"CASE WHEN {t}.due_date IS NULL AND {t}.due_datetime IS NULL THEN NULL ELSE ("
+        f"'{{' || CASE WHEN {t}.due_datetime IS NOT NULL "
+        f"THEN '\"datetime\":' || to_json({_iso(f'{t}.due_datetime', False)})::text "
+        f"|| ',\"timezone\":' || coalesce(to_json({t}.due_timezone)::text, 'null') "
+        f"ELSE '\"date\":\"' || to_char({t}.due_date, 'YYYY-MM-DD') || '\"' END "
+        f"|| CASE WHEN {t}.due_string <> '' THEN ',\"string\":' || to_json({t}.due_string)::text ELSE '' END "
+        f"|| CASE WHEN {t}.recurrence_rule <> '' THEN ',\"recurrence\":' "
+        f"|| json_build_object('rule', {t}.recurrence_rule, 'mode', {t}.recurrence_mode)::text ELSE '' END "
+        f"|| '}}')::json END"
+    )
+
+
+def _utc_or_null(column: str) -> str:
+    return f"CASE WHEN {column} IS NULL THEN NULL ELSE {_iso(column, True)} END"
+
+
+def task_json(t: str = "tasks") -> str:
+    """SQL building a task's API document (`task_to_dict`) from the row aliased `t`."""
+    return (
+        f"json_build_object('id', {t}.id, 'title', {t}.title, 'description', {t}.description, "
+        f"'project_id', {t}.project_id, 'parent_id', {t}.parent_id, 'priority', {t}.priority, "
+        f"'labels', coalesce({t}.labels, '[]'::json), 'position', {t}.position, "
+        f"'estimate_minutes', {t}.estimate_minutes, 'due', {_due_json(t)}, 'done', {t}.done, "
+        f"'done_at', {_utc_or_null(f'{t}.done_at')}, 'created_at', {_iso(f'{t}.created_at', True)}, "
+        f"'updated_at', {_iso(f'{t}.updated_at', True)})"
+    )
+
+
+TASK_JSON = task_json()
+
+
+def pg_task_list(
+    owner_id: int,
+    *,
+    after: int | None,
+    limit: int,
+    project_id: int | None = None,
+    done: bool | None = None,
+    q: str | None = None,
+    parent_id: int | None = None,
+    label: str | None = None,
+    due_before: date | None = None,
+    due_after: date | None = None,
+    overdue_at: tuple[datetime, date, datetime] | None = None,
+    today: tuple[date, datetime, datetime] | None = None,
+) -> tuple[str, list[Any]]:
+    """The statement (and its arguments) answering one page of `task_list_query` as one row: the page's JSON
+    array, the id of its last task, and how many rows there were up to `limit + 1`. Same filters, same order."""
+    args: list[Any] = [owner_id]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = ["tasks.owner_id = $1", "tasks.deleted_at IS NULL"]
+    if project_id is not None:
+        where.append(f"tasks.project_id = {arg(project_id)}")
+    if done is not None:
+        where.append(f"tasks.done IS {'true' if done else 'false'}")
+    if parent_id is not None:
+        where.append(f"tasks.parent_id = {arg(parent_id)}")
+    if q:
+        pattern = arg(f"%{_escape_like(q)}%")
+        where.append(f"(tasks.title ILIKE {pattern} ESCAPE '\\' OR tasks.description ILIKE {pattern} ESCAPE '\\')")
+    if label is not None:
+        where.append(f"(tasks.labels)::jsonb ? {arg(label)}")
+    if due_before is not None:
+        where.append(f"tasks.due_date <= {arg(due_before)}")
+    if due_after is not None:
+        where.append(f"tasks.due_date >= {arg(due_after)}")
+    if overdue_at is not None:
+        now, local_today, local_now = overdue_at
+        where.append(
+            f"tasks.done IS false AND ((tasks.due_utc IS NOT NULL AND tasks.due_utc < {arg(now)}) "
+            f"OR (tasks.due_utc IS NULL AND tasks.due_datetime IS NOT NULL AND tasks.due_datetime < {arg(local_now)}) "
+            f"OR (tasks.due_utc IS NULL AND tasks.due_datetime IS NULL AND tasks.due_date < {arg(local_today)}))"
+        )
+    if today is not None:
+        local_today, start, end = today
+        where.append(
+            f"((tasks.due_utc IS NOT NULL AND tasks.due_utc >= {arg(start)} AND tasks.due_utc < {arg(end)}) "
+            f"OR (tasks.due_utc IS NULL AND tasks.due_date = {arg(local_today)}))"
+        )
+    if after is not None:
+        where.append(f"tasks.id > {arg(after)}")
+    n = arg(limit)
+    sql = (
+        # only constants and $n placeholders are interpolated: every value is an argument
+        f"SELECT coalesce(json_agg(page.j ORDER BY page.id) FILTER (WHERE page.n <= {n}), '[]')::text, "  # noqa: S608
+        f"max(page.id) FILTER (WHERE page.n <= {n}), count(*) "
+        f"FROM (SELECT tasks.id, row_number() OVER (ORDER BY tasks.id) AS n, {TASK_JSON} AS j FROM tasks "
+        f"WHERE {' AND '.join(where)} ORDER BY tasks.id LIMIT {n}::int + 1) AS page"
+    )
+    return sql, args
+
+
+PG_GET_TASK = (
+    f"SELECT {TASK_JSON}::text FROM tasks "  # noqa: S608 (constants only)
+    "WHERE tasks.id = $1 AND tasks.owner_id = $2 AND tasks.deleted_at IS NULL"
+)
+
+# the columns a plain create sets, in the order of PG_CREATE_TASK's arguments $2…; $1 is the owner, the last one now
+CREATE_COLUMNS = (
+    "title",
+    "description",
+    "priority",
+    "labels",
+    "position",
+    "estimate_minutes",
+    "due_date",
+    "due_datetime",
+    "due_timezone",
+    "due_string",
+    "due_utc",
+    "recurrence_rule",
+    "recurrence_mode",
+    "recurrence_anchor",
+)
+_NOW = f"${len(CREATE_COLUMNS) + 2}"
+_CREATE_VALUES = ", ".join(f"${i + 2}" for i in range(len(CREATE_COLUMNS)))
+# One statement = one implicit transaction: the maintenance guard (the share lock on app_state's row, held until the
+# statement commits; `set_maintenance` waits for it), the sync version (timetodo.core.tracking) and the insert. The
+# insert runs only when maintenance is off; the answer says which: (maintenance_enabled, the task's JSON or NULL).
+PG_CREATE_TASK = (
+    "WITH guard AS (SELECT maintenance_enabled AS m FROM app_state WHERE id = 1 FOR SHARE), "  # noqa: S608
+    f"ins AS (INSERT INTO tasks (owner_id, {', '.join(CREATE_COLUMNS)}, done, created_at, updated_at, sync_version) "
+    f"SELECT $1, {_CREATE_VALUES}, false, {_NOW}, {_NOW}, ttd_sync_next_version($1) FROM guard WHERE NOT guard.m "
+    f"RETURNING {TASK_JSON}::text AS j) "
+    "SELECT guard.m, (SELECT ins.j FROM ins) FROM guard"
+)

@@ -3,9 +3,20 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
 
-from timetodo.core.deps import API_PREFIX, EventsDep, IdPath, SessionDep, UserIdDep, WriteSessionDep
+from timetodo.core.deps import (
+    API_PREFIX,
+    DatabaseDep,
+    EventsDep,
+    IdPath,
+    SessionDep,
+    UserIdDep,
+    WriteSessionDep,
+    write_session,
+)
+from timetodo.core.idempotency import claim_of
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
 from timetodo.core.responses import json_response
 from timetodo.core.validators import MAX_ID
@@ -59,7 +70,7 @@ async def delete_project(project_id: IdPath, user_id: UserIdDep, session: WriteS
 @router.get("/tasks", response_model=Page[TaskOut], tags=["tasks"])
 async def list_tasks(
     user_id: UserIdDep,
-    session: SessionDep,
+    db: DatabaseDep,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
     project_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -73,8 +84,8 @@ async def list_tasks(
     today: Annotated[bool, Query(description="Due today in your time zone")] = False,
 ) -> Response:
     """Filters combine (AND) and work with cursor pagination."""
-    rows, nxt = await service.list_tasks(
-        session,
+    body = await service.list_tasks_json(
+        db,
         user_id,
         cursor,
         limit,
@@ -88,19 +99,26 @@ async def list_tasks(
         overdue=overdue,
         today=today,
     )
-    return json_response({"results": [task_to_dict(r) for r in rows], "next_cursor": nxt})
+    return Response(body, media_type="application/json")
 
 
 @router.post("/tasks", status_code=status.HTTP_201_CREATED, response_model=TaskOut, tags=["tasks"])
-async def create_task(data: TaskIn, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
-    out = task_out(await service.create_task(session, user_id, data))
-    await events.publish(user_id, "task.created", out.model_dump(mode="json"))
-    return out
+async def create_task(
+    request: Request, data: TaskIn, user_id: UserIdDep, db: DatabaseDep, events: EventsDep
+) -> Response:
+    if claim_of(request) is None and service.can_create_in_one_statement(db, data):
+        body = await service.create_task_json(db, user_id, data, request.app.state.settings.MAINTENANCE_RETRY_AFTER)
+        await events.publish(user_id, "task.created", orjson.Fragment(body))
+        return Response(body, status_code=status.HTTP_201_CREATED, media_type="application/json")
+    async with write_session(request) as session:
+        out = task_out(await service.create_task(session, user_id, data)).model_dump(mode="json")
+    await events.publish(user_id, "task.created", out)
+    return json_response(out, status_code=status.HTTP_201_CREATED)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
-async def get_task(task_id: IdPath, user_id: UserIdDep, session: SessionDep) -> TaskOut:
-    return task_out(await service.get_task(session, user_id, task_id))
+async def get_task(task_id: IdPath, user_id: UserIdDep, db: DatabaseDep) -> Response:
+    return Response(await service.get_task_json(db, user_id, task_id), media_type="application/json")
 
 
 @router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])

@@ -1,4 +1,7 @@
-"""Projects and tasks: validation across rows, soft deletes, completion."""
+"""Projects and tasks: validation across rows, soft deletes, completion.
+
+The hot paths (`list_tasks_json`, `get_task_json`, `create_task_json`) answer with the response body; on PostgreSQL
+each is one statement — one round trip (see `timetodo.core.rawdb`); SQLite goes through a session."""
 
 from __future__ import annotations
 
@@ -7,13 +10,16 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.core.database import utcnow
-from timetodo.core.errors import InvalidInput, NotFound
-from timetodo.core.pagination import decode_cursor, next_cursor
+from timetodo.core import rawdb
+from timetodo.core.database import Database, utcnow
+from timetodo.core.errors import InvalidInput, MaintenanceActive, NotFound
+from timetodo.core.pagination import decode_cursor, encode_cursor, next_cursor
+from timetodo.core.responses import JSON_OPTIONS
 from timetodo.tasks import hooks, repository
-from timetodo.tasks.models import Project, Task, TaskCompletion
+from timetodo.tasks.models import Project, Task, TaskCompletion, task_to_dict
 from timetodo.tasks.recurrence import Mode, as_datetime, next_occurrence, parse_rule
 from timetodo.tasks.schemas import Due, ProjectIn, ProjectUpdate, TaskIn, TaskUpdate
 
@@ -70,31 +76,44 @@ async def delete_project(session: AsyncSession, owner_id: int, project_id: int) 
 # Tasks --------------------------------------------------------------------------------------------------------
 
 
-def _set_due_moment(task: Task, due_date: date | None, due_datetime: datetime | None, zone: str | None) -> None:
-    """Set the due date or wall-clock datetime and the derived columns (local date, UTC instant)."""
-    task.due_datetime = due_datetime
-    task.due_timezone = zone if due_datetime is not None else None
-    task.due_date = due_datetime.date() if due_datetime is not None else due_date
-    task.due_utc = None
+def _due_moment(due_date: date | None, due_datetime: datetime | None, zone: str | None) -> dict[str, Any]:
+    """The due date or wall-clock datetime and the derived columns (local date, UTC instant)."""
+    due_utc = None
     if due_datetime is not None and zone is not None:
-        task.due_utc = due_datetime.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+        due_utc = due_datetime.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    return {
+        "due_date": due_datetime.date() if due_datetime is not None else due_date,
+        "due_datetime": due_datetime,
+        "due_timezone": zone if due_datetime is not None else None,
+        "due_utc": due_utc,
+    }
+
+
+def _set_due_moment(task: Task, due_date: date | None, due_datetime: datetime | None, zone: str | None) -> None:
+    for name, value in _due_moment(due_date, due_datetime, zone).items():
+        setattr(task, name, value)
+
+
+def due_columns(due: Due | None) -> dict[str, Any]:
+    """Every due/recurrence column of a task whose due is `due` (None: no due)."""
+    if due is None:
+        columns = _due_moment(None, None, None)
+        columns.update(due_string=None, recurrence_rule=None, recurrence_mode=None, recurrence_anchor=None)
+        return columns
+    columns = _due_moment(due.date, due.datetime, due.timezone)
+    columns["due_string"] = due.string
+    if due.recurrence is not None:
+        columns["recurrence_rule"] = due.recurrence.rule
+        columns["recurrence_mode"] = due.recurrence.mode
+        columns["recurrence_anchor"] = as_datetime(due.datetime or due.date)  # type: ignore[arg-type]
+    else:
+        columns.update(recurrence_rule=None, recurrence_mode=None, recurrence_anchor=None)
+    return columns
 
 
 def _apply_due(task: Task, due: Due | None) -> None:
-    if due is None:
-        _set_due_moment(task, None, None, None)
-        task.due_string = task.recurrence_rule = task.recurrence_mode = None
-        task.recurrence_anchor = None
-        return
-    _set_due_moment(task, due.date, due.datetime, due.timezone)
-    task.due_string = due.string
-    if due.recurrence is not None:
-        task.recurrence_rule = due.recurrence.rule
-        task.recurrence_mode = due.recurrence.mode
-        task.recurrence_anchor = as_datetime(due.datetime or due.date)  # type: ignore[arg-type]
-    else:
-        task.recurrence_rule = task.recurrence_mode = None
-        task.recurrence_anchor = None
+    for name, value in due_columns(due).items():
+        setattr(task, name, value)
 
 
 async def _check_refs(
@@ -160,6 +179,77 @@ async def list_tasks(
     stmt = repository.task_list_query(owner_id, after=decode_cursor(cursor), **filters)
     rows = await repository.list_task_rows(session, stmt, limit)
     return next_cursor(list(rows), limit)
+
+
+def _page_body(results: bytes, cursor: str | None) -> bytes:
+    return b'{"results":' + results + b',"next_cursor":' + orjson.dumps(cursor) + b"}"
+
+
+async def list_tasks_json(db: Database, owner_id: int, cursor: str | None, limit: int, **filters: Any) -> bytes:
+    """One page of `list_tasks` as the response body. PostgreSQL: one statement that returns the page's JSON
+    (`repository.pg_task_list`); SQLite: the rows through a session, serialised with orjson."""
+    if not db.postgres:
+        async with db.sessionmaker() as session:
+            rows, nxt = await list_tasks(session, owner_id, cursor, limit, **filters)
+        return _page_body(orjson.dumps([task_to_dict(r) for r in rows], option=JSON_OPTIONS), nxt)
+    after = decode_cursor(cursor)
+    overdue, today = filters.pop("overdue", None), filters.pop("today", None)
+    if overdue or today:
+        row = await rawdb.fetchrow(db.engine, "SELECT timezone FROM users WHERE id = $1", owner_id)
+        zone = ZoneInfo(str((row[0] if row else None) or "UTC"))
+        now = utcnow()
+        local_now = now.astimezone(zone)
+        if overdue:
+            filters["overdue_at"] = (now, local_now.date(), local_now.replace(tzinfo=None))
+        if today:
+            day = local_now.date()
+            start = datetime.combine(day, time(0), zone).astimezone(UTC)
+            end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
+            filters["today"] = (day, start, end)
+    sql, args = repository.pg_task_list(owner_id, after=after, limit=limit, **filters)
+    row = await rawdb.fetchrow(db.engine, sql, *args)
+    assert row is not None
+    page, last_id, count = row
+    return _page_body(page.encode(), encode_cursor(last_id) if count > limit else None)
+
+
+async def get_task_json(db: Database, owner_id: int, task_id: int) -> bytes:
+    """A task's API document: one statement on PostgreSQL, a session on SQLite."""
+    if not db.postgres:
+        async with db.sessionmaker() as session:
+            task = await get_task(session, owner_id, task_id)
+        return orjson.dumps(task_to_dict(task), option=JSON_OPTIONS)
+    row = await rawdb.fetchrow(db.engine, repository.PG_GET_TASK, task_id, owner_id)
+    if row is None:
+        raise NotFound("Task not found")
+    return str(row[0]).encode()
+
+
+def can_create_in_one_statement(db: Database, data: TaskIn) -> bool:
+    """A plain task (no project or parent to check) on PostgreSQL: `create_task_json` does it in one statement."""
+    return db.postgres and data.project_id is None and data.parent_id is None
+
+
+async def create_task_json(db: Database, owner_id: int, data: TaskIn, retry_after: int) -> bytes:
+    """Create a plain task in one statement (`repository.PG_CREATE_TASK`: maintenance guard, sync version and
+    insert in one implicit transaction) and return its API document."""
+    columns = due_columns(data.due)
+    values: dict[str, Any] = {
+        "title": data.title,
+        "description": data.description,
+        "priority": data.priority,
+        "labels": orjson.dumps(list(dict.fromkeys(data.labels))).decode(),
+        "position": data.position,
+        "estimate_minutes": data.estimate_minutes,
+        **columns,
+    }
+    args = [owner_id, *(values[name] for name in repository.CREATE_COLUMNS), utcnow()]
+    row = await rawdb.fetchrow(db.engine, repository.PG_CREATE_TASK, *args, write=True)
+    if row is None:
+        raise RuntimeError("app_state row is missing: run `timetodo db upgrade`")
+    if row[0]:
+        raise MaintenanceActive(retry_after)
+    return str(row[1]).encode()
 
 
 async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: TaskUpdate) -> Task:

@@ -1,0 +1,233 @@
+"""The one-statement PostgreSQL paths of the hot endpoints (list/get/create of tasks): one round trip each, the same
+documents as the session path (built by the database, no per-row Python objects), and no error when the pooled
+connection was killed by the server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, text
+
+from tests.conftest import asgi_client, backend_settings, running_app
+from tests.support import Services, new_user
+from timetodo.core import rawdb
+from timetodo.core.database import Database, create_engine
+from timetodo.tasks import service
+from timetodo.tasks.models import task_to_dict
+
+
+@pytest.fixture
+async def pg_app(services: Services, tmp_path: Path) -> AsyncIterator[FastAPI]:
+    # the maintenance flag cached as in production (the tests' default of 0 s reads it on every write)
+    settings = await backend_settings("postgres", tmp_path, lambda: services, MAINTENANCE_CACHE_SECONDS=60)
+    async with running_app(settings) as app:
+        yield app
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def test_list_get_create_are_one_round_trip_each(pg_app: FastAPI) -> None:
+    queries: list[str] = []
+
+    def log(record: Any) -> None:
+        queries.append(record.query)
+
+    def watch(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_conn.driver_connection.add_query_logger(log)
+
+    engine = pg_app.state.engine
+    event.listen(engine.sync_engine, "checkout", watch)
+    try:
+        async with asgi_client(pg_app) as client:
+            headers, _ = await new_user(client)
+            created = await client.post("/api/v1/tasks", json={"title": "warm-up"}, headers=headers)
+            assert created.status_code == 201, created.text
+            task_id = created.json()["id"]
+            assert (await client.get("/api/v1/tasks", headers=headers)).status_code == 200
+            for method, path, body in (
+                ("GET", "/api/v1/tasks?limit=50", None),
+                ("GET", f"/api/v1/tasks/{task_id}", None),
+                ("POST", "/api/v1/tasks", {"title": "t", "labels": ["a"], "due": {"date": "2030-01-02"}}),
+            ):
+                queries.clear()
+                resp = await client.request(method, path, json=body, headers=headers)
+                assert resp.status_code in (200, 201), resp.text
+                assert len(queries) == 1, (path, queries)  # no BEGIN / ROLLBACK / COMMIT / ping around it
+                assert not queries[0].lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))
+    finally:
+        event.remove(engine.sync_engine, "checkout", watch)
+
+
+async def _session_page(db: Database, owner: int, cursor: str | None, limit: int, **filters: Any) -> Any:
+    async with db.sessionmaker() as session:
+        rows, nxt = await service.list_tasks(session, owner, cursor, limit, **filters)
+    return orjson.loads(
+        orjson.dumps(
+            {"results": [task_to_dict(r) for r in rows], "next_cursor": nxt},
+            option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC,
+        )
+    )
+
+
+async def test_database_built_json_is_the_session_paths_document(pg_app: FastAPI) -> None:
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    today = date.today()
+    async with asgi_client(pg_app) as client:
+        headers, tokens = await new_user(client, timezone="Asia/Kathmandu")
+        owner = int(tokens["user"]["id"])
+        project = (await client.post("/api/v1/projects", json={"name": "p"}, headers=headers)).json()["id"]
+        bodies: list[dict[str, Any]] = [
+            {"title": "plain"},
+            {"title": 'quotes " \\ and ünïcødé ✓', "description": "line\nbreak\t<tab>", "labels": ["a", "b", "a"]},
+            {"title": "date", "due": {"date": str(today - timedelta(days=1))}, "estimate_minutes": 30},
+            {"title": "zoned", "due": {"datetime": f"{today}T10:30:00", "timezone": "Europe/Berlin"}},
+            {"title": "floating", "due": {"datetime": f"{today}T23:59:59.250000"}, "priority": 1},
+            {
+                "title": "recurring",
+                "due": {"date": str(today), "string": "every day", "recurrence": {"rule": "FREQ=DAILY"}},
+            },
+            {"title": "in project", "project_id": project, "labels": ["x"], "position": -5},
+        ]
+        ids = []
+        for body in bodies:
+            resp = await client.post("/api/v1/tasks", json=body, headers=headers)
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["id"])
+        sub = await client.post("/api/v1/tasks", json={"title": "sub", "parent_id": ids[0]}, headers=headers)
+        ids.append(sub.json()["id"])
+        assert (await client.post(f"/api/v1/tasks/{ids[1]}/complete", headers=headers)).status_code == 200
+        # whole seconds print without a fraction (as orjson does)
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE tasks SET created_at = date_trunc('second', created_at) WHERE id = :id"), {"id": ids[0]}
+            )
+
+        for task_id in ids:
+            got = orjson.loads(await service.get_task_json(db, owner, task_id))
+            async with db.sessionmaker() as session:
+                want = orjson.loads(
+                    orjson.dumps(
+                        task_to_dict(await service.get_task(session, owner, task_id)),
+                        option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC,
+                    )
+                )
+            assert got == want
+            assert (await client.get(f"/api/v1/tasks/{task_id}", headers=headers)).json() == want
+
+        combos: list[dict[str, Any]] = [
+            {},
+            {"done": True},
+            {"done": False},
+            {"label": "a"},
+            {"q": "ünï"},
+            {"q": "%"},
+            {"project_id": project},
+            {"parent_id": ids[0]},
+            {"due_before": today},
+            {"due_after": today},
+            {"overdue": True},
+            {"today": True},
+        ]
+        for filters in combos:
+            for limit in (2, 50):
+                cursor = None
+                while True:
+                    want = await _session_page(db, owner, cursor, limit, **dict(filters))
+                    got = orjson.loads(await service.list_tasks_json(db, owner, cursor, limit, **dict(filters)))
+                    assert got == want, filters
+                    if not (cursor := want["next_cursor"]):
+                        break
+        assert (await _session_page(db, owner, None, 50, overdue=True))["results"], "the combos cover a hit"
+
+
+async def test_reads_survive_a_killed_pooled_connection_and_writes_never_run_twice(
+    services: Services, tmp_path: Path
+) -> None:
+    """The server ends the pooled connection right before each statement (no time for asyncpg to notice): a read
+    is answered from a fresh connection; a write runs at most once (retried only when it provably did not run)."""
+    settings = await backend_settings("postgres", tmp_path, lambda: services)
+    engine = create_engine(settings)
+    admin = await asyncpg.connect(_plain(settings.DATABASE_URL))
+    written = 0
+    try:
+        await admin.execute("CREATE TABLE hits (n int)")
+        for n in range(10):
+            pid = (await rawdb.fetchrow(engine, "SELECT pg_backend_pid()"))[0]  # type: ignore[index]
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            # the next statement goes to the same pooled connection, whose backend is gone
+            row = await rawdb.fetchrow(engine, "SELECT pg_backend_pid()")
+            assert row is not None and row[0] != pid
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", row[0])
+            try:
+                await rawdb.fetchrow(engine, "INSERT INTO hits VALUES ($1) RETURNING n", n, write=True)
+                written += 1
+            except asyncpg.exceptions.ConnectionDoesNotExistError:
+                pass  # broke mid-exchange: not retried
+        assert await admin.fetchval("SELECT count(*) FROM hits") == await admin.fetchval(
+            "SELECT count(DISTINCT n) FROM hits"
+        )
+        assert await admin.fetchval("SELECT count(*) FROM hits") >= written
+    finally:
+        await admin.close()
+        await engine.dispose()
+
+
+async def test_api_answers_after_the_server_killed_every_connection(pg_app: FastAPI) -> None:
+    async with asgi_client(pg_app) as client:
+        headers, _ = await new_user(client)
+        task = (await client.post("/api/v1/tasks", json={"title": "t"}, headers=headers)).json()
+        admin = await asyncpg.connect(_plain(pg_app.state.settings.DATABASE_URL))
+        try:
+            for _ in range(3):
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                resp = await client.get("/api/v1/tasks", headers=headers)
+                assert resp.status_code == 200 and resp.json()["results"][0]["id"] == task["id"]
+                assert (await client.get(f"/api/v1/tasks/{task['id']}", headers=headers)).status_code == 200
+        finally:
+            await admin.close()
+
+
+async def test_create_in_maintenance_is_refused_and_writes_nothing(pg_app: FastAPI) -> None:
+    """The one-statement create checks the flag itself (the early check of the middleware is a cache)."""
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    async with asgi_client(pg_app) as client:
+        _, tokens = await new_user(client)
+    owner = int(tokens["user"]["id"])
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE app_state SET maintenance_enabled = true"))
+    try:
+        from timetodo.core.errors import MaintenanceActive
+        from timetodo.tasks.schemas import TaskIn
+
+        with pytest.raises(MaintenanceActive):
+            await service.create_task_json(db, owner, TaskIn(title="no"), 5)
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("UPDATE app_state SET maintenance_enabled = false"))
+    async with db.engine.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM tasks WHERE owner_id = :o"), {"o": owner})).scalar()
+    assert count == 0
+
+
+async def test_a_create_for_a_vanished_owner_is_a_409_not_a_500(pg_app: FastAPI) -> None:
+    """The driver's own integrity error (no SQLAlchemy in between) gets the same 409 envelope."""
+    from timetodo.tasks.schemas import TaskIn
+
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    with pytest.raises(asyncpg.exceptions.ForeignKeyViolationError) as raised:
+        await service.create_task_json(db, 10**12, TaskIn(title="t"), 5)
+    handler = pg_app.exception_handlers[asyncpg.exceptions.IntegrityConstraintViolationError]
+    resp = await handler(None, raised.value)  # type: ignore[arg-type]
+    assert resp.status_code == 409 and orjson.loads(resp.body)["error"] == "conflict"
