@@ -49,6 +49,31 @@ async def test_health_detailed_503_when_database_down(tmp_path: Path) -> None:
         assert (await c.get("/health")).status_code == 200
 
 
+async def test_database_down_is_503_with_retry_after_not_500(tmp_path: Path) -> None:
+    """A request that cannot reach the database (server down, restarting, pool exhausted) gets 503 + Retry-After:
+    nothing was committed and a retry may succeed — not a 500."""
+    from datetime import timedelta
+
+    from timetodo.core.security import create_access_token
+    from timetodo.main import create_app
+
+    settings = make_settings(tmp_path, DATABASE_URL="postgresql://nobody:x@127.0.0.1:1/none")
+    app = create_app(settings, configure_logs=False)
+    token = create_access_token(settings.SECRET_KEY.get_secret_value(), 1, timedelta(minutes=5))
+    async with asgi_client(app) as c:
+        for method, path, body in (
+            ("GET", "/api/v1/tasks", None),
+            ("POST", "/api/v1/tasks", {"title": "x"}),
+            ("POST", "/api/v1/auth/login", None),
+        ):
+            if path.endswith("login"):
+                resp = await c.post(path, data={"username": "a@example.com", "password": "whatever-long"})
+            else:
+                resp = await c.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+            assert resp.status_code == 503, (path, resp.status_code, resp.text)
+            assert resp.json()["error"] == "service_unavailable" and int(resp.headers["Retry-After"]) > 0
+
+
 async def test_request_id_and_security_headers(client: httpx.AsyncClient) -> None:
     resp = await client.get("/health", headers={"X-Request-ID": "abc-123"})
     assert resp.headers["X-Request-ID"] == "abc-123"

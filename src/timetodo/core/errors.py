@@ -11,7 +11,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -171,6 +172,20 @@ def _field_errors(exc: RequestValidationError) -> tuple[ErrorCode, list[dict[str
     return code, errors
 
 
+DATABASE_RETRY_AFTER = 2
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    PoolTimeoutError,  # every pooled connection busy for pool_timeout
+    OperationalError,  # the server went away / refused (also SQLite's "database is locked")
+    InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,  # refused or reset on the driver's own path (timetodo.core.rawdb)
+)
+"""Failures of reaching the database, not of the request: answered 503 + Retry-After instead of 500."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def app_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AppError)
@@ -195,6 +210,17 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("data error answered with 422", extra={"error": type(exc).__name__})
         return error_response(422, ErrorCode.validation_error, "A value is out of the range the database can store")
 
+    async def database_unavailable(_request: Request, exc: Exception) -> Response:
+        # the database refused, dropped or could not serve the connection (restart, failover, pool exhausted,
+        # SQLite busy): nothing was committed; the client may retry
+        log.warning("database unavailable, answered 503", extra={"error": type(exc).__name__})
+        return error_response(
+            503,
+            ErrorCode.service_unavailable,
+            "The database is unavailable or busy; retry shortly",
+            {"Retry-After": str(DATABASE_RETRY_AFTER)},
+        )
+
     async def unhandled(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, ErrorCode.internal_error, "Internal server error")
@@ -207,6 +233,8 @@ def install_error_handlers(app: FastAPI) -> None:
     # the same errors from statements run on the driver directly (timetodo.core.rawdb)
     app.add_exception_handler(asyncpg.exceptions.IntegrityConstraintViolationError, integrity_error)
     app.add_exception_handler(asyncpg.exceptions.DataError, data_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, database_unavailable)
     app.add_exception_handler(Exception, unhandled)
 
 

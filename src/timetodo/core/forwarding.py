@@ -40,7 +40,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from timetodo.core.database import utcnow
-from timetodo.core.errors import ErrorCode, error_response
+from timetodo.core.errors import DATABASE_UNAVAILABLE, ErrorCode, error_response
 from timetodo.core.maintenance import APP_STATE_ID, AppState, update_app_state
 from timetodo.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -136,8 +136,13 @@ class ForwardingCache:
 
     async def target(self) -> str | None:
         if time.monotonic() - self._checked >= self._ttl:
-            async with self._maker() as session:
-                self.set(await get_forwarding(session))
+            try:
+                async with self._maker() as session:
+                    self.set(await get_forwarding(session))
+            except DATABASE_UNAVAILABLE as exc:
+                # keep the last known setting: the request goes on and gets its own clear answer (503 when the
+                # database is still away), instead of failing here without an error envelope
+                log.warning("forwarding setting not refreshed: database unavailable", extra={"error": repr(exc)})
         return self._value.target if self._value.active() else None
 
 

@@ -12,6 +12,7 @@ outside the app (backup restore, the migration toolkit) read and switch the flag
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, UTCDateTime, utcnow
-from timetodo.core.errors import MaintenanceActive
+from timetodo.core.errors import DATABASE_UNAVAILABLE, MaintenanceActive
+
+log = logging.getLogger("timetodo.maintenance")
 
 APP_STATE_ID = 1
 
@@ -142,6 +145,10 @@ class MaintenanceFlagCache:
 
     async def enabled(self) -> bool:
         if time.monotonic() - self._checked >= self._ttl:
-            async with self._maker() as session:
-                self.set((await get_status(session)).enabled)
+            try:
+                async with self._maker() as session:
+                    self.set((await get_status(session)).enabled)
+            except DATABASE_UNAVAILABLE as exc:
+                # the early answer only: every write's own guard reads the flag in its transaction
+                log.warning("maintenance flag not refreshed: database unavailable", extra={"error": repr(exc)})
         return self._value
