@@ -33,6 +33,7 @@ from timetodo.ops.migrate.sync import copy_everything
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
+    from timetodo.ops.migrate.source_api import SourceApi
 
 log = logging.getLogger("timetodo.ops.migrate")
 NAME = "cutover"
@@ -130,20 +131,26 @@ async def quick_verify(ctx: Context, database: dict[str, Any] | None = None) -> 
     return {"rows": rows, "keys": keys, "files": file_counts, "problems": problems}
 
 
+async def _may_freeze(ctx: Context) -> SourceApi:
+    """Refuse (before anything is stopped or frozen) wrong admin credentials or an estimate over the budget."""
+    api = ctx.source_api()
+    await api.check_admin()  # wrong credentials: refuse before freezing anything
+    estimate = frozen_estimate(ctx)
+    limit = ctx.config.downtime_budget_minutes * 60
+    if estimate["seconds"] > limit:
+        raise StepError(
+            f"estimated write downtime {estimate['seconds']:.0f} s exceeds the budget {limit:.0f} s",
+            "raise downtime_budget_minutes",
+            EXIT_BUDGET,
+        )
+    return api
+
+
 async def _freeze(ctx: Context) -> float:
     """Maintenance on at the source (once: a resumed run finds it recorded); refused before freezing anything when
     the credentials are wrong or the estimate exceeds the budget. The freeze's start time."""
     if ctx.state.facts.freeze_started_at is None:
-        api = ctx.source_api()
-        await api.check_admin()  # wrong credentials: refuse before freezing anything
-        estimate = frozen_estimate(ctx)
-        limit = ctx.config.downtime_budget_minutes * 60
-        if estimate["seconds"] > limit:
-            raise StepError(
-                f"estimated write downtime {estimate['seconds']:.0f} s exceeds the budget {limit:.0f} s",
-                "raise downtime_budget_minutes",
-                EXIT_BUDGET,
-            )
+        api = await _may_freeze(ctx)
         await api.maintenance(True, "timetodo migrate: moving to a new host")
         ctx.state.remember(freeze_started_at=time.time())
     return float(ctx.state.facts.freeze_started_at or 0)
@@ -205,6 +212,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     anything fails before the switch or the downtime budget would be exceeded."""
     if ctx.config.strategy == "delta" and ctx.state.facts.freeze_started_at is None:
         # outside the freeze: nobody uses the target yet; then the changes since sync, the source still live
+        await _may_freeze(ctx)
         runtime = await ctx.runtime()
         await _phase(ctx, "stop_target", lambda: runtime.stop())
         await _phase(ctx, "pre_pass", lambda: _pre_pass(ctx))

@@ -186,7 +186,7 @@ async def delta_pass(
         **totals,
         "whole_tables": whole_rows,
         "sequences": len(sequences),
-        "changed_tables": sorted(differing),
+        "chunks_by_table": {name: len(found) for name, found in sorted(differing.items())},
         "hash_seconds": round(hashed - started, 3),
         "compare_seconds": round(compared - hashed, 3),
         "apply_seconds": round(ended - compared, 3),
