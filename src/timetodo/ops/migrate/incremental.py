@@ -219,7 +219,9 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
     jobs = ctx.config.parallel_jobs
     started = time.monotonic()
     specs = load_specs(map_path(ctx))
-    if specs is None:  # a sync from before the delta strategy: plan the chunks now
+    if specs is None or live:
+        # before the freeze the boundaries are planned again from the source's keys (an index-only scan per
+        # table), so tables that grew since sync keep chunks of about ROWS_PER_CHUNK rows; the freeze reuses them
         specs = await plan_specs(ctx.secrets.source_database_url)
         save_specs(map_path(ctx), specs)
 
