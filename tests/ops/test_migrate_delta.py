@@ -16,6 +16,7 @@ from tests.support import Services, create_database
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import PgTarget, chunks, fix_text_output
 from timetodo.ops.migrate.incremental import SchemaDiffers, delta_pass, plan_specs
+from timetodo.ops.migrate.report.model import copied
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +206,7 @@ def test_redis_delta_moves_only_changed_keys_and_keeps_ttls(services: Services) 
         assert (delta.new, delta.changed, delta.deleted) == (1, 5, 2), delta.to_dict()
         assert delta.scanned == 3004
         assert sorted(dst.keys()) == sorted(src.keys())
-        for key in src:
+        for key in src.scan_iter(count=1000):
             assert dst.dump(key) == src.dump(key), key
         assert 590 < dst.ttl("new:ttl") <= 600 and 90 < dst.ttl("ttl:change") <= 100
         assert dst.ttl("ttl:drop") == -1 and 40 < dst.ttl("plain:10") <= 50 and dst.ttl("ttl:keep") > 3500
@@ -216,3 +217,17 @@ def test_redis_delta_moves_only_changed_keys_and_keeps_ttls(services: Services) 
         dst.flushdb()
         src.close()
         dst.close()
+
+
+def test_the_report_says_what_a_delta_pass_moved() -> None:
+    result = {
+        "db": {"strategy": "delta", "chunks": 5000, "chunks_copied": 3, "rows": 41, "seconds": 2.5},
+        "redis": {"keys": 7, "scanned": 100_000, "deleted": 2, "bytes": 900, "seconds": 1.5},
+        "files": {"files": 1, "bytes": 2000, "seconds": 0.5},
+    }
+    moved = {m.what: m for m in copied(result)}
+    db = moved["database delta (3 of 5,000 chunks)"]
+    assert (db.amount, db.unit, db.seconds) == (41, "rows", 2.5)
+    assert moved["Redis delta (100,000 keys compared, 2 deleted)"].amount == 7
+    abandoned = copied({"db": {"strategy": "delta", "abandoned": "a row vanished"}})
+    assert abandoned[0].what.startswith("database delta (abandoned")
