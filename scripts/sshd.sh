@@ -4,7 +4,8 @@
 #   scripts/sshd.sh stop DIR
 #   scripts/sshd.sh info DIR
 # DIR gets its own host key, a client key pair (authorized for the running user), sshd_config and a known_hosts
-# file with the `[127.0.0.1]:PORT` line. Key authentication only. Installs openssh-server from apt when missing.
+# file with the `[127.0.0.1]:PORT` line; DIR/sshd_config.extra, when present, is appended to the config. Key
+# authentication only. Installs openssh-server from apt when missing.
 set -euo pipefail
 cmd=${1:?usage: sshd.sh start DIR PORT | stop DIR | info DIR}
 dir=${2:?DIR required}
@@ -50,6 +51,8 @@ LogLevel VERBOSE
 MaxStartups 50:30:100
 Subsystem sftp internal-sftp
 CONF
+  # a test's own settings (e.g. `SetEnv PATH=…` for a host without some tool): DIR/sshd_config.extra, appended
+  if [ -f "$dir/sshd_config.extra" ]; then cat "$dir/sshd_config.extra" >>"$dir/sshd_config"; fi
   echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$dir/ssh_host_ed25519_key.pub")" >"$dir/known_hosts"
   mkdir -p /run/sshd
   chmod 755 /run/sshd

@@ -106,3 +106,15 @@ async def new_user(client: httpx.AsyncClient, **extra: Any) -> tuple[dict[str, s
     assert resp.status_code == 200, resp.text
     tokens: dict[str, Any] = resp.json()
     return {"Authorization": f"Bearer {tokens['access_token']}"}, tokens | {"user": user}
+
+
+# migration secrets pointing at ports nobody listens on: for tests that must not reach any host
+UNREACHABLE_MIGRATION_SECRETS = {
+    "SOURCE_ADMIN_PASSWORD": "pw",
+    "SOURCE_DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/app",
+    "SOURCE_REDIS_URL": "redis://127.0.0.1:1/0",
+    "TARGET_DATABASE_URL": "postgresql://timetodo:pw@127.0.0.1:1/timetodo",
+    "TARGET_REDIS_URL": "redis://127.0.0.1:1/0",
+    "TELEGRAM_BOT_TOKEN": "123:abc",
+    "TELEGRAM_WEBHOOK_SECRET": "hook-secret",
+}

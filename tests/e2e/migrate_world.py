@@ -194,6 +194,10 @@ database_url_env = "MIG_TARGET_DB"
 redis_url_env = "MIG_TARGET_REDIS"
 env_file = "{base / "target.env"}"
 
+[validate]
+load_seconds = 2      # the load mix, short in the suite (the default is 10 s)
+load_connections = 4
+
 [telegram]
 bot_token_env = "MIG_TG_TOKEN"
 api_base = "{telegram.base_url}"

@@ -119,13 +119,21 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert downtime is not None and 0 < downtime < 300
     validation = json.loads((world.base / "work" / "migration_validation_report.json").read_text())
     assert validation["ok"] is True, validation
-    # uploads: every source file on the target with the same content
+    # the canary account did a client's round trip on the target, the load mix ran on both hosts, and the canary
+    # was deleted on the target with its file (on the frozen source it stays until a rollback replays the deletion)
+    canary = facts["canary"]
+    assert canary["removed"] and canary["check"]["ok"], canary
+    load = validation["sections"]["load"]
+    assert load["source"]["requests"] > 0 and load["target"]["requests"] > 0 and load["target"]["failures"] == 0
+    assert validation["sections"]["canary"]["removed"] is True
+    # uploads: every source file on the target with the same content (but the canary's)
     source_files = {
         p.relative_to(world.source_uploads): p.read_bytes()
         for p in world.source_uploads.rglob("*")
-        if p.is_file() and ".incoming" not in p.parts
+        if p.is_file() and ".incoming" not in p.parts and p.name != canary["sha256"]
     }
     assert len(source_files) >= 12
+    assert not any(p.name == canary["sha256"] for p in world.target_uploads.rglob("*"))
     for rel, content in source_files.items():
         assert (world.target_uploads / rel).read_bytes() == content
     # Redis keys with their TTLs

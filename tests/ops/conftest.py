@@ -1,4 +1,5 @@
-"""Fixtures shared by the ops tests: a real sshd on 127.0.0.1 started by scripts/sshd.sh."""
+"""Fixtures shared by the ops tests: a real sshd on 127.0.0.1 started by scripts/sshd.sh, and a real `timetodo serve`
+(SQLite) with an admin account, for the steps that talk to an app's API."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port, run_script
+from tests.e2e.server import ServerProcess, cli, server_env
+from tests.support import PASSWORD, ROOT, free_port, run_script
 from timetodo.ops.adapters.transport import SSHTarget
 
 
@@ -41,3 +43,21 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield Sshd(directory, port, target, host_key)
     finally:
         subprocess.run(["bash", "scripts/sshd.sh", "stop", str(directory)], cwd=ROOT, capture_output=True, timeout=60)
+
+
+APP_ADMIN = "ops-admin@example.com"
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    work = tmp_path_factory.mktemp("ops-app")
+    env = server_env(f"sqlite:///{work / 'data' / 'app.db'}", None, work / "data")
+    env |= {"LOG_LEVEL": "WARNING", "LOGIN_ATTEMPTS_PER_MINUTE": "1000"}
+    app = ServerProcess(env, work)
+    try:
+        app.wait_ready()
+        made = cli({**env, "TIMETODO_PASSWORD": PASSWORD}, "user", "create", APP_ADMIN, "--admin")
+        assert made.returncode == 0, made.stderr
+        yield app, work / "data" / "uploads"
+    finally:
+        app.stop()

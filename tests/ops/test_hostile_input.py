@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.conftest import Sshd
-from tests.support import free_port
+from tests.support import UNREACHABLE_MIGRATION_SECRETS, free_port
 from timetodo.ops.adapters.rsync import MANIFEST_COMMAND, Place, remote_manifest, remote_sizes, rsync, usage_command
 from timetodo.ops.adapters.transport import LocalTransport, SSHTransport
 from timetodo.ops.migrate.deploy import ComposeRuntime, ProcessRuntime
@@ -139,15 +139,7 @@ async def test_migrate_plan_with_a_hostile_uploads_path_runs_nothing(tmp_path: P
     config_path.write_text(text)
     config = load_config(config_path)
     assert config.source.uploads is not None and config.source.uploads.ssh is None
-    env = {
-        "SOURCE_ADMIN_PASSWORD": "pw",
-        "SOURCE_DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/app",
-        "SOURCE_REDIS_URL": "redis://127.0.0.1:1/0",
-        "TARGET_DATABASE_URL": "postgresql://timetodo:pw@127.0.0.1:1/timetodo",
-        "TARGET_REDIS_URL": "redis://127.0.0.1:1/0",
-        "TELEGRAM_BOT_TOKEN": "123:abc",
-        "TELEGRAM_WEBHOOK_SECRET": "hook-secret",
-    }
+    env = dict(UNREACHABLE_MIGRATION_SECRETS)
     ctx = Context(
         config,
         load_secrets(config, env),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.ops.test_prepare_deploy import _shellcheck
-from tests.support import ROOT
+from tests.support import ROOT, UNREACHABLE_MIGRATION_SECRETS
 from timetodo.ops.migrate.state import MigrationState
 
 STATE_NAME = "state.json"  # MigrationState.load(work_dir).path
@@ -25,15 +25,7 @@ SCRIPTS = {
     "validate_migration.sh": "validate",
     "rollback.sh": "rollback",
 }
-SECRETS = {
-    "SOURCE_ADMIN_PASSWORD": "pw",
-    "SOURCE_DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/app",
-    "SOURCE_REDIS_URL": "redis://127.0.0.1:1/0",
-    "TARGET_DATABASE_URL": "postgresql://timetodo:pw@127.0.0.1:1/timetodo",
-    "TARGET_REDIS_URL": "redis://127.0.0.1:1/0",
-    "TELEGRAM_BOT_TOKEN": "123:abc",
-    "TELEGRAM_WEBHOOK_SECRET": "hook-secret",
-}
+SECRETS = UNREACHABLE_MIGRATION_SECRETS
 
 
 def bare_env(**extra: str) -> dict[str, str]:

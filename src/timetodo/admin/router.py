@@ -3,12 +3,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from timetodo.admin import service
+from timetodo.auth.schemas import RegisterIn, UserOut
 from timetodo.auth.service import get_user
 from timetodo.core import forwarding, maintenance
-from timetodo.core.deps import API_PREFIX, SessionDep, UserIdDep
+from timetodo.core.deps import API_PREFIX, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
 from timetodo.core.errors import Forbidden
 
 router = APIRouter(prefix=f"{API_PREFIX}/admin", tags=["admin"])
@@ -19,6 +21,10 @@ class MaintenanceIn(BaseModel):
 
     enabled: bool
     reason: str | None = Field(None, max_length=500)
+
+
+class UserCreateIn(RegisterIn):
+    is_admin: bool = False
 
 
 class MaintenanceOut(BaseModel):
@@ -93,3 +99,25 @@ async def delete_forwarding(request: Request, _admin: AdminDep, session: Session
     state = await forwarding.set_forwarding(session, None)
     request.app.state.forwarding.set(state)
     return _forwarding_out(state)
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def create_user(data: UserCreateIn, _admin: AdminDep, session: WriteSessionDep) -> object:
+    """Create an account (no registration limits apply; the e-mail must be free)."""
+    return await service.create_user(
+        session, data.email, data.password, timezone=data.timezone, locale=data.locale, is_admin=data.is_admin
+    )
+
+
+@router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_user(
+    user_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    request: Request,
+    admin: AdminDep,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+) -> Response:
+    """Delete an account and everything it owns (tasks, projects, time entries, files no one else stores, sessions,
+    the Telegram link). Refused while maintenance mode is on, like every write."""
+    await service.delete_user(session, settings, request.app.state.accounts, user_id, acting_admin=admin)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

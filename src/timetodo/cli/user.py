@@ -52,3 +52,52 @@ def user_create(
 
     user = run_async(lambda: with_session(settings, work))
     out_console.print(f"created user {user.id} {user.email}{' (admin)' if admin else ''}", highlight=False)
+
+
+def _account_change(email: str, action: str) -> None:
+    """Run one account change on the server's database, refused (exit 4) while maintenance mode is on."""
+    settings = load_settings()
+
+    async def work(session: Any) -> str:
+        from timetodo.admin.service import delete_user, user_id_by_email
+        from timetodo.auth.service import set_active
+        from timetodo.core.errors import AppError
+        from timetodo.core.maintenance import guard_write
+
+        try:
+            await guard_write(session, settings.MAINTENANCE_RETRY_AFTER)
+            if action == "delete":
+                user_id = await user_id_by_email(session, email)
+                removed = await delete_user(session, settings, None, user_id, acting_admin=None)
+                return f"deleted user {user_id} {email.strip().lower()} and {removed} stored file(s)"
+            user = await set_active(session, None, email, action == "activate")
+            return f"{action}d user {user.id} {user.email}"
+        except AppError as exc:
+            fail(str(exc.detail), code=EXIT_REFUSED)
+
+    out_console.print(run_async(lambda: with_session(settings, work)), highlight=False)
+
+
+@app.command("delete")
+def user_delete(
+    email: Annotated[str, typer.Argument(help="E-mail of the account.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an account and everything it owns (tasks, projects, time entries, its files, sessions)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("refusing to delete without confirmation", "pass --yes", code=EXIT_REFUSED)
+        typer.confirm(f"Delete {email} and everything it owns?", abort=True)
+    _account_change(email, "delete")
+
+
+@app.command("deactivate")
+def user_deactivate(email: Annotated[str, typer.Argument(help="E-mail of the account.")]) -> None:
+    """Block an account: its sessions end, logins are refused; nothing is deleted."""
+    _account_change(email, "deactivate")
+
+
+@app.command("activate")
+def user_activate(email: Annotated[str, typer.Argument(help="E-mail of the account.")]) -> None:
+    """Allow a deactivated account to log in again."""
+    _account_change(email, "activate")

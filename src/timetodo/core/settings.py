@@ -9,7 +9,6 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,16 +48,6 @@ def normalize_database_url(url: str) -> str:
     elif scheme == "sqlite":
         scheme = "sqlite+aiosqlite"
     return f"{scheme}://{rest}"
-
-
-def libpq_url(url: str) -> str:
-    """The same database as a libpq URL (for pg_dump, psql): no driver suffix."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]
-    if scheme == "postgres":
-        scheme = "postgresql"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "ssl"])
-    return urlunsplit((scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -3,10 +3,15 @@
 A database URL comes in any of the forms the app accepts (`postgres://`, `postgresql+asyncpg://`, SQLAlchemy's
 `?ssl=true`); `libpq_url` turns it into the one form libpq tools and asyncpg both read, keeping TLS: `ssl=` becomes
 the matching `sslmode=` unless one is given. Passwords are shown only through `mask_url`.
+
+`closed_before_login` recognises the signature of an IP allow list in front of a server (the connection is accepted,
+then closed before the protocol's greeting — what Render's Postgres and Key Value do for an address not on their
+list), and `allow_list_hint` says what to do about it, naming Render's setting when the host is Render's.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,3 +89,44 @@ def with_database(url: str, name: str) -> str:
 
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
+
+
+def closed_before_login(exc: BaseException) -> bool:
+    """The server accepted the TCP connection, then closed or reset it before answering the first message: an IP
+    allow list (or a firewall/proxy) at the edge, not a wrong port (refused) or a wrong password (a server error)."""
+    seen: BaseException | None = exc
+    for _ in range(3):  # the exception, and what it wraps
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return False
+        text = str(seen).lower()
+        if isinstance(seen, (ConnectionResetError, ssl.SSLEOFError)) or any(
+            marker in text
+            for marker in (
+                "connection_lost",  # asyncpg: the server hung up during the startup / SSL request
+                "closed in the middle of operation",
+                "connection closed by server",  # redis-py
+                "connection reset by peer",
+                "unexpected eof",
+                "closed unexpectedly",  # libpq: "SSL connection has been closed unexpectedly"
+            )
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def allow_list_hint(url: str) -> str:
+    """What to do when `closed_before_login`: add this machine's address to the allow list in front of `url`."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host.endswith(".render.com"):
+        return (
+            "the server closed the connection before login: Render's IP allow list does not include this machine "
+            "— add its public IP in the Dashboard (the database or Key Value → Networking → Inbound IP rules, or "
+            "ipAllowList in render.yaml) and run preflight again"
+        )
+    return (
+        "the server closed the connection before login: an IP allow list or firewall in front of it does not "
+        "admit this machine — add its public address there"
+    )

@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.errors import EXIT_UNREACHABLE, OpsError
+from timetodo.ops.sources import allow_list_hint, closed_before_login
 
 BATCH = 1000
 
@@ -52,7 +53,10 @@ def _client(url: str) -> aioredis.Redis:
 
 
 def _unreachable(url: str, exc: Exception) -> RedisUnreachable:
-    return RedisUnreachable(f"cannot reach Redis at {mask_secrets(url)}: {mask_secrets(str(exc))}")
+    return RedisUnreachable(
+        f"cannot reach Redis at {mask_secrets(url)}: {mask_secrets(str(exc))}",
+        allow_list_hint(url) if closed_before_login(exc) else "",
+    )
 
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -489,7 +493,7 @@ async def redis_version(url: str) -> tuple[str, str]:
     try:
         info = await client.info("server")
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable at {mask_secrets(url)}: {mask_secrets(str(exc))}") from None
+        raise _unreachable(url, exc) from None
     finally:
         await client.aclose()
     if "valkey_version" in info:
@@ -499,6 +503,31 @@ async def redis_version(url: str) -> tuple[str, str]:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def image_for(engine: str, version: str) -> str:
+    """The compose target's Redis image for a source of this engine and version: the same engine at the same major
+    (its tag follows the newest minor, which reads every payload of that major); Redis older than 7 gets
+    `redis:7-alpine`, which reads them too. Valkey 8 (a new Render Key Value) → `valkey/valkey:8-alpine`."""
+    numbers = version_tuple(version)
+    major = numbers[0] if numbers else 7
+    if engine == "valkey":
+        return f"valkey/valkey:{major}-alpine"
+    return f"redis:{max(major, 7)}-alpine"
+
+
+def image_version(image: str) -> tuple[str, str] | None:
+    """(engine, version) an image reference promises, the tag's missing parts taken as the newest:
+    `valkey/valkey:8-alpine` → ("valkey", "8.99"), `redis:7.2` → ("redis", "7.2.99"); None when the name is neither
+    engine or the tag names no version (`latest`, a digest)."""
+    last = image.rsplit("/", 1)[-1]
+    name, _, tag = last.partition(":")
+    engine = "valkey" if "valkey" in name else "redis" if "redis" in name else None
+    numbers = re.match(r"(\d+)(?:\.(\d+))?", tag.split("@", 1)[0])
+    if engine is None or numbers is None:
+        return None
+    major, minor = numbers.group(1), numbers.group(2)
+    return engine, f"{major}.{minor}.99" if minor is not None else f"{major}.99"
 
 
 def restore_compatible(source_engine: str, source_version: str, target_engine: str, target_version: str) -> bool:

@@ -24,7 +24,7 @@ class RsyncError(OpsError):
     """rsync failed or was asked for something it cannot do; the message holds no secret."""
 
 
-def _mkdirs(*paths: str) -> None:
+def make_dirs(*paths: str) -> None:
     for path in paths:
         Path(path).mkdir(parents=True, exist_ok=True)
 
@@ -71,7 +71,7 @@ async def rsync(src: Place, dst: Place, *, delete: bool = True, live: bool = Fal
         # --secluded-args: the remote path travels inside rsync's protocol, not on the remote shell's command line, so
         # no character of it (spaces, quotes, `;`, `$()`, newlines) is read by that shell
         args += ["--secluded-args", "-e", ssh_command(remote)]
-    await asyncio.to_thread(_mkdirs, *(p.path for p in (src, dst) if not p.ssh))
+    await asyncio.to_thread(make_dirs, *(p.path for p in (src, dst) if not p.ssh))
     if dst.ssh:
         args += ["--rsync-path", f"mkdir -p {shlex.quote(dst.path)} && rsync"]
     args += [src.rsync_path(), dst.rsync_path()]

@@ -128,6 +128,14 @@ class Dns(_Model):
     hook: Path | None = Field(None, description="a script called with: RECORD OLD_TARGET NEW_TARGET")
 
 
+class Validate(_Model):
+    canary: bool = Field(
+        True, description="plant a canary account on the source before the freeze, check it on the target"
+    )
+    load_seconds: Annotated[float, Field(ge=0, le=300)] = 10.0
+    load_connections: Annotated[int, Field(ge=1, le=128)] = 16
+
+
 class MigrationConfig(_Model):
     app_name: Annotated[str, Field(pattern=APP_NAME.pattern)] = "timetodo"
     # "delta": full copy before the freeze, then only the differing chunks/keys/files inside it (the default);
@@ -140,6 +148,7 @@ class MigrationConfig(_Model):
     target: Target
     telegram: Telegram | None = None
     dns: Dns = Dns()
+    validate_: Validate = Field(Validate(), alias="validate")
 
     @model_validator(mode="after")
     def _defaults(self) -> MigrationConfig:

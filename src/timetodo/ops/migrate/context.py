@@ -79,6 +79,17 @@ class Context:
             )
         return self._source_api
 
+    def target_api(self) -> SourceApi:
+        """The target's API with the same admin credentials (the accounts were copied), at its public URL."""
+        s = self.config.source
+        return SourceApi(
+            self.config.target.public_url,
+            email=s.admin_email,
+            password=self.secrets.admin_password,
+            token=self.secrets.admin_token,
+            label="target",
+        )
+
     # databases ----------------------------------------------------------------------------------------------------
     async def _tunnelled(self, url: str, default_port: int) -> str:
         """`url` (as seen on the target host) as reachable from here, through an SSH tunnel."""

@@ -30,6 +30,7 @@ from timetodo.ops.migrate.estimate import FIXED_OVERHEAD_S, frozen_estimate
 from timetodo.ops.migrate.state import CutoverPhase
 from timetodo.ops.migrate.switch import switch
 from timetodo.ops.migrate.sync import copy_everything
+from timetodo.ops.migrate.validate.canary import plant
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
@@ -207,9 +208,27 @@ async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
     ctx.state.remember(switched_at=time.time())
 
 
+async def _plant_canary(ctx: Context) -> None:
+    """Before the freeze (once): the canary account on the source, and the source under the validation load mix."""
+    settings = ctx.config.validate_
+    if not settings.canary or ctx.state.facts.canary is not None or ctx.state.facts.freeze_started_at is not None:
+        return
+    async with ctx.activity(f"canary: an account on the source, then {settings.load_seconds:g} s of the load mix"):
+        planted = await plant(
+            ctx.source_api(),
+            ctx.work_dir,
+            load_seconds=settings.load_seconds,
+            load_connections=settings.load_connections,
+        )
+    if not planted:
+        ctx.console.print("[yellow]the source has no account API (an older version): no canary account[/]")
+    ctx.state.remember(canary=planted)
+
+
 async def run(ctx: Context) -> dict[str, Any]:
     """Freeze writes on the source, final copy, quick verification, switch. Aborts (source writable again) when
     anything fails before the switch or the downtime budget would be exceeded."""
+    await _plant_canary(ctx)
     if ctx.config.strategy == "delta" and ctx.state.facts.freeze_started_at is None:
         # outside the freeze: nobody uses the target yet; then the changes since sync, the source still live
         await _may_freeze(ctx)

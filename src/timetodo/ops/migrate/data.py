@@ -10,7 +10,8 @@ import asyncpg
 
 from timetodo.ops.adapters import files as fileops
 from timetodo.ops.adapters import postgres as pg
-from timetodo.ops.adapters.rsync import Place, rsync
+from timetodo.ops.adapters.filecopy import copy_tree
+from timetodo.ops.adapters.rsync import Place
 from timetodo.ops.errors import EXIT_UNREACHABLE, StepError
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ async def connect(url: str) -> asyncpg.Connection:
         return await pg.connect(pg.PgTarget.from_url(url))
     except pg.PgUnreachable as exc:
         raise StepError(
-            str(exc), "check the database URL and that the server accepts this machine", EXIT_UNREACHABLE
+            str(exc), exc.hint or "check the database URL and that the server accepts this machine", EXIT_UNREACHABLE
         ) from None
 
 
@@ -60,7 +61,7 @@ async def pull_files(ctx: Context, *, live: bool = False) -> dict[str, Any] | No
     if src is None:
         return None
     async with ctx.activity("uploads: source → staging (rsync)"):
-        return await rsync(src, Place(str(staging_dir(ctx))), live=live)
+        return await copy_tree(src, Place(str(staging_dir(ctx))), live=live)
 
 
 async def copy_files(ctx: Context, *, live: bool = False) -> dict[str, Any]:
@@ -73,7 +74,7 @@ async def copy_files(ctx: Context, *, live: bool = False) -> dict[str, Any]:
     if pull is None:
         return {"files": 0, "bytes": 0, "seconds": 0.0, "skipped": "no source.uploads configured"}
     async with ctx.activity("uploads: staging → target (rsync)"):
-        push = await rsync(Place(str(staging_dir(ctx))), target_place(ctx))
+        push = await copy_tree(Place(str(staging_dir(ctx))), target_place(ctx))
     await (await ctx.runtime()).own_uploads(ctx.config.target_uploads_dir)
     return {
         "files": push["files"],

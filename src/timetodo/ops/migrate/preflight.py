@@ -16,6 +16,7 @@ from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.rsync import usage_command
 from timetodo.ops.errors import EXIT_REFUSED, OpsError, StepError
 from timetodo.ops.migrate.data import connect, mb, source_place
+from timetodo.ops.migrate.deploy.runtime import parse_env_text
 from timetodo.ops.migrate.estimate import estimate_downtime
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ async def _source_redis(ctx: Context, checks: Checks) -> None:
         engine, version = await redisops.redis_version(ctx.secrets.source_redis_url)
         keys = await redisops.key_count(ctx.secrets.source_redis_url)
     except redisops.RedisOpError as exc:
-        checks.add("source Redis", "blocker", str(exc), "check the variable named in source.redis_url_env")
+        checks.add("source Redis", "blocker", str(exc), exc.hint or "check the variable named in source.redis_url_env")
         return
     checks.add("source Redis", "ok", f"{engine} {version}, {keys:,} keys")
     checks.facts.update(source_redis=f"{engine} {version}", keys=keys)
@@ -147,16 +148,50 @@ async def _target_host(ctx: Context, checks: Checks) -> None:
 async def _target_redis(ctx: Context, checks: Checks) -> None:
     if not (ctx.secrets.target_redis_url and ctx.secrets.source_redis_url and "source_redis" in checks.facts):
         return
+    src_engine, src_version = str(checks.facts["source_redis"]).split(" ", 1)
+    if ctx.config.target.runtime == "compose":
+        _target_redis_image(ctx, checks, src_engine, src_version)
     try:
         engine, version = await redisops.redis_version(str(await ctx.target_redis_url()))
     except Exception as exc:
         status = "blocker" if ctx.state.is_done("deploy") else "warning"
         checks.add("target Redis", status, f"not reachable yet: {exc}", "deploy starts it")
         return
-    src_engine, src_version = str(checks.facts["source_redis"]).split(" ", 1)
     compatible = redisops.restore_compatible(src_engine, src_version, engine, version)
     fix = "" if compatible else f"the target needs {src_engine} ≥ {src_version} to RESTORE the source's keys"
     checks.add("target Redis", "ok" if compatible else "blocker", f"{engine} {version}", fix)
+
+
+def _target_redis_image(ctx: Context, checks: Checks, src_engine: str, src_version: str) -> None:
+    """The compose target's Redis follows the source: deploy sets REDIS_IMAGE when the env file leaves it out; an
+    image set there that cannot read the source's keys is a blocker naming the value to write instead."""
+    wanted = redisops.image_for(src_engine, src_version)
+    env_file = ctx.config.target.env_file
+    try:
+        chosen = parse_env_text(env_file.read_text()).get("REDIS_IMAGE") if env_file else None
+    except (OSError, OpsError):
+        chosen = None  # deploy names an unreadable env file itself
+    if not chosen:
+        checks.add("target Redis image", "ok", f"{wanted} (follows the source's {src_engine} {src_version})")
+        checks.facts["target_redis_image"] = wanted
+        return
+    promised = redisops.image_version(chosen)
+    if promised is None:
+        checks.add(
+            "target Redis image",
+            "warning",
+            f"REDIS_IMAGE={chosen}: its tag names no version",
+            f"pin it, e.g. REDIS_IMAGE={wanted}",
+        )
+    elif redisops.restore_compatible(src_engine, src_version, *promised):
+        checks.add("target Redis image", "ok", f"REDIS_IMAGE={chosen} reads the source's {src_engine} {src_version}")
+    else:
+        checks.add(
+            "target Redis image",
+            "blocker",
+            f"REDIS_IMAGE={chosen} cannot read the keys of the source's {src_engine} {src_version}",
+            f"set REDIS_IMAGE={wanted} in {env_file}",
+        )
 
 
 async def run(ctx: Context) -> dict[str, Any]:

@@ -20,7 +20,10 @@ LOGIN_RETRY_SECONDS = 90.0
 class SourceApi:
     """The source deployment's HTTP API as an admin: health and maintenance mode."""
 
-    def __init__(self, base_url: str, *, email: str | None, password: str | None, token: str | None) -> None:
+    def __init__(
+        self, base_url: str, *, email: str | None, password: str | None, token: str | None, label: str = "source"
+    ) -> None:
+        self.label = label
         self.base_url = base_url.rstrip("/")
         self.email, self.password, self._token = email, password, token
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=30)
@@ -34,9 +37,12 @@ class SourceApi:
             )
         deadline = time.monotonic() + LOGIN_RETRY_SECONDS
         while True:
-            resp = await self.client.post(
-                "/api/v1/auth/login", data={"username": self.email, "password": self.password}
-            )
+            try:
+                resp = await self.client.post(
+                    "/api/v1/auth/login", data={"username": self.email, "password": self.password}
+                )
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
             if resp.status_code not in (429, 503) or time.monotonic() >= deadline:
                 break
             # rate-limited (a resumed run logs in again) or briefly unavailable: wait as told, then try again
@@ -63,12 +69,15 @@ class SourceApi:
                 token = await self._login()
                 resp = await self.client.request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
         except httpx.HTTPError as exc:
-            raise StepError(
-                f"source API {self.base_url} unreachable: {type(exc).__name__}: {exc}",
-                "check source.api_url",
-                EXIT_UNREACHABLE,
-            ) from None
+            raise self._unreachable(exc) from None
         return resp
+
+    def _unreachable(self, exc: httpx.HTTPError) -> StepError:
+        return StepError(
+            f"{self.label} API {self.base_url} unreachable: {type(exc).__name__}: {exc}",
+            f"check {'source.api_url' if self.label == 'source' else 'target.public_url'}",
+            EXIT_UNREACHABLE,
+        )
 
     async def health(self) -> bool:
         try:
@@ -125,6 +134,26 @@ class SourceApi:
                 code=EXIT_REFUSED if resp.status_code in (401, 403) else EXIT_ERROR,
             )
         log.info("source forwarding " + (f"to {target}" if target else "ended"))
+        return True
+
+    async def create_user(self, email: str, password: str) -> int | None:
+        """A new (non-admin) account; None when the app is a version without the account API."""
+        resp = await self.request("POST", "/api/v1/admin/users", json={"email": email, "password": password})
+        if resp.status_code in (404, 405):
+            return None
+        if resp.status_code != 201:
+            raise StepError(
+                f"creating an account on the {self.label} failed: HTTP {resp.status_code} {resp.text[:200]}"
+            )
+        return int(resp.json()["id"])
+
+    async def delete_user(self, user_id: int) -> bool:
+        """Delete an account and what it owns; False when it was already gone."""
+        resp = await self.request("DELETE", f"/api/v1/admin/users/{user_id}")
+        if resp.status_code == 404 and "No user" in str(resp.json().get("detail", "")):
+            return False
+        if resp.status_code != 204:
+            raise StepError(f"deleting account {user_id} on the {self.label} failed: HTTP {resp.status_code}")
         return True
 
     async def close(self) -> None:

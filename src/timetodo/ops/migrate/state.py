@@ -63,6 +63,9 @@ class Facts(BaseModel):
     db_bytes: int | None = None
     tables_without_pk: list[str] | None = None
     source_redis: str | None = None
+    target_redis_image: str | None = None
+    # cutover, before the freeze: the canary account (ops/migrate/canary.py) and the source under the load mix
+    canary: dict[str, Any] | None = None
     keys: int | None = None
     files_bytes: int | None = None
     files: int | None = None

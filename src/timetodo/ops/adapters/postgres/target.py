@@ -16,7 +16,7 @@ import asyncpg
 
 from timetodo.core.logging import mask_secrets
 from timetodo.ops.errors import EXIT_UNREACHABLE, OpsError
-from timetodo.ops.sources import libpq_url, mask_url
+from timetodo.ops.sources import allow_list_hint, closed_before_login, libpq_url, mask_url
 
 CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 10.0
@@ -111,5 +111,6 @@ async def connect(target: PgTarget) -> asyncpg.Connection:
         return await asyncpg.connect(target.dsn, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise PgUnreachable(
-            f"cannot connect to {mask_url(target.url)}: {target.scrub(str(exc) or type(exc).__name__)}"
+            f"cannot connect to {mask_url(target.url)}: {target.scrub(str(exc) or type(exc).__name__)}",
+            allow_list_hint(target.url) if closed_before_login(exc) else "",
         ) from None

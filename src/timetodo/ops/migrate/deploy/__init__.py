@@ -62,9 +62,14 @@ def env_text(ctx: Context) -> str:
     if path is None:
         raise StepError("target.env_file is not set", "write the target's .env (see deploy/.env.example)")
     try:
-        return path.read_text()
+        text = path.read_text()
     except OSError as exc:
         raise StepError(f"target.env_file: cannot read {path}: {exc.strerror}") from None
+    image = ctx.state.facts.target_redis_image
+    if image and ctx.config.target.runtime == "compose" and "REDIS_IMAGE" not in parse_env_text(text):
+        # the Redis that can read the source's keys (preflight chose it from the source's engine and version)
+        text = text.rstrip("\n") + f"\nREDIS_IMAGE={image}\n"
+    return text
 
 
 async def plan(ctx: Context) -> list[PlanLine]:

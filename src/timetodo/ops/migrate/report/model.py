@@ -418,6 +418,41 @@ CHECK_NAMES = {
 }
 
 
+def _canary_and_load(sections: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
+    canary = sections.get("canary")
+    if isinstance(canary, dict):
+        steps = [s for s in canary.get("steps") or [] if isinstance(s, dict)]
+        passed = sum(1 for s in steps if s.get("ok"))
+        figures = (
+            f"{passed} of {len(steps)} steps passed; removed afterwards: {'yes' if canary.get('removed') else 'no'}"
+        )
+        checks.append(
+            Check(
+                section="canary", check="a client's round trip on the target", status=_status(canary), figures=figures
+            )
+        )
+    load = sections.get("load")
+    if isinstance(load, dict):
+        parts = []
+        for host in ("source", "target"):
+            fig = load.get(host)
+            if isinstance(fig, dict):
+                parts.append(
+                    f"{host} p50 {fig.get('p50_ms')} / p95 {fig.get('p95_ms')} / p99 {fig.get('p99_ms')} ms, "
+                    f"{fig.get('throughput_per_s')}/s, {_count(fig.get('failures'))} failed"
+                )
+        checks.append(
+            Check(
+                section="load",
+                check="the same read/write mix on both hosts",
+                status=_status(load),
+                figures="; ".join(parts),
+            )
+        )
+    return checks
+
+
 def verification(validation: dict[str, Any] | None) -> list[Check]:
     """The verification table: each check of the validation report, pass/fail and its figures."""
     if not validation:
@@ -458,6 +493,7 @@ def verification(validation: dict[str, Any] | None) -> list[Check]:
                 if (value := section.get(key)) is not None
             )
         checks.append(Check(section=name, check=CHECK_NAMES[name], status=_status(section), figures=figures))
+    checks += _canary_and_load(sections)
     for message in validation.get("errors") or []:
         checks.append(Check(section="errors", check=str(message)[:300], status="FAILED"))
     for message in validation.get("warnings") or []:

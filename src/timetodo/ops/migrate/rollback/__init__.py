@@ -1,9 +1,11 @@
 """Step `rollback` (seed: rollback.sh): back to the source with nothing lost.
 
-The target app stops; every write it accepted after the switch is carried back to the source (`compute`: the
-row-level delta of the target against the cutover snapshot; `apply`: that delta applied to the source in one
-transaction, refused when the source changed meanwhile — `delta` holds the types and the guarantees); Redis and
-the uploads are copied back; the webhook and DNS point at the source again; the source leaves maintenance last.
+Nothing stops before the source is known to be ready: reachable, its database answering, and still frozen after a
+switch (`check_source`). Then the target app stops; every write it accepted after the switch is carried back to the
+source (`compute`: the row-level delta of the target against the cutover snapshot; `apply`: that delta applied to
+the source in one transaction, refused when the source changed meanwhile — `delta` holds the types and the
+guarantees); Redis and the uploads are copied back; the webhook and DNS point at the source again; the source
+leaves maintenance last.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from timetodo.ops.adapters import redis as redisops
-from timetodo.ops.adapters.rsync import Place, rsync
-from timetodo.ops.migrate.data import source_place, staging_dir, target_place
+from timetodo.ops.adapters.filecopy import copy_tree
+from timetodo.ops.adapters.rsync import Place
+from timetodo.ops.errors import EXIT_REFUSED, StepError
+from timetodo.ops.migrate.data import connect, source_place, staging_dir, target_place
 from timetodo.ops.migrate.rollback.apply import apply_delta
 from timetodo.ops.migrate.rollback.compute import compute_delta
 from timetodo.ops.migrate.rollback.delta import (
@@ -29,6 +33,7 @@ from timetodo.ops.migrate.switch import end_forwarding, switch_back
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
+    from timetodo.ops.migrate.source_api import SourceApi
 
 __all__ = [
     "ApplyResult",
@@ -49,6 +54,7 @@ NAME = "rollback"
 
 async def plan(ctx: Context) -> list[PlanLine]:
     return [
+        (ctx.config.source.api_url, "check: reachable, still in maintenance (after a switch); database answers"),
         (ctx.config.source.api_url, "DELETE /api/v1/admin/forwarding (when the switch started it)"),
         (ctx.target_ssh().describe(), "stop the app"),
         ("local", "row delta target vs cutover snapshot → applied to the source in one transaction"),
@@ -71,16 +77,33 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
         result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
     src = source_place(ctx)
     if src is not None:
-        pulled = await rsync(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
-        pushed = await rsync(Place(str(staging_dir(ctx))), src, delete=False)
+        pulled = await copy_tree(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
+        pushed = await copy_tree(Place(str(staging_dir(ctx))), src, delete=False)
         result["files"] = {"pulled": pulled, "pushed": pushed}
     return result
+
+
+async def check_source(api: SourceApi, database_url: str, *, switched: bool) -> None:
+    """Before anything is stopped: the source answers as an admin, its database accepts a connection, and — after a
+    switch — it is still frozen. A source out of maintenance may have taken writes of its own since the switch: the
+    rollback would then conflict with them, so it refuses while the target still serves."""
+    status = await api.check_admin()
+    if switched and not status.get("enabled"):
+        raise StepError(
+            "the source is out of maintenance mode: it may have taken writes since the switch",
+            "nothing was stopped; if the source took no writes, `timetodo maintenance on` there and roll back again",
+            EXIT_REFUSED,
+        )
+    conn = await connect(database_url)
+    await conn.close()
 
 
 async def run(ctx: Context) -> dict[str, Any]:
     """Back to the source with nothing lost: stop the target app, carry every write it accepted after the switch
     back to the source, webhook and DNS back, source out of maintenance."""
     started = time.time()
+    switched = ctx.state.facts.switched_at is not None
+    await check_source(ctx.source_api(), ctx.secrets.source_database_url, switched=switched)
     # first: a source still forwarding would proxy its clients to a target that is about to stop
     result: dict[str, Any] = {"forwarding_ended": await end_forwarding(ctx)}
     await (await ctx.runtime()).stop()

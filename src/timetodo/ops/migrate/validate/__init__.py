@@ -6,6 +6,9 @@ well? Each comparison lives in its own module and returns a result with `ok`, `e
 * `files` — the uploads both ways, by sha256;
 * `http` — the same authenticated reads answered identically, and latency;
 * `webhook` — the Telegram webhook points at the target, no delivery error since the switch;
+* `canary` — after the switch, an account planted on the source before the freeze does a client's round trip on the
+  target (login, its task and file, WebSocket event, complete, upload/download) and is removed;
+* `load` — the same concurrent read/write mix on the source (before the freeze) and the target (after the switch);
 * `report` — `ValidationReport` gathers them into `migration_validation_report.txt` / `.json`.
 
 After the switch the target takes writes, so the frozen source is compared with the cutover snapshot instead.
@@ -20,10 +23,12 @@ from timetodo.ops.adapters import files as fileops
 from timetodo.ops.adapters.rsync import remote_manifest
 from timetodo.ops.errors import EXIT_VERIFICATION, StepError
 from timetodo.ops.migrate.data import pull_files, source_place, staging_dir
+from timetodo.ops.migrate.validate.canary import check_target
 from timetodo.ops.migrate.validate.common import REPORT_JSON, REPORT_TXT, Comparison
 from timetodo.ops.migrate.validate.database import DbComparison, compare_databases
 from timetodo.ops.migrate.validate.files import FilesComparison, compare_files
 from timetodo.ops.migrate.validate.http import HttpComparison, compare_http, percentile
+from timetodo.ops.migrate.validate.load import LoadFigures, compare_load
 from timetodo.ops.migrate.validate.redis import RedisComparison, compare_redis
 from timetodo.ops.migrate.validate.report import ValidationReport
 from timetodo.ops.migrate.validate.webhook import WebhookCheck, check_webhook
@@ -76,6 +81,18 @@ async def _compare_stores(ctx: Context, report: ValidationReport, switched: bool
         report.files = compare_files(staged, await remote_manifest(await ctx.target(), ctx.config.target_uploads_dir))
 
 
+async def _canary(ctx: Context, report: ValidationReport) -> None:
+    settings = ctx.config.validate_
+    async with ctx.activity("canary: a client's round trip on the target, then the load mix"):
+        check = await check_target(ctx, load_seconds=settings.load_seconds, load_connections=settings.load_connections)
+    if check is None:
+        return
+    report.canary = check
+    if check.target_load is not None:
+        source = (ctx.state.facts.canary or {}).get("source_load")
+        report.load = compare_load(LoadFigures.from_dict(source) if source else None, check.target_load)
+
+
 async def run(ctx: Context) -> dict[str, Any]:
     switched = ctx.state.facts.switched_at is not None
     report = ValidationReport()
@@ -88,6 +105,8 @@ async def run(ctx: Context) -> dict[str, Any]:
             report.webhook = await check_webhook(
                 client, ctx.webhook_url(ctx.config.target.public_url), ctx.state.facts.switched_at
             )
+    if switched and ctx.config.validate_.canary:
+        await _canary(ctx, report)
     report.write(ctx.work_dir)
     ctx.console.print(report.to_text())
     if not report.ok:

@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from timetodo.ops.migrate.validate.canary import CanaryCheck
 from timetodo.ops.migrate.validate.common import REPORT_JSON, REPORT_TXT, Comparison, jsonable
 from timetodo.ops.migrate.validate.database import DbComparison
 from timetodo.ops.migrate.validate.files import FilesComparison
 from timetodo.ops.migrate.validate.http import HttpComparison
+from timetodo.ops.migrate.validate.load import LoadComparison
 from timetodo.ops.migrate.validate.redis import RedisComparison
 from timetodo.ops.migrate.validate.webhook import WebhookCheck
 
@@ -56,6 +58,8 @@ class ValidationReport:
     files: FilesComparison | None = None
     http: HttpComparison | None = None
     webhook: WebhookCheck | None = None
+    canary: CanaryCheck | None = None
+    load: LoadComparison | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -66,6 +70,8 @@ class ValidationReport:
             ("files", self.files),
             ("http", self.http),
             ("webhook", self.webhook),
+            ("canary", self.canary),
+            ("load", self.load),
         ]
 
     @property
@@ -116,7 +122,7 @@ class ValidationReport:
             ],
         )
         out += self._database_text() + self._redis_text() + self._files_text() + self._http_text()
-        out += self._webhook_text()
+        out += self._webhook_text() + self._canary_text() + self._load_text()
         for title, messages in (("Errors", self.errors), ("Warnings", self.warnings)):
             if messages:
                 out += ["", title] + [f"  - {message}" for message in messages]
@@ -226,6 +232,46 @@ class ValidationReport:
             ["expected", "actual", "pending updates", "error since switch"],
             [(w.expected_url, w.url or "(none)", w.pending_update_count, w.last_error or "none")],
         )
+        return out
+
+    def _canary_text(self) -> list[str]:
+        c = self.canary
+        if c is None:
+            return []
+        out = [
+            "",
+            f"Canary account on the target: {_status(c.ok)}  (removed afterwards: {'yes' if c.removed else 'NO'})",
+        ]
+        out += _table(
+            ["step", "status", "ms", "detail"], [(s["step"], _status(s["ok"]), s["ms"], s["detail"]) for s in c.steps]
+        )
+        return out
+
+    def _load_text(self) -> list[str]:
+        load = self.load
+        if load is None:
+            return []
+        out = [
+            "",
+            f"Load: {_status(load.ok)}  (the same read/write mix; source before the freeze, target after the switch)",
+        ]
+        rows: list[tuple[Any, ...]] = []
+        for label, fig in (("source", load.source), ("target", load.target)):
+            if fig is None:
+                rows.append((label, None, None, None, None, None, None))
+                continue
+            rows.append(
+                (
+                    label,
+                    fig.connections,
+                    fig.requests,
+                    f"{fig.throughput:.0f}",
+                    _ms(fig.p50_ms),
+                    _ms(fig.p95_ms),
+                    _ms(fig.p99_ms),
+                )
+            )
+        out += _table(["host", "connections", "requests", "per s", "p50 ms", "p95 ms", "p99 ms"], rows)
         return out
 
     def write(self, directory: Path) -> tuple[Path, Path]:
