@@ -6,9 +6,12 @@ Builds the same source/target pair as the end-to-end test (tests/e2e/migrate_wor
 
 * baseline 1: `pg_dump -Fd -j2` + `pg_restore -j2` of the source into a scratch database on server B;
 * baseline 2: a plain pipelined DUMP/RESTORE loop (one connection each side) into a scratch Redis database on B;
-* `timetodo migrate run --yes` (backup, sync, cutover, validate …): time per phase, the write downtime.
+* `timetodo migrate run --yes` (backup, sync, cutover, validate …) once per strategy (`--strategies dump,delta`),
+  each under a steady writer (~50 writes/s, the end-to-end test's), each followed by `timetodo migrate rollback`
+  so the next one starts from the source again: time per phase, the write freeze and the in-freeze seconds of each
+  cutover phase, side by side.
 
-    uv run python bench/migrate.py [--db-mb 1024] [--keys 1000000] [--files-mb 1024]
+    uv run python bench/migrate.py [--db-mb 1024] [--keys 1000000] [--files-mb 1024] [--strategies dump,delta]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.migrate_world import World, make_world, plain, stop_world  # noqa: E402
+from tests.e2e.migrate_world import World, Writer, make_world, plain, stop_world  # noqa: E402
 from tests.support import PASSWORD, Services  # noqa: E402
 
 from timetodo.ops.adapters.postgres import PgTarget, tool  # noqa: E402
@@ -140,23 +143,62 @@ def _batches(items: Any, size: int) -> Any:
         yield batch
 
 
+def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_backup: bool) -> dict[str, Any]:
+    """One `migrate run` with `strategy` under the steady writer, then a rollback; the final report and timings."""
+    config = base / f"migration-{strategy}.toml"
+    text = world.config.read_text().replace('work_dir = "work"', f'work_dir = "work-{strategy}"')
+    config.write_text(text.replace('app_name = "timetodo"', f'app_name = "timetodo"\nstrategy = "{strategy}"'))
+    flags = ["--skip-backup"] if skip_backup else []
+    with Writer(world.current, token, f"bench-{strategy}") as writer:
+        started = time.monotonic()
+        result = world.migrate("run", "--yes", *flags, config=config, timeout=7200)
+        total = time.monotonic() - started
+        if result.returncode != 0:
+            raise SystemExit(result.stdout + result.stderr)
+        rollback_started = time.monotonic()
+        back = world.migrate("rollback", "--force", config=config, timeout=7200)
+        rollback = time.monotonic() - rollback_started
+        if back.returncode != 0:
+            raise SystemExit(back.stdout + back.stderr)
+    work = base / f"work-{strategy}"
+    report = json.loads((work / "migration_final_report.json").read_text())
+    state = json.loads((work / "state.json").read_text())
+    cutover = next(run for run in reversed(state["history"]) if run["step"] == "cutover" and run["status"] == "done")
+    return {
+        "strategy": strategy,
+        "total_seconds": total,
+        "rollback_seconds": rollback,
+        "write_freeze_seconds": cutover["result"]["write_downtime_seconds"],
+        "in_freeze_seconds": cutover["result"].get("in_freeze_seconds", {}),
+        "final_copy": cutover["result"]["phases"].get("final_copy", {}).get("result"),
+        "pre_pass": cutover["result"]["phases"].get("pre_pass", {}).get("result"),
+        "writes_acked": len(writer.acked),
+        "report": report,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db-mb", type=int, default=1024)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--files-mb", type=int, default=1024)
+    parser.add_argument("--strategies", default="dump,delta", help="comma-separated, run in this order")
+    parser.add_argument("--skip-backup", action="store_true", help="pass --skip-backup to every run")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "out" / "migrate.json")
     args = parser.parse_args()
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
 
     services = Services.start()
     base = Path(tempfile.mkdtemp(prefix="ttd-bench-migrate-"))
     world: World | None = None
+    runs: list[dict[str, Any]] = []
     try:
         world = make_world(base, services, budget_minutes=60, seed=False)
         with httpx.Client(base_url=world.source.url) as c:
             c.post("/api/v1/auth/register", json={"email": "bench@example.com", "password": PASSWORD})
-            token = c.post("/api/v1/auth/login", data={"username": "bench@example.com", "password": PASSWORD})
-            me = c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+            login = c.post("/api/v1/auth/login", data={"username": "bench@example.com", "password": PASSWORD})
+            token = login.json()["access_token"]
+            me = c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
         print("generating data …", flush=True)
         db_bytes = asyncio.run(fill_database(world.source_db, me.json()["id"], args.db_mb))
         fill_redis(world.source_redis, args.keys)
@@ -165,48 +207,61 @@ def main() -> None:
         pg = baseline_pg(world.source_db, plain(world.target_db), base)
         scratch_redis = world.target_redis.rsplit("/", 1)[0] + "/5"
         redis_loop = baseline_redis(world.source_redis, scratch_redis)
-
-        started = time.monotonic()
-        result = world.migrate("run", "--yes", timeout=7200)
-        total = time.monotonic() - started
-        if result.returncode != 0:
-            raise SystemExit(result.stdout + result.stderr)
-        report = json.loads((base / "work" / "migration_final_report.json").read_text())
+        for strategy in strategies:
+            print(f"migrating with strategy {strategy} …", flush=True)
+            runs.append(migrate_with(world, base, strategy, token, skip_backup=args.skip_backup))
     finally:
         if world is not None:
             stop_world(world)
         services.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    phases = {p["step"]: p for p in report["phases"]}
-    sync = phases["sync"]["result"]
-    sync_db = sync["db"]["dump_seconds"] + sync["db"]["restore_seconds"]
     print(f"\nsource: {db_bytes / 1e6:,.0f} MB database, {args.keys:,} Redis keys, {args.files_mb:,} MB of files\n")
-    print(f"{'phase':<12}{'seconds':>10}")
-    for name, phase in phases.items():
-        print(f"{name:<12}{phase['seconds'] or 0:>10.1f}")
-    print(f"{'total':<12}{total:>10.1f}\n")
     base_pg = pg["dump"] + pg["restore"]
-    redis_s = float(sync["redis"].get("seconds", 0))
-    wall = float(sync.get("wall_seconds", 0))
-    print(
-        f"sync copy, database + Redis + files side by side: {wall:.1f} s wall vs the two baselines run one after "
-        f"the other {base_pg + redis_loop:.1f} s → {wall / (base_pg + redis_loop):.2f}×"
-    )
-    print(f"  database (dump + restore): {sync_db:.1f} s vs pg_dump -Fd -j2 + pg_restore -j2 alone {base_pg:.1f} s")
-    print(f"  Redis: {redis_s:.1f} s vs a plain pipelined DUMP/RESTORE loop alone {redis_loop:.1f} s")
-    print(f"  files (rsync over SSH via staging): {float(sync['files']['seconds']):.1f} s")
-    print(f"measured write downtime: {report['write_downtime_seconds']:.1f} s")
+    for run in runs:
+        phases = {p["step"]: p for p in run["report"]["phases"] if p.get("parent") is None}
+        print(f"strategy {run['strategy']}: {run['writes_acked']:,} writes acknowledged during run + rollback")
+        print(f"  {'phase':<12}{'seconds':>10}")
+        for name, phase in phases.items():
+            print(f"  {name:<12}{phase['seconds'] or 0:>10.1f}")
+        print(f"  {'total':<12}{run['total_seconds']:>10.1f}")
+        sync = phases["sync"]["result"]
+        redis_s = float(sync["redis"].get("seconds", 0))
+        wall = float(sync.get("wall_seconds", 0))
+        sync_db = sync["db"]["dump_seconds"] + sync["db"]["restore_seconds"]
+        print(
+            f"  sync copy side by side: {wall:.1f} s wall vs the two baselines one after the other "
+            f"{base_pg + redis_loop:.1f} s → {wall / (base_pg + redis_loop):.2f}×; database {sync_db:.1f} s vs "
+            f"pg_dump -Fd -j2 + pg_restore -j2 {base_pg:.1f} s; Redis {redis_s:.1f} s vs loop {redis_loop:.1f} s"
+        )
+        freeze = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in run["in_freeze_seconds"].items())
+        print(f"  write freeze: {run['write_freeze_seconds']:.2f} s ({freeze})")
+        copy = run["final_copy"] or {}
+        db = copy.get("db") or {}
+        if db.get("strategy") == "delta":
+            print(
+                f"  in-freeze database: {db['chunks_copied']} of {db['chunks']} chunks, {db['rows']} rows "
+                f"(hash {db['hash_seconds']:.2f} s, compare {db['compare_seconds']:.2f} s, apply "
+                f"{db['apply_seconds']:.2f} s); Redis: {(copy.get('redis') or {}).get('keys')} keys of "
+                f"{(copy.get('redis') or {}).get('scanned')} ({(copy.get('redis') or {}).get('seconds')} s)"
+            )
+        print(f"  rollback: {run['rollback_seconds']:.1f} s")
+    by = {run["strategy"]: run["write_freeze_seconds"] for run in runs}
+    if "dump" in by and "delta" in by:
+        print(
+            f"\nwrite freeze delta / dump: {by['delta']:.2f} s / {by['dump']:.2f} s = {by['delta'] / by['dump']:.2f}×"
+        )
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(
         json.dumps(
             {
                 "args": {k: str(v) for k, v in vars(args).items()},
-                "report": report,
+                "runs": runs,
                 "baseline_pg": pg,
                 "baseline_redis_seconds": redis_loop,
             },
             indent=2,
+            default=str,
         )
     )
 

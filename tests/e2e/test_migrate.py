@@ -94,6 +94,13 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
         time.sleep(1.5)  # more writes, now on the target (the old-address client's through the source's forwarding)
     assert world.current.read_text() == world.target_url
     facts = world.state()["facts"]
+    # the default strategy, delta: the freeze moved only the chunks that differed, and checked them by their hashes
+    cutover = world.state()["steps"]["cutover"]["result"]
+    assert cutover["strategy"] == "delta", cutover
+    final_db = facts["cutover_phases"]["final_copy"]["result"]["db"]
+    assert final_db["strategy"] == "delta" and final_db["problems"] == []
+    assert final_db["chunks_copied"] < final_db["chunks"], final_db
+    assert "final_copy" in cutover["in_freeze_seconds"] and "pre_pass" not in cutover["in_freeze_seconds"]
     # the client on the old address saw errors only inside the write freeze: forwarding took over at the switch
     window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
     outside = [t for t in old_writer.failure_times if not window[0] <= t <= window[1]]
@@ -210,16 +217,17 @@ def _kill_when(proc: subprocess.Popen[str], state_file: Path, condition: Any, ti
 def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     """`run` killed with SIGKILL after every step and once in the middle of the cutover's final copy (source
     frozen); each time `run --resume` continues, and the end state is the same: every acknowledged write exactly once
-    on the target, validation passes."""
+    on the target, validation passes. This run uses the `dump` strategy (the other test covers the default, delta)."""
     config = world.base / "migration-resume.toml"
-    config.write_text(world.config.read_text().replace('work_dir = "work"', 'work_dir = "work-resume"'))
+    text = world.config.read_text().replace('work_dir = "work"', 'work_dir = "work-resume"')
+    config.write_text(text.replace('app_name = "timetodo"', 'app_name = "timetodo"\nstrategy = "dump"'))
     state_file = world.base / "work-resume" / "state.json"
 
     def done(step: str) -> Any:
         return lambda s: s.get("steps", {}).get(step, {}).get("status") == "done"
 
     kill_points = [done(step) for step in ("preflight", "backup", "prepare", "deploy", "sync")]
-    kill_points.append(lambda s: "stop_target" in s.get("facts", {}).get("cutover_phases", {}))  # mid-copy, frozen
+    kill_points.append(lambda s: s.get("facts", {}).get("freeze_started_at") is not None)  # mid-copy, frozen
     with Writer(world.current, world.writer_token, "k") as writer:
         for n, condition in enumerate(kill_points):
             output = world.base / f"killed-run-{n}.log"

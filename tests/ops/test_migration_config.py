@@ -52,7 +52,7 @@ def test_the_example_loads_with_defaults() -> None:
         ("port = 22\n", "port = 70000\n", "target.port"),
         ('public_url = "https://api.example.com"', 'public_url = "api.example.com"', "target.public_url"),
         ("downtime_budget_minutes = 30", "downtime_budget_minutes = -1", "downtime_budget_minutes"),
-        ('strategy = "dump"', 'strategy = "teleport"', "strategy"),
+        ('strategy = "delta"', 'strategy = "teleport"', "strategy"),
         (
             'admin_password_env = "SOURCE_ADMIN_PASSWORD"',
             'admin_password_env = "not an env name"',

@@ -1,4 +1,5 @@
-"""Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE).
+"""Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE);
+copy every key between two servers (`copy_redis`), and afterwards only what changed since (`copy_redis_delta`).
 
 The stream format is one JSON object per line, binary-safe: `{"k": base64 key, "t": ttl ms (0 = none), "v": base64
 DUMP payload}`. The TTL is the one remaining when the key was dumped; RESTORE gives it back relative to the restore.
@@ -244,6 +245,7 @@ class _Copier:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.clients: list[sync_redis.Redis] = []
+        self.seen: set[bytes] = set()
 
     def client(self, url: str, timeout: float = 60) -> sync_redis.Redis:
         client = sync_redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=timeout)
@@ -290,7 +292,7 @@ class _Copier:
             self.client(self.target_url, timeout=300).flushdb()
         with ThreadPoolExecutor(max_workers=connections) as pool:
             pending: set[Future[None]] = set()
-            seen: set[bytes] = set()
+            seen = self.seen
             chunk: list[bytes] = []
             for key in scan_client.scan_iter(count=batch):
                 if key in seen:  # SCAN may return a key twice
@@ -325,6 +327,164 @@ def _copy_redis_sync(
         copier.close()
     copier.result.seconds = time.monotonic() - started
     return copier.result
+
+
+# ------------------------------------------------------------------------------------- the delta since a first copy
+
+TTL_TOLERANCE_MS = 1000
+"""Two expiries closer than this are the same one (the first copy set the target's with ABSTTL, to the millisecond)."""
+
+
+@dataclass
+class RedisDelta:
+    """What `copy_redis_delta` found and did: keys compared on the source, keys restored because they were new or
+    changed (value or expiry), keys deleted on the target because the source no longer has them."""
+
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keys": self.new + self.changed,
+            "scanned": self.scanned,
+            "new": self.new,
+            "changed": self.changed,
+            "deleted": self.deleted,
+            "skipped": self.skipped,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _expiry(pttl: int, now_ms: int) -> int:
+    """Absolute expiry in ms (0: none)."""
+    return now_ms + max(int(pttl), 1) if pttl >= 0 else 0
+
+
+def _same_expiry(a: int, b: int) -> bool:
+    return (a == 0) == (b == 0) and abs(a - b) <= TTL_TOLERANCE_MS
+
+
+class _DeltaCopier(_Copier):
+    """A second pass after `copy_redis`: every source key's DUMP and expiry compared with the target's (pipelined,
+    `connections` threads), the new and changed ones restored (ABSTTL REPLACE), then the target's keys the source
+    no longer has deleted."""
+
+    def __init__(self, source_url: str, target_url: str, progress: Progress | None) -> None:
+        super().__init__(source_url, target_url, progress)
+        self.delta = RedisDelta()
+
+    def move(self, keys: list[bytes]) -> None:
+        src, dst = self.pair()
+        pipe = src.pipeline(transaction=False)
+        theirs = dst.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+            theirs.dump(key)
+            theirs.pttl(key)
+        ours_values, their_values = pipe.execute(), theirs.execute()
+        now_ms = int(time.time() * 1000)
+        out = dst.pipeline(transaction=False)
+        new = changed = skipped = moved_bytes = 0
+        vanished: list[bytes] = []
+        for i, key in enumerate(keys):
+            payload, pttl = ours_values[2 * i], ours_values[2 * i + 1]
+            other, other_pttl = their_values[2 * i], their_values[2 * i + 1]
+            if payload is None or pttl == -2:
+                skipped += 1  # gone on the source meanwhile (expired, deleted): gone on the target too
+                vanished.append(key)
+                continue
+            expiry = _expiry(int(pttl), now_ms)
+            if other is not None and other == payload and _same_expiry(expiry, _expiry(int(other_pttl), now_ms)):
+                continue
+            if other is None:
+                new += 1
+            else:
+                changed += 1
+            moved_bytes += len(payload)
+            out.restore(key, expiry, payload, replace=True, absttl=True)
+        if new or changed:
+            out.execute()
+        if vanished:
+            self.remove(vanished)
+        with self.lock:
+            self.delta.scanned += len(keys)
+            self.delta.new += new
+            self.delta.changed += changed
+            self.delta.skipped += skipped
+            self.delta.bytes += moved_bytes
+            if self.progress is not None:
+                self.progress(self.delta.scanned, self.total)
+
+    def remove(self, keys: list[bytes]) -> None:
+        """Delete on the target those of `keys` the source does not have."""
+        src, dst = self.pair()
+        pipe = src.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        gone = [key for key, present in zip(keys, pipe.execute(), strict=True) if not present]
+        if gone:
+            deleted = int(dst.delete(*gone))
+            with self.lock:
+                self.delta.deleted += deleted
+
+    def run_delta(self, connections: int, batch: int) -> None:
+        self.run(connections, batch, flush_target=False)
+        seen = self.seen
+        target_scan = self.client(self.target_url)
+        with ThreadPoolExecutor(max_workers=connections) as pool:
+            futures: list[Future[None]] = []
+            chunk: list[bytes] = []
+            for key in target_scan.scan_iter(count=batch):
+                if key in seen:
+                    continue
+                chunk.append(key)
+                if len(chunk) == batch:
+                    futures.append(pool.submit(self.remove, chunk))
+                    chunk = []
+            if chunk:
+                futures.append(pool.submit(self.remove, chunk))
+            for future in futures:
+                future.result()
+
+
+def _copy_delta_sync(
+    source_url: str, target_url: str, connections: int, batch: int, progress: Progress | None
+) -> RedisDelta:
+    started = time.monotonic()
+    copier = _DeltaCopier(source_url, target_url, progress)
+    try:
+        copier.run_delta(connections, batch)
+    finally:
+        copier.close()
+    copier.delta.seconds = time.monotonic() - started
+    return copier.delta
+
+
+async def copy_redis_delta(
+    source_url: str,
+    target_url: str,
+    *,
+    connections: int = 2,
+    batch: int = 1000,
+    progress: Progress | None = None,
+) -> RedisDelta:
+    """Make the target's database equal to the source's again after a `copy_redis`, moving only the differences:
+    keys new or changed on the source (value or expiry) are restored with their absolute expiry, keys the source
+    no longer has are deleted on the target. No keyspace notifications needed (managed Redis lacks them): a second
+    SCAN compares the DUMP payloads and expiries of both sides, pipelined over `connections` threads."""
+    try:
+        return await asyncio.to_thread(_copy_delta_sync, source_url, target_url, connections, batch, progress)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
 
 
 async def redis_version(url: str) -> tuple[str, str]:

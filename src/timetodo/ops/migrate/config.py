@@ -177,7 +177,9 @@ class Validate(_Model):
 
 class MigrationConfig(_Model):
     app_name: Annotated[str, Field(pattern=APP_NAME.pattern)] = "timetodo"
-    strategy: Literal["dump"] = "dump"
+    # "delta": full copy before the freeze, then only the differing chunks/keys/files inside it (the default);
+    # "dump": the whole database and Redis dumped and restored again inside the freeze
+    strategy: Literal["delta", "dump"] = "delta"
     downtime_budget_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 30
     work_dir: Path = Path("migration")
     parallel_jobs: Annotated[int, Field(ge=1, le=64)] = 2

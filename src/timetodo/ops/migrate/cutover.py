@@ -1,6 +1,13 @@
 """Step `cutover` (seed: the second half of run_migration.sh): freeze writes on the source (maintenance mode through
 its admin API), final copy, quick verification, switch DNS and the Telegram webhook.
 
+The final copy depends on `strategy`: `dump` dumps and restores the whole database and Redis again inside the
+freeze; `delta` (the default) first stops the target app and runs a pre-pass while the source is still live (only
+the chunks, keys and files changed since sync), then inside the freeze moves only what changed in the last
+seconds — the database chunks whose hashes differ, the Redis keys whose DUMP differs, the rsync delta of the
+uploads — and verifies the copied chunks by their hashes. The snapshot the validation and a rollback compare with
+is then made outside the freeze, from the source that stays frozen (forwarding) after the switch.
+
 Guarantees: nothing is frozen when the credentials are wrong or the estimate exceeds the downtime budget; anything
 failing before the switch (or the budget running out) aborts with the source writable again; each phase is
 recorded when done, so a run killed at any point continues with `--resume` to the same end state.
@@ -27,6 +34,7 @@ from timetodo.ops.migrate.validate.canary import plant
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context, PlanLine
+    from timetodo.ops.migrate.source_api import SourceApi
 
 log = logging.getLogger("timetodo.ops.migrate")
 NAME = "cutover"
@@ -34,10 +42,22 @@ NAME = "cutover"
 
 async def plan(ctx: Context) -> list[PlanLine]:
     dns = ctx.config.dns
+    if ctx.config.strategy == "delta":
+        copy = [
+            (ctx.target_ssh().describe(), "stop the app"),
+            ("local", "pre-pass (source live): chunks whose hashes differ, changed Redis keys, rsync delta"),
+            (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
+            ("local", "final pass: chunk hashes both sides, copy differing chunks, sequences; Redis; files"),
+            ("local", "verify the copied chunks' hashes, key/file counts"),
+        ]
+    else:
+        copy = [
+            (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
+            ("local", "final dump/restore, Redis, files"),
+            ("local", "verify row/key/file counts"),
+        ]
     return [
-        (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
-        ("local", "final dump/restore, Redis, files"),
-        ("local", "verify row/key/file counts"),
+        *copy,
         (ctx.target_ssh().describe(), "start the app"),
         ("api.telegram.org", "setWebhook (pending updates kept); getWebhookInfo"),
         ("local", "DNS: " + (str(dns.hook) if dns.hook else "print the record to change")),
@@ -75,15 +95,21 @@ async def _phase(ctx: Context, name: str, action: Callable[[], Awaitable[Any]]) 
     return phases[name]
 
 
-async def quick_verify(ctx: Context) -> dict[str, Any]:
-    """Row counts per table, key counts, file counts: source (frozen) against target, before the switch."""
-    source_rows = await row_counts(ctx.secrets.source_database_url)
-    target_rows = await row_counts(await ctx.target_db_url())
-    problems = [
-        f"{table}: source {source_rows.get(table)} rows, target {target_rows.get(table)}"
-        for table in sorted(set(source_rows) | set(target_rows))
-        if table != "alembic_version" and source_rows.get(table) != target_rows.get(table)
-    ]
+async def quick_verify(ctx: Context, database: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Row counts per table (or, after a delta copy, the hashes of the copied chunks, checked by the copy: given as
+    `database`), key counts, file counts: source (frozen) against target, before the switch."""
+    if database is not None:
+        problems = list(database.get("problems", []))
+        rows = int(database.get("rows_source", 0))
+    else:
+        source_rows = await row_counts(ctx.secrets.source_database_url)
+        target_rows = await row_counts(await ctx.target_db_url())
+        problems = [
+            f"{table}: source {source_rows.get(table)} rows, target {target_rows.get(table)}"
+            for table in sorted(set(source_rows) | set(target_rows))
+            if table != "alembic_version" and source_rows.get(table) != target_rows.get(table)
+        ]
+        rows = sum(source_rows.values())
     keys: dict[str, int] = {}
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
@@ -103,39 +129,74 @@ async def quick_verify(ctx: Context) -> dict[str, Any]:
         differing = [name for name, size in staged.items() if on_target.get(name) != size]
         if differing:
             problems.append(f"uploads: {len(differing)} missing or of another size on the target")
-    return {"rows": sum(source_rows.values()), "keys": keys, "files": file_counts, "problems": problems}
+    return {"rows": rows, "keys": keys, "files": file_counts, "problems": problems}
+
+
+async def _may_freeze(ctx: Context) -> SourceApi:
+    """Refuse (before anything is stopped or frozen) wrong admin credentials or an estimate over the budget."""
+    api = ctx.source_api()
+    await api.check_admin()  # wrong credentials: refuse before freezing anything
+    estimate = frozen_estimate(ctx)
+    limit = ctx.config.downtime_budget_minutes * 60
+    if estimate["seconds"] > limit:
+        raise StepError(
+            f"estimated write downtime {estimate['seconds']:.0f} s exceeds the budget {limit:.0f} s",
+            "raise downtime_budget_minutes",
+            EXIT_BUDGET,
+        )
+    return api
 
 
 async def _freeze(ctx: Context) -> float:
     """Maintenance on at the source (once: a resumed run finds it recorded); refused before freezing anything when
     the credentials are wrong or the estimate exceeds the budget. The freeze's start time."""
     if ctx.state.facts.freeze_started_at is None:
-        api = ctx.source_api()
-        await api.check_admin()  # wrong credentials: refuse before freezing anything
-        estimate = frozen_estimate(ctx)
-        limit = ctx.config.downtime_budget_minutes * 60
-        if estimate["seconds"] > limit:
-            raise StepError(
-                f"estimated write downtime {estimate['seconds']:.0f} s exceeds the budget {limit:.0f} s",
-                "raise downtime_budget_minutes",
-                EXIT_BUDGET,
-            )
+        api = await _may_freeze(ctx)
         await api.maintenance(True, "timetodo migrate: moving to a new host")
         ctx.state.remember(freeze_started_at=time.time())
     return float(ctx.state.facts.freeze_started_at or 0)
+
+
+def _delta(ctx: Context) -> bool:
+    """The delta strategy applies (configured, and the pre-pass found the schemas equal)."""
+    if ctx.config.strategy != "delta":
+        return False
+    pre = ctx.state.facts.cutover_phases.get("pre_pass")
+    return not (pre is not None and isinstance(pre.result, dict) and pre.result.get("fallback"))
+
+
+async def _pre_pass(ctx: Context) -> dict[str, Any]:
+    """Before the freeze: what changed since sync, copied while the source is live (the freeze then moves only the
+    last seconds' changes). Schemas that differ (a newer release on the target) make the cutover use `dump`."""
+    from timetodo.ops.migrate.incremental import SchemaDiffers, copy_delta
+
+    try:
+        return await copy_delta(ctx, "pre-pass", live=True)
+    except SchemaDiffers as exc:
+        log.warning(f"delta strategy not usable, the cutover dumps and restores instead: {exc}")
+        return {"fallback": "dump", "reason": str(exc)}
+
+
+async def _final_copy(ctx: Context) -> dict[str, Any]:
+    if _delta(ctx):
+        from timetodo.ops.migrate.incremental import copy_delta
+
+        return await copy_delta(ctx, "cutover", live=False)
+    return await copy_everything(ctx, ctx.work_dir / "cutover" / "database", "cutover", live=False)
 
 
 async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
     runtime = await ctx.runtime()
     budget.check("final copy", frozen_estimate(ctx)["seconds"] - FIXED_OVERHEAD_S)
     await _phase(ctx, "stop_target", lambda: runtime.stop())
-    await _phase(
-        ctx, "final_copy", lambda: copy_everything(ctx, ctx.work_dir / "cutover" / "database", "cutover", live=False)
-    )
+    copied = (await _phase(ctx, "final_copy", lambda: _final_copy(ctx))).result
     budget.check("verification")
-    verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx))).result
+    db = copied.get("db") if isinstance(copied, dict) else None
+    checked = db if isinstance(db, dict) and db.get("strategy") == "delta" else None
+    verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx, checked))).result
     if verification["problems"]:
         ctx.state.facts.cutover_phases.pop("verify", None)
+        ctx.state.facts.cutover_phases.pop("final_copy", None)  # a new attempt copies (and checks) again
         raise StepError(
             "cutover verification failed: " + "; ".join(verification["problems"][:5]),
             "nothing was switched; the source is writable again",
@@ -168,6 +229,12 @@ async def run(ctx: Context) -> dict[str, Any]:
     """Freeze writes on the source, final copy, quick verification, switch. Aborts (source writable again) when
     anything fails before the switch or the downtime budget would be exceeded."""
     await _plant_canary(ctx)
+    if ctx.config.strategy == "delta" and ctx.state.facts.freeze_started_at is None:
+        # outside the freeze: nobody uses the target yet; then the changes since sync, the source still live
+        await _may_freeze(ctx)
+        runtime = await ctx.runtime()
+        await _phase(ctx, "stop_target", lambda: runtime.stop())
+        await _phase(ctx, "pre_pass", lambda: _pre_pass(ctx))
     freeze_started = await _freeze(ctx)
     try:
         if ctx.state.facts.switched_at is None:
@@ -180,10 +247,28 @@ async def run(ctx: Context) -> dict[str, Any]:
     # writes were refused from the freeze until the target took them (DNS switched, the app already healthy)
     downtime = float(facts.writes_switched_at or facts.switched_at or 0) - freeze_started
     ctx.state.remember(write_downtime_seconds=downtime)
-    # outside the freeze: the cutover dump again into a snapshot database, for validation and a lossless rollback
+    # outside the freeze: the source as it was frozen into a snapshot database, for validation and a lossless rollback
     await _phase(ctx, "snapshot", lambda: _restore_snapshot(ctx))
     ctx.console.print(f"[bold green]switched[/]: writes frozen for {downtime:.1f} s")
-    return {"write_downtime_seconds": round(downtime, 3), "phases": facts.to_json().get("cutover_phases", {})}
+    return {
+        "write_downtime_seconds": round(downtime, 3),
+        "strategy": "delta" if _delta(ctx) else "dump",
+        "in_freeze_seconds": in_freeze(ctx),
+        "phases": facts.to_json().get("cutover_phases", {}),
+    }
+
+
+def in_freeze(ctx: Context) -> dict[str, float]:
+    """Seconds each cutover phase spent inside the write freeze (from the freeze to the switch)."""
+    facts = ctx.state.facts
+    start, end = facts.freeze_started_at, facts.writes_switched_at or facts.switched_at
+    if start is None or end is None:
+        return {}
+    spent = {
+        name: round(min(phase.ended_at, end) - max(phase.started_at, start), 3)
+        for name, phase in facts.cutover_phases.items()
+    }
+    return {name: seconds for name, seconds in spent.items() if seconds > 0}
 
 
 async def _start_and_wait(ctx: Context) -> dict[str, Any]:
@@ -194,12 +279,19 @@ async def _start_and_wait(ctx: Context) -> dict[str, Any]:
 
 
 async def _restore_snapshot(ctx: Context) -> dict[str, Any]:
+    """The cutover dump (dump strategy) — or, with delta, a dump of the source now, still frozen (it forwards to the
+    target and takes no writes) — restored into the snapshot database."""
     snapshot = await ctx.snapshot_db_url()
     name = snapshot.rsplit("/", 1)[1].split("?")[0]
+    dump_dir = ctx.work_dir / "cutover" / "database"
+    dumped: dict[str, Any] = {}
+    if _delta(ctx):
+        async with ctx.activity("snapshot: pg_dump of the frozen source"):
+            dumped = await pg.dump_database(ctx.secrets.source_database_url, dump_dir, ctx.config.parallel_jobs)
     await pg.ensure_database(await ctx.target_db_url(), name, recreate=True)
     async with ctx.activity("snapshot: pg_restore into the cutover snapshot database"):
-        restored = await pg.restore_database(snapshot, ctx.work_dir / "cutover" / "database", ctx.config.parallel_jobs)
-    return {"database": name, **restored}
+        restored = await pg.restore_database(snapshot, dump_dir, ctx.config.parallel_jobs)
+    return {"database": name, **restored, **({"dump": dumped} if dumped else {})}
 
 
 async def _abort(ctx: Context, reason: str) -> None:

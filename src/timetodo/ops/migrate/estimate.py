@@ -18,6 +18,12 @@ def estimate_downtime(ctx: Context, db_bytes: int, keys: int, files_bytes: int) 
     """Write-freeze estimate: measured by sync when it ran (a final pass costs what a full one did, files aside),
     else from reference throughput."""
     measured = ctx.state.result("sync")
+    chunk_map = (measured or {}).get("chunk_map") or {}
+    if ctx.config.strategy == "delta" and "hash_seconds" in chunk_map:
+        # inside the freeze: one hashing pass of both sides (sync timed it) and a second SCAN of Redis comparing
+        # every key (about what its copy took); the rows, keys and files that changed in the last seconds aside
+        seconds = max(float(chunk_map["hash_seconds"]), float((measured or {}).get("redis", {}).get("seconds", 0)))
+        return {"seconds": seconds + FIXED_OVERHEAD_S, "basis": "delta: measured by sync"}
     if measured:
         if "wall_seconds" in measured:  # database, Redis and files copied side by side
             seconds = float(measured["wall_seconds"])

@@ -90,7 +90,8 @@ async def _source_database(ctx: Context, checks: Checks) -> None:
             "primary keys",
             "warning",
             f"tables without a primary key: {', '.join(no_pk)}",
-            "they are copied, but validation compares them as whole tables and rollback cannot diff them",
+            "they are copied (the delta strategy copies each whole when it differs), but validation compares them "
+            "as whole tables and rollback cannot diff them",
         )
     checks.facts.update(source_pg_major=major, db_bytes=db_bytes, tables_without_pk=no_pk)
 

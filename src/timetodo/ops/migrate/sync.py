@@ -31,6 +31,11 @@ async def plan(ctx: Context) -> list[PlanLine]:
         (target, "timetodo db upgrade"),
         ("local", "Redis copy (ABSTTL REPLACE)"),
         ("local", "rsync source → staging → target"),
+        *(
+            [("local", "chunk map: key ranges + hashes per table, both sides")]
+            if ctx.config.strategy == "delta"
+            else []
+        ),
         (target, "start the app; wait healthy"),
     ]
 
@@ -78,6 +83,12 @@ async def run(ctx: Context) -> dict[str, Any]:
     runtime = await ctx.runtime()
     await runtime.stop()
     result = await copy_everything(ctx, ctx.work_dir / "sync" / "database", "sync", live=True)
+    if ctx.config.strategy == "delta":
+        # the chunk map the cutover compares with: boundaries from the source, one hashing pass of both sides
+        # (its duration is what the in-freeze comparison will cost)
+        from timetodo.ops.migrate.incremental import chunk_map
+
+        result["chunk_map"] = await chunk_map(ctx)
     await runtime.start()
     await runtime.wait_healthy(timeout=300)
     return result

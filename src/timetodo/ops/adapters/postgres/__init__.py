@@ -1,5 +1,6 @@
 """PostgreSQL adapters: `target` (a database as libpq sees it, the tools, a connection), `catalog` (the catalog
-queries, once), `dump` (pg_dump / pg_restore, streamed and parallel)."""
+queries, once), `dump` (pg_dump / pg_restore, streamed and parallel), `chunks` (key-range chunk maps with content
+hashes, for the delta strategy)."""
 
 from timetodo.ops.adapters.postgres.catalog import (
     ColumnInfo,

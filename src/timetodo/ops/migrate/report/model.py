@@ -167,11 +167,27 @@ def copied(result: dict[str, Any] | None) -> list[Transfer]:
         return []
     out: list[Transfer] = []
     db = result.get("db")
-    if isinstance(db, dict) and db:
+    if isinstance(db, dict) and db.get("strategy") == "delta":
+        what = f"database delta ({_num(db.get('chunks_copied')) or 0:,} of {_num(db.get('chunks')) or 0:,} chunks)"
+        if db.get("abandoned"):
+            what = "database delta (abandoned: the in-freeze pass copies it)"
+        out.append(Transfer(what=what, amount=_num(db.get("rows")), unit="rows", seconds=_sec(db.get("seconds"))))
+    elif isinstance(db, dict) and db:
         seconds = (_sec(db.get("dump_seconds")) or 0) + (_sec(db.get("restore_seconds")) or 0)
         out.append(Transfer(what="database (dump + restore)", bytes=_num(db.get("bytes")), seconds=seconds or None))
     redis = result.get("redis")
-    if isinstance(redis, dict) and redis:
+    if isinstance(redis, dict) and "scanned" in redis:
+        out.append(
+            Transfer(
+                what=f"Redis delta ({_num(redis.get('scanned')) or 0:,} keys compared, "
+                f"{_num(redis.get('deleted')) or 0:,} deleted)",
+                amount=_num(redis.get("keys")),
+                unit="keys",
+                bytes=_num(redis.get("bytes")),
+                seconds=_sec(redis.get("seconds")),
+            )
+        )
+    elif isinstance(redis, dict) and redis:
         out.append(
             Transfer(what="Redis", amount=_num(redis.get("keys")), unit="keys", seconds=_sec(redis.get("seconds")))
         )
@@ -269,7 +285,7 @@ def _cutover_phases(run: StepRun) -> list[Row]:
     rows = []
     for name, phase in sorted(phases.items(), key=lambda item: float(item[1].get("started_at", 0))):
         started, ended = float(phase["started_at"]), float(phase["ended_at"])
-        moved = copied(phase.get("result")) if name == "final_copy" else []
+        moved = copied(phase.get("result")) if name in ("final_copy", "pre_pass") else []
         rows.append(
             Row(
                 step=name,
