@@ -171,6 +171,25 @@ def test_unreachable_target_and_bad_settings_are_clear_errors(hosts: dict[str, o
         assert c.get("/api/v1/tasks", headers=user).status_code != 502
 
 
+def test_forwarding_to_itself_is_a_clear_508_not_a_loop(hosts: dict[str, object]) -> None:
+    """The target URL still leads back to the old host (DNS not moved): the first hop is refused with 508, the
+    WebSocket closed with 1011 — instead of the request bouncing until every connection is used."""
+    old, admin, user = hosts["old"], hosts["admin"], hosts["user"]
+    assert isinstance(old, ServerProcess) and isinstance(admin, dict) and isinstance(user, dict)
+    with httpx.Client(base_url=old.url, timeout=30) as c:
+        assert c.put("/api/v1/admin/forwarding", json={"target": old.url}, headers=admin).status_code == 200
+        try:
+            resp = c.get("/api/v1/tasks", headers=user)
+            assert resp.status_code == 508 and resp.json()["error"] == "forwarding_loop", resp.text
+            assert "DNS" in resp.json()["detail"]
+            with ws_connect(_ws_url(old)) as ws, pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+            assert c.get("/health").status_code == 200
+        finally:
+            assert c.delete("/api/v1/admin/forwarding", headers=admin).status_code == 200
+
+
 def test_a_lapsed_setting_forwards_nothing() -> None:
     until = utcnow() + timedelta(minutes=1)
     assert Forwarding("http://new", until).active()

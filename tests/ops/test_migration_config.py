@@ -60,6 +60,8 @@ def test_the_example_loads_with_defaults() -> None:
         ),
         ('app_name = "timetodo"', 'app_name = "../etc"', "app_name"),
         ('runtime = "compose"', 'runtime = "k8s"', "target.runtime"),
+        ('# forward_url = "http://203.0.113.7"', 'forward_url = "ftp://203.0.113.7"', "target.forward_url"),
+        ("# load_seconds = 10", "load_seconds = 900", "validate.load_seconds"),
         ('host = "203.0.113.10"\n', "", "target.host"),
         (
             'api_url = "https://timetodo.onrender.com"',

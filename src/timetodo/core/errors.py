@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     time_entry_overlap = "time_entry_overlap"
     service_unavailable = "service_unavailable"
     bad_gateway = "bad_gateway"
+    forwarding_loop = "forwarding_loop"
     internal_error = "internal_error"
     http_error = "http_error"
 

@@ -19,6 +19,11 @@ While it is on:
 - forwarding wins over maintenance mode: a frozen old host answers from the new one instead of 503;
 - `/health*`, `/metrics` and everything outside `/api/` stay local.
 A target that cannot be reached answers `502 {"error": "bad_gateway"}`; a WebSocket is closed with 1011.
+
+Loops are refused, not followed: every forwarded request carries `X-Timetodo-Forwarded`, and a host that is itself
+forwarding answers such a request `508 {"error": "forwarding_loop"}` (a WebSocket: close 1011) — what happens when
+the target URL still resolves to the old host (DNS not moved yet): the operator sees the cause at once instead of
+a request bouncing until every connection is used.
 """
 
 from __future__ import annotations
@@ -159,6 +164,8 @@ class ForwardingMiddleware:
         target = await self._target(scope)
         if target is None:
             await self.app(scope, receive, send)
+        elif any(name == LOOP_HEADER for name, _ in scope["headers"]):
+            await _refuse_loop(target, scope, receive, send)
         elif scope["type"] == "http":
             await self._forward_http(target, scope, receive, send)
         else:
@@ -238,9 +245,15 @@ def _target_url(target: str, scope: Scope, *, websocket: bool) -> str:
     return url
 
 
+LOOP_HEADER = b"x-timetodo-forwarded"
+
+
 def _forwarded_for(scope: Scope) -> list[tuple[bytes, bytes]]:
     client = scope.get("client")
-    added = [(b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http")]
+    added = [
+        (b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http"),
+        (LOOP_HEADER, b"1"),
+    ]
     if client:
         added.append((b"x-forwarded-for", str(client[0]).encode()))
     for name, value in scope["headers"]:
@@ -252,6 +265,20 @@ def _forwarded_for(scope: Scope) -> list[tuple[bytes, bytes]]:
 def _request_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     kept = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
     return kept + _forwarded_for(scope)
+
+
+async def _refuse_loop(target: str, scope: Scope, receive: Receive, send: Send) -> None:
+    log.error("forwarding loop: a forwarded request reached a forwarding host", extra={"target": target})
+    if scope["type"] == "websocket":
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": WS_CLOSE_UPSTREAM_FAILED, "reason": "forwarding loop"})
+        return
+    detail = (
+        f"this host forwards to {target}, and that request came from a forwarding host: {target} still leads back "
+        "here (DNS not moved yet?); forward to the new host's direct address"
+    )
+    await error_response(508, ErrorCode.forwarding_loop, detail)(scope, receive, send)
 
 
 class _ClientGone(Exception):
@@ -280,7 +307,7 @@ async def _relay_websocket(target: str, scope: Scope, receive: Receive, send: Se
     headers = [
         (k.decode("latin-1"), v.decode("latin-1"))
         for k, v in [*scope["headers"], *_forwarded_for(scope)]
-        if k not in _WS_DROP or k in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+        if k not in _WS_DROP or k in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", LOOP_HEADER)
     ]
     try:
         upstream = await connect(

@@ -95,6 +95,9 @@ class Source(_Model):
 
 class Target(SSHHost):
     public_url: Annotated[str, Field(pattern=r"^https?://")]
+    # where the old host forwards its clients after the switch (default public_url): while public_url's name still
+    # resolves to the old host, the new host's direct address, answering the API itself (e.g. http://203.0.113.7)
+    forward_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     app_dir: str | None = None
     runtime: Literal["compose", "process"] = "compose"
     uploads_dir: str | None = Field(None, description="UPLOAD_DIR on the target (default <app_dir>/uploads)")
@@ -120,10 +123,10 @@ class Target(SSHHost):
     redis_url_env: EnvName | None = None
     env_file: Path | None = Field(None, description="the target's .env (secrets) uploaded by deploy, mode 0600")
 
-    @field_validator("public_url")
+    @field_validator("public_url", "forward_url")
     @classmethod
-    def _strip(cls, value: str) -> str:
-        return _reject_inline_password(value).rstrip("/")
+    def _strip(cls, value: str | None) -> str | None:
+        return None if value is None else _reject_inline_password(value).rstrip("/")
 
     @model_validator(mode="after")
     def _image(self) -> Target:

@@ -34,11 +34,12 @@ async def switch(ctx: Context) -> dict[str, Any]:
     """The source's forwarding mode first (from then on a client still on the old address reaches the target: its
     writes are accepted again), then DNS (printed or handed to the hook), then the Telegram webhook to the target
     with pending updates kept, confirmed by getWebhookInfo."""
-    forwarded = await ctx.source_api().forwarding(ctx.config.target.public_url)
+    forward_to = ctx.config.target.forward_url or ctx.config.target.public_url
+    forwarded = await ctx.source_api().forwarding(forward_to)
     if forwarded:
         ctx.state.forget("forwarding_ended_at")
         ctx.state.remember(forwarding_started_at=time.time())
-    result: dict[str, Any] = {"forwarding": ctx.config.target.public_url if forwarded else None}
+    result: dict[str, Any] = {"forwarding": forward_to if forwarded else None}
     result["dns"] = await point_dns(ctx, ctx.config.source.api_url, ctx.config.target.public_url)
     ctx.state.remember(writes_switched_at=time.time())
     client = ctx.telegram()
