@@ -160,21 +160,27 @@ async def get_task(session: AsyncSession, owner_id: int, task_id: int) -> Task:
     return task
 
 
+def _local_day_filters(filters: dict[str, Any], timezone: str, overdue: bool | None, today: bool | None) -> None:
+    """`overdue` / `today` as the repository's filters: the owner's current local date and time, and today's
+    bounds in UTC, in the owner's time zone."""
+    zone = ZoneInfo(timezone)
+    now = utcnow()
+    local_now = now.astimezone(zone)
+    if overdue:
+        filters["overdue_at"] = (now, local_now.date(), local_now.replace(tzinfo=None))
+    if today:
+        day = local_now.date()
+        start = datetime.combine(day, time(0), zone).astimezone(UTC)
+        end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
+        filters["today"] = (day, start, end)
+
+
 async def list_tasks(
     session: AsyncSession, owner_id: int, cursor: str | None, limit: int, **filters: Any
 ) -> tuple[Sequence[Any], str | None]:
     overdue, today = filters.pop("overdue", None), filters.pop("today", None)
     if overdue or today:
-        zone = ZoneInfo(await repository.owner_timezone(session, owner_id))
-        now = utcnow()
-        local_now = now.astimezone(zone)
-        if overdue:
-            filters["overdue_at"] = (now, local_now.date(), local_now.replace(tzinfo=None))
-        if today:
-            day = local_now.date()
-            start = datetime.combine(day, time(0), zone).astimezone(UTC)
-            end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
-            filters["today"] = (day, start, end)
+        _local_day_filters(filters, await repository.owner_timezone(session, owner_id), overdue, today)
     filters["dialect"] = session.get_bind().dialect.name
     stmt = repository.task_list_query(owner_id, after=decode_cursor(cursor), **filters)
     rows = await repository.list_task_rows(session, stmt, limit)
@@ -196,16 +202,7 @@ async def list_tasks_json(db: Database, owner_id: int, cursor: str | None, limit
     overdue, today = filters.pop("overdue", None), filters.pop("today", None)
     if overdue or today:
         row = await rawdb.fetchrow(db.engine, "SELECT timezone FROM users WHERE id = $1", owner_id)
-        zone = ZoneInfo(str((row[0] if row else None) or "UTC"))
-        now = utcnow()
-        local_now = now.astimezone(zone)
-        if overdue:
-            filters["overdue_at"] = (now, local_now.date(), local_now.replace(tzinfo=None))
-        if today:
-            day = local_now.date()
-            start = datetime.combine(day, time(0), zone).astimezone(UTC)
-            end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
-            filters["today"] = (day, start, end)
+        _local_day_filters(filters, str((row[0] if row else None) or "UTC"), overdue, today)
     sql, args = repository.pg_task_list(owner_id, after=after, limit=limit, **filters)
     row = await rawdb.fetchrow(db.engine, sql, *args)
     assert row is not None
