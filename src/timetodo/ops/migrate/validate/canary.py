@@ -56,8 +56,19 @@ def read_password(work_dir: Path) -> str:
     return (work_dir / PASSWORD_FILE).read_text(encoding="utf-8").strip()
 
 
+LOGIN_WAIT_SECONDS = 90.0
+
+
 async def _login(client: httpx.AsyncClient, email: str, password: str) -> str:
-    resp = await client.post("/api/v1/auth/login", data={"username": email, "password": password})
+    """The canary's access token. The app limits logins per client address (5 a minute by default) and the
+    toolkit's own logins come from one address: a 429 (or a 503 while the host settles) is waited out as told."""
+    deadline = time.monotonic() + LOGIN_WAIT_SECONDS
+    while True:
+        resp = await client.post("/api/v1/auth/login", data={"username": email, "password": password})
+        if resp.status_code not in (429, 503) or time.monotonic() >= deadline:
+            break
+        wait = float(resp.headers.get("Retry-After", "5") or 5)
+        await asyncio.sleep(max(0.5, min(wait, deadline - time.monotonic())))
     resp.raise_for_status()
     return str(resp.json()["access_token"])
 
@@ -106,6 +117,8 @@ class CanaryCheck:
     warnings: list[str] = field(default_factory=list)
     removed: bool = False
     target_load: LoadFigures | None = None
+    token: str | None = field(default=None, repr=False)
+    """The canary's access token on the target (for the load mix; never reported)."""
 
     @property
     def ok(self) -> bool:
@@ -158,7 +171,8 @@ async def exercise(base_url: str, facts: dict[str, Any], password: str) -> Canar
             return check.record(name, True, detail, started)
 
         async def log_in() -> str:
-            headers["Authorization"] = f"Bearer {await _login(client, facts['email'], password)}"
+            check.token = await _login(client, facts["email"], password)
+            headers["Authorization"] = f"Bearer {check.token}"
             return "logged in with the password set on the source"
 
         async def migrated_task() -> str:
@@ -243,10 +257,8 @@ async def check_target(ctx: Context, *, load_seconds: float, load_connections: i
     base = ctx.config.target.public_url
     password = await asyncio.to_thread(read_password, ctx.work_dir)
     check = await exercise(base, facts, password)
-    if check.ok and load_seconds > 0:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            token = await _login(client, facts["email"], password)
-        check.target_load = await mixed_load(base, token, seconds=load_seconds, connections=load_connections)
+    if check.ok and load_seconds > 0 and check.token:
+        check.target_load = await mixed_load(base, check.token, seconds=load_seconds, connections=load_connections)
     api = ctx.target_api()
     try:
         check.removed = await api.delete_user(int(facts["user_id"]))
