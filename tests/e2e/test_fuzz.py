@@ -22,7 +22,7 @@ from tests.support import PASSWORD, Services, create_database, unique_email
 
 pytestmark = pytest.mark.slow
 
-FUZZ_SECONDS = int(os.environ.get("TIMETODO_FUZZ_SECONDS", "30"))
+FUZZ_SECONDS = int(os.environ.get("TIMETODO_FUZZ_SECONDS", "20"))
 ST = str(Path(sys.executable).parent / "st")
 EXCLUDED = r"/admin/|/auth/logout-all|/users/me/password"
 
