@@ -161,6 +161,26 @@ def _sec(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _keys(what: str, redis: dict[str, Any]) -> Transfer:
+    return Transfer(
+        what=what,
+        amount=_num(redis.get("keys")),
+        unit="keys",
+        bytes=_num(redis.get("bytes")),
+        seconds=_sec(redis.get("seconds")),
+    )
+
+
+def _files(what: str, files: dict[str, Any]) -> Transfer:
+    return Transfer(
+        what=what,
+        amount=_num(files.get("files")),
+        unit="files",
+        bytes=_num(files.get("bytes")),
+        seconds=_sec(files.get("seconds")),
+    )
+
+
 def copied(result: dict[str, Any] | None) -> list[Transfer]:
     """What a copy (sync, the cutover's final copy) moved: the database dump, the Redis keys, the uploads."""
     if not isinstance(result, dict):
@@ -177,31 +197,13 @@ def copied(result: dict[str, Any] | None) -> list[Transfer]:
         out.append(Transfer(what="database (dump + restore)", bytes=_num(db.get("bytes")), seconds=seconds or None))
     redis = result.get("redis")
     if isinstance(redis, dict) and "scanned" in redis:
-        out.append(
-            Transfer(
-                what=f"Redis delta ({_num(redis.get('scanned')) or 0:,} keys compared, "
-                f"{_num(redis.get('deleted')) or 0:,} deleted)",
-                amount=_num(redis.get("keys")),
-                unit="keys",
-                bytes=_num(redis.get("bytes")),
-                seconds=_sec(redis.get("seconds")),
-            )
-        )
+        compared = f"{_num(redis.get('scanned')) or 0:,} keys compared, {_num(redis.get('deleted')) or 0:,} deleted"
+        out.append(_keys(f"Redis delta ({compared})", redis))
     elif isinstance(redis, dict) and redis:
-        out.append(
-            Transfer(what="Redis", amount=_num(redis.get("keys")), unit="keys", seconds=_sec(redis.get("seconds")))
-        )
+        out.append(_keys("Redis", redis))
     files = result.get("files")
     if isinstance(files, dict) and files and "skipped" not in files:
-        out.append(
-            Transfer(
-                what="uploads",
-                amount=_num(files.get("files")),
-                unit="files",
-                bytes=_num(files.get("bytes")),
-                seconds=_sec(files.get("seconds")),
-            )
-        )
+        out.append(_files("uploads", files))
     return out
 
 
@@ -221,21 +223,10 @@ def carried_back(result: dict[str, Any] | None) -> list[Transfer]:
         out.append(Transfer(what="database rows back", amount=rows, unit="rows", seconds=seconds or None))
     redis = result.get("redis")
     if isinstance(redis, dict) and redis:
-        out.append(
-            Transfer(what="Redis back", amount=_num(redis.get("keys")), unit="keys", seconds=_sec(redis.get("seconds")))
-        )
+        out.append(_keys("Redis back", redis))
     files = result.get("files")
     if isinstance(files, dict) and isinstance(files.get("pushed"), dict):
-        pushed = files["pushed"]
-        out.append(
-            Transfer(
-                what="uploads back",
-                amount=_num(pushed.get("files")),
-                unit="files",
-                bytes=_num(pushed.get("bytes")),
-                seconds=_sec(pushed.get("seconds")),
-            )
-        )
+        out.append(_files("uploads back", files["pushed"]))
     return out
 
 
