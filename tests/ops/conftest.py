@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.server import ServerProcess, cli, server_env
 from tests.support import PASSWORD, ROOT, free_port, run_script
-from timetodo.ops.adapters.transport import SSHTarget
+from timetodo.ops.adapters.transport import SSHTarget, SSHTransport, open_transport
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,17 @@ class Sshd:
     port: int
     target: SSHTarget
     host_key: str  # "ssh-ed25519 AAAA..." as it belongs in known_hosts
+
+
+@pytest.fixture
+async def ssh(sshd: Sshd) -> AsyncIterator[SSHTransport]:
+    """A real SSH transport to the module's sshd."""
+    transport = await open_transport(sshd.target)
+    assert isinstance(transport, SSHTransport)
+    try:
+        yield transport
+    finally:
+        await transport.close()
 
 
 @pytest.fixture(scope="module")

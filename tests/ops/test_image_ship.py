@@ -14,14 +14,12 @@ Selected with `-m image` (podman builds); skipped (with the reason) only where p
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import Sshd
 from tests.support import ROOT
-from timetodo.ops.adapters.transport import SSHTransport, open_transport
+from timetodo.ops.adapters.transport import SSHTransport
 from timetodo.ops.migrate.deploy import ComposeRuntime
 from timetodo.ops.migrate.deploy.image import build_context
 
@@ -52,16 +50,6 @@ def base_image() -> str:
     if made.returncode != 0:
         pytest.skip(f"podman cannot make the base image stand-in here: {made.stderr[-500:]}")
     return made.stdout.strip()
-
-
-@pytest.fixture
-async def ssh(sshd: Sshd) -> AsyncIterator[SSHTransport]:
-    transport = await open_transport(sshd.target)
-    assert isinstance(transport, SSHTransport)
-    try:
-        yield transport
-    finally:
-        await transport.close()
 
 
 async def test_build_context_is_shipped_and_built_on_the_target(

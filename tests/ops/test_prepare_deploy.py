@@ -45,7 +45,6 @@ import httpx
 import pytest
 from rich.console import Console
 
-from tests.ops.conftest import Sshd
 from tests.support import ROOT, free_port
 from timetodo.ops.adapters.transport import (
     CommandFailed,
@@ -53,7 +52,6 @@ from timetodo.ops.adapters.transport import (
     LocalTransport,
     SSHTransport,
     Transport,
-    open_transport,
 )
 from timetodo.ops.migrate.deploy import (
     ComposeRuntime,
@@ -688,16 +686,6 @@ async def test_prepare_without_systemd_or_own_kernel_reports_skipped(fake_host: 
 
 
 # ----------------------------------------------------------------------------------------------------------- sshd
-
-
-@pytest.fixture
-async def ssh(sshd: Sshd) -> AsyncIterator[SSHTransport]:
-    transport = await open_transport(sshd.target)
-    assert isinstance(transport, SSHTransport)
-    try:
-        yield transport
-    finally:
-        await transport.close()
 
 
 @pytest.mark.slow
