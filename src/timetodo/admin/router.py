@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from timetodo.admin import service
 from timetodo.auth.schemas import RegisterIn, UserOut
+from timetodo.auth.service import create_user as create_user_account
 from timetodo.auth.service import get_user
 from timetodo.core import forwarding, maintenance
 from timetodo.core.deps import API_PREFIX, SessionDep, SettingsDep, UserIdDep, WriteSessionDep
@@ -104,7 +105,7 @@ async def delete_forwarding(request: Request, _admin: AdminDep, session: Session
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 async def create_user(data: UserCreateIn, _admin: AdminDep, session: WriteSessionDep) -> object:
     """Create an account (no registration limits apply; the e-mail must be free)."""
-    return await service.create_user(
+    return await create_user_account(
         session, data.email, data.password, timezone=data.timezone, locale=data.locale, is_admin=data.is_admin
     )
 

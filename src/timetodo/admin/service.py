@@ -1,11 +1,12 @@
-"""Account management for admins (API and CLI): create an account, delete one with everything it owns.
+"""Account management for admins (API and CLI): delete an account with everything it owns (creating one is
+`auth.service.create_user`).
 
 Deleting a user removes, in one transaction, the account and every row that belongs to it (projects, tasks,
 reminders, time entries, attachments, sessions, the Telegram link — the foreign keys cascade), then the stored files
 no other attachment still uses. Blobs are shared by content hash across users, so each is locked
 (`files.repository.lock_blob`) from the check until the commit: an upload of the same bytes by someone else either
-commits first (the blob stays) or waits and writes it again. Tokens of the deleted account stop working at once on this instance
-and within the account cache's TTL on the others (`core.accounts`).
+commits first (the blob stays) or waits and writes it again. Tokens of the deleted account stop working at once on
+this instance and within the account cache's TTL on the others (`core.accounts`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from timetodo.auth import service as auth_service
 from timetodo.auth.models import User
 from timetodo.core.accounts import AccountStates
 from timetodo.core.errors import Conflict, NotFound
@@ -21,12 +21,6 @@ from timetodo.core.settings import Settings
 from timetodo.files import repository as files_repository
 from timetodo.files import storage
 from timetodo.files.models import Attachment
-
-
-async def create_user(
-    session: AsyncSession, email: str, password: str, *, timezone: str, locale: str, is_admin: bool
-) -> User:
-    return await auth_service.create_user(session, email, password, timezone=timezone, locale=locale, is_admin=is_admin)
 
 
 async def delete_user(
