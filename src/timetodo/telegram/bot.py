@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from timetodo.auth import service as auth_service
 from timetodo.auth.models import User
 from timetodo.auth.schemas import UserUpdate
-from timetodo.core.database import utcnow
+from timetodo.core.database import Database, utcnow
 from timetodo.core.errors import AppError, InvalidInput, MaintenanceActive, NotFound
 from timetodo.core.maintenance import guard_write
 from timetodo.reminders import service as reminders_service
@@ -103,16 +103,18 @@ def task_ids_of(markup: InlineKeyboardMarkup | None) -> set[int]:
 
 @dataclass
 class BotContext:
-    maker: async_sessionmaker[AsyncSession]
+    db: Database
     publish: service.Publish
     retry_after: int
 
+    @property
+    def maker(self) -> async_sessionmaker[AsyncSession]:
+        return self.db.sessionmaker
+
     async def linked(self, chat_id: int) -> tuple[TelegramLink, User] | None:
-        """The chat's link and user, read outside a transaction (one statement: no BEGIN/ROLLBACK round trips;
-        a single SELECT is consistent by itself)."""
-        async with self.maker() as session:
-            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            return await service.chat_user(session, chat_id)
+        """The chat's link and user, read outside a transaction (one statement; a single SELECT is consistent by
+        itself). The objects are detached copies: a write re-reads what it changes."""
+        return await service.chat_user_now(self.db, chat_id)
 
 
 def _message_locale(message: Message | CallbackQuery) -> str:
@@ -340,14 +342,14 @@ async def add_text(message: Message, ctx: BotContext, user: User, text: str) -> 
         await message.answer(t(locale, "too_long", length=len(text), limit=MAX_INPUT))
         return
     parsed = parse(text, utcnow().astimezone(_zone(user)))
-    task, project, created = await service.add_task(ctx.maker, ctx.publish, user, parsed, ctx.retry_after)
+    task, project, created = await service.add_task(ctx.db, ctx.publish, user, parsed, ctx.retry_after)
     lines = [t(locale, "added", title=task.title)]
     if task.due_date is not None:
         lines.append(t(locale, "due", due=_fmt_due(task)))
     if task.recurrence_rule:
         lines.append(t(locale, "repeats", rule=task.recurrence_rule))
     if project is not None:
-        lines.append(t(locale, "project_created" if created else "project", name=project.name))
+        lines.append(t(locale, "project_created" if created else "project", name=project))
     if parsed.priority:
         lines.append(t(locale, "priority", p=parsed.priority))
     await message.answer("\n".join(lines), reply_markup=task_keyboard(locale, task.id))
