@@ -17,7 +17,8 @@ when the sender is really about to send, at least MARGIN/chat_rate after the cha
 after the bot's — senders released together by a stall get consecutive send times instead of one burst. The bot's gate uses the nominal
 rate, its slots the `MARGIN`-wider one, so a backlog after a stall drains at the full rate; a chat's gate keeps the
 margin (a chat rarely has a backlog, and its one-second limit leaves the least room for jitter after the gate). A sender woken more than
-`LATE` after its slot takes a new slot first.
+`LATE` after its slot takes a new slot first. A send whose slot is now (no queue: the common case of a reply)
+passes the gate in the same atomic call as its reservation — one Redis round trip instead of two.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 MARGIN = 1.05
 LATE = 0.15  # seconds: a sender that wakes later than this after its slot (a busy event loop) takes a new slot
 MAX_RESLOTS = 3
+_T = TypeVar("_T")
 _GATE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -52,8 +54,21 @@ local chat_step = tonumber(ARGV[1])
 local bot_step = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], slot + chat_step, 'PX', math.floor((slot - now + chat_step) / 1000) + 1000)
 redis.call('SET', KEYS[2], slot + bot_step, 'PX', math.floor((slot - now + bot_step) / 1000) + 1000)
-return slot - now
+if slot > now then
+  return {slot - now, -1}
+end
+local sent_chat = tonumber(redis.call('GET', KEYS[3]) or '0')
+local sent_bot = tonumber(redis.call('GET', KEYS[4]) or '0')
+local chat_gap = tonumber(ARGV[3])
+local bot_gap = tonumber(ARGV[4])
+local at = math.max(now, sent_chat + chat_gap, sent_bot + bot_gap)
+redis.call('SET', KEYS[3], at, 'PX', math.floor((at - now + chat_gap) / 1000) + 1000)
+redis.call('SET', KEYS[4], at, 'PX', math.floor((at - now + bot_gap) / 1000) + 1000)
+return {0, at - now}
 """
+Reservation = tuple[float, float | None]
+"""(seconds to the slot, None) — or, when the slot is now, (0, seconds to the gate's send time): the gate was
+passed in the same call (one round trip instead of two for a send that does not queue)."""
 
 
 class SendLimiter(Protocol):
@@ -81,6 +96,10 @@ class MemoryLimiter:
             self._chats = {chat: at for chat, at in self._chats.items() if at > now}
         return slot - now
 
+    def reserve_or_pass(self, chat_id: int) -> Reservation:
+        wait = self.reserve(chat_id)
+        return (wait, None) if wait > 0 else (0.0, self.gate(chat_id))
+
     def gate(self, chat_id: int) -> float:
         now = time.monotonic()
         at = max(now, self._chat_sent.get(chat_id, -1e9) + self.chat_gap, self._bot_sent + self.bot_gap)
@@ -90,7 +109,7 @@ class MemoryLimiter:
         return at - now
 
     async def acquire(self, chat_id: int) -> float:
-        return await _acquire(lambda: _now(self.reserve(chat_id)), lambda: _now(self.gate(chat_id)))
+        return await _acquire(lambda: _now(self.reserve_or_pass(chat_id)), lambda: _now(self.gate(chat_id)))
 
 
 class RedisLimiter:
@@ -104,11 +123,17 @@ class RedisLimiter:
         self.bot_gap = int(1_000_000 / global_rate)
         self._gate = client.register_script(_GATE)
 
-    async def _reserve(self, chat_id: int) -> float:
-        micros = await self._script(
-            keys=[f"{self.prefix}:chat:{chat_id}", f"{self.prefix}:bot"], args=[self.chat_step, self.bot_step]
+    async def _reserve(self, chat_id: int) -> Reservation:
+        wait, gated = await self._script(
+            keys=[
+                f"{self.prefix}:chat:{chat_id}",
+                f"{self.prefix}:bot",
+                f"{self.prefix}:sent:{chat_id}",
+                f"{self.prefix}:sent",
+            ],
+            args=[self.chat_step, self.bot_step, self.chat_gap, self.bot_gap],
         )
-        return int(micros) / 1_000_000
+        return int(wait) / 1_000_000, None if int(gated) < 0 else int(gated) / 1_000_000
 
     async def _pass_gate(self, chat_id: int) -> float:
         micros = await self._gate(
@@ -120,16 +145,21 @@ class RedisLimiter:
         return await _acquire(lambda: self._reserve(chat_id), lambda: self._pass_gate(chat_id))
 
 
-async def _now(wait: float) -> float:
-    return wait
+async def _now(value: _T) -> _T:
+    return value
 
 
-async def _acquire(reserve: Callable[[], Awaitable[float]], gate: Callable[[], Awaitable[float]]) -> float:
+async def _acquire(reserve: Callable[[], Awaitable[Reservation]], gate: Callable[[], Awaitable[float]]) -> float:
     """Reserve a slot and sleep until it (a new slot when woken very late), then pass the gate on actual send times
-    (see the module). Returns the seconds waited."""
+    (see the module; a slot that is now passes the gate in the reservation's own call). Returns the seconds
+    waited."""
     started = time.monotonic()
     for _ in range(MAX_RESLOTS):
-        wait = await reserve()
+        wait, gated = await reserve()
+        if gated is not None:
+            if gated > 0:
+                await asyncio.sleep(gated)
+            return time.monotonic() - started
         target = time.monotonic() + wait
         if wait > 0:
             await asyncio.sleep(wait)
