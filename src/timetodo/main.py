@@ -41,6 +41,7 @@ from timetodo.sync.router import router as sync_router
 from timetodo.tasks import hooks as task_hooks
 from timetodo.tasks.router import router as tasks_router
 from timetodo.telegram.router import router as telegram_router
+from timetodo.telegram.router import webhook_router as telegram_webhook_router
 from timetodo.telegram.runtime import TelegramRuntime
 from timetodo.timer.router import router as timer_router
 
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     install_error_handlers(app)
     idempotency.install(app)
+    app.include_router(telegram_webhook_router)  # the bot's hot path: matched first (one route)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(tasks_router)

@@ -21,6 +21,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
@@ -711,6 +712,10 @@ class LimitedRetries(BaseRequestMiddleware):
         raise AssertionError("unreachable")
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 class _Session(AiohttpSession):
     """aiogram's aiohttp session, keeping the `Response[<result type>]` models it parses answers with alive.
 
@@ -731,7 +736,7 @@ class _Session(AiohttpSession):
 
 def create_bot(token: str, api_base: str, limiter: SendLimiter, on_retry: Callable[[], None] | None = None) -> Bot:
     """aiogram's Bot on its aiohttp session, pointed at `api_base` (TELEGRAM_API_BASE)."""
-    session = _Session(api=TelegramAPIServer.from_base(api_base))
+    session = _Session(api=TelegramAPIServer.from_base(api_base), json_loads=orjson.loads, json_dumps=_dumps)
     session.middleware(LimitedRetries(limiter, on_retry))
     return Bot(token=token, session=session)
 
