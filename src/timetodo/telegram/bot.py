@@ -753,7 +753,7 @@ def create_dispatcher() -> Dispatcher:
     router.message.register(on_text, F.text, F.chat.type == "private")
     router.callback_query.register(on_button)
     router.errors.register(on_error)
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(disable_fsm=True)  # no conversation state: every command is one message
     dispatcher.include_router(router)
     return dispatcher
 
