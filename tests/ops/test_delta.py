@@ -750,3 +750,25 @@ async def test_a_write_before_the_horizon_makes_the_table_compared_in_full(servi
     assert compared_in_full == ["a"]
     assert as_sets(fast) == await expected_delta(target, snapshot)
     assert fast.tables["a"].inserted == [(1000,)] and fast.tables["b"].inserted == [(1000,)]
+
+
+async def test_a_sequence_whose_column_holds_only_values_below_its_minimum(trio: Trio) -> None:
+    """users.sync_version owns sync_version_seq (minimum 1) and is 0 for an account that never wrote: a rollback
+    that carries back only such an account must not try to move the sequence below its minimum."""
+    conn = await connect(trio.source)
+    try:
+        await conn.execute("UPDATE users SET sync_version = 0")
+    finally:
+        await conn.close()
+    snapshot, target = await clone_dump(trio.source), await clone_template(trio.source)
+    conn = await connect(target)
+    try:
+        new = await add_user(conn, "new-on-the-target@example.com")
+    finally:
+        await conn.close()
+
+    delta = await compute_delta(target, snapshot)
+    result = await apply_delta(delta, target, trio.source, snapshot_url=snapshot)
+
+    assert result.tables["users"].inserted == 1 and delta.tables["users"].inserted == [(new,)]
+    assert (await compute_delta(target, trio.source)).is_empty
