@@ -702,7 +702,9 @@ async def test_delta_since_finds_deletions_in_a_large_table_by_key_range(service
         await conn.execute(
             'CREATE TABLE items (region text COLLATE "und-x-icu", n int, v text, PRIMARY KEY (region, n));'
             "INSERT INTO items SELECT chr(65 + i % 40) || (i / 40)::text, i % 3, md5(i::text)"
-            " FROM generate_series(1, 9000) AS i"
+            " FROM generate_series(1, 9000) AS i;"
+            "CREATE TABLE numbered (id bigint PRIMARY KEY, v text);"
+            "INSERT INTO numbered SELECT i * 3, md5(i::text) FROM generate_series(1, 9000) AS i"
         )
     finally:
         await conn.close()
@@ -714,6 +716,10 @@ async def test_delta_since_finds_deletions_in_a_large_table_by_key_range(service
         await conn.execute("UPDATE items SET v = 'changed' WHERE region = 'M50'")
         await conn.execute("UPDATE items SET region = 'é-moved' WHERE region = 'C30' AND n = 2")
         await conn.execute("INSERT INTO items VALUES ('Ä', 1, 'new'), ('a', 7, 'new')")
+        # integer keys: ranges by arithmetic from the smallest key on either side (a new one below all others)
+        await conn.execute("DELETE FROM numbered WHERE id IN (3, 6000, 26997, 27000)")
+        await conn.execute("UPDATE numbered SET id = 100000 WHERE id = 9000")
+        await conn.execute("INSERT INTO numbered VALUES (-5, 'below'), (4, 'between')")
     finally:
         await conn.close()
 
@@ -724,6 +730,11 @@ async def test_delta_since_finds_deletions_in_a_large_table_by_key_range(service
     assert as_sets(fast)["items"] == expected["items"]
     assert len(fast.tables["items"].deleted) == len(expected["items"]["deleted"]) >= 4
     assert ("é-moved", 2) in fast.tables["items"].inserted and ("C30", 2) in fast.tables["items"].deleted
+    assert as_sets(fast)["numbered"] == expected["numbered"] == {
+        "inserted": keys(-5, 4, 100000),
+        "updated": set(),
+        "deleted": keys(3, 6000, 26997, 27000, 9000),
+    }
 
 
 async def test_a_write_before_the_horizon_makes_the_table_compared_in_full(services: Services) -> None:

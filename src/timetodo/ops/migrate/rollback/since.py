@@ -10,9 +10,10 @@ its `xmin` (also after a freeze, since 9.4), so:
   sequential scan without hashing the other rows); each candidate is looked up by key in the snapshot: absent →
   inserted, a different row hash → updated, equal → not a change (rows the final copy wrote are candidates too;
   they compare equal). Every other row has not been written since the horizon, so it is the snapshot's row.
-- **deleted rows** leave nothing to find, so they are counted: `snapshot rows + inserted - current rows` per table.
-  When that is not zero, the table is split into key ranges (`adapters.postgres.chunks`, boundaries from the
-  snapshot), the same count per range says which ranges lost rows, and only those ranges' keys are merge-joined.
+- **deleted rows** leave nothing to find, so they are counted: rows per key range on both sides (one aggregate
+  per side, read side by side with the candidates; an integer key is split by arithmetic, any other by boundaries
+  from the snapshot, see `_Ranges`), and `snapshot rows + inserted - current rows` per range says which ranges lost
+  rows; only those ranges' keys are merge-joined.
 
 Exactness needs (1) no write to the current side between the snapshot's state and the horizon — the cutover records
 the horizon right after the verified final copy, while the target app still refuses writes; (2) fewer than 2³¹
@@ -24,18 +25,21 @@ result says which tables took that path.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from timetodo.ops.adapters.postgres import PgTarget, list_tables, mask_url
-from timetodo.ops.adapters.postgres.chunks import chunk_filter, plan_table
+from timetodo.ops.adapters.postgres.chunks import ROWS_PER_CHUNK, ChunkSpec, chunk_filter, plan_table
 from timetodo.ops.migrate.rollback.compute import diff_table
 from timetodo.ops.migrate.rollback.delta import (
     CURSOR_BATCH,
     DEFAULT_EXCLUDE,
+    INT_TYPES,
     Delta,
     DeltaError,
     Key,
@@ -94,10 +98,6 @@ async def _snapshot_hashes(conn: asyncpg.Connection, info: TableInfo, keys: Sequ
     return {record_key(row, width): str(row[width]) for row in rows}
 
 
-async def _count(conn: asyncpg.Connection, info: TableInfo) -> int:
-    return int(await conn.fetchval(f"SELECT count(*) FROM {info.qname}"))  # noqa: S608
-
-
 async def _key_stream(
     conn: asyncpg.Connection, info: TableInfo, where: str, args: Sequence[Any], batch: int, side: str
 ) -> AsyncGenerator[Key, None]:
@@ -112,32 +112,77 @@ async def _key_stream(
         yield key
 
 
-async def _deleted_keys(
-    current: asyncpg.Connection, snapshot: asyncpg.Connection, info: TableInfo, inserted: Sequence[Key], batch: int
-) -> list[Key]:
-    """The snapshot's keys the current side no longer has: only the key ranges whose counts say they lost rows are
-    merge-joined."""
-    spec = await plan_table(snapshot, info.name)
-    bounds = list(spec.bounds)
-    per_chunk = f"SELECT {spec.bucket()} AS c, count(*) AS n FROM {spec.qname} AS t GROUP BY 1"  # noqa: S608
-    snap_n = {int(r["c"]): int(r["n"]) for r in await snapshot.fetch(per_chunk, bounds)}
-    cur_n = {int(r["c"]): int(r["n"]) for r in await current.fetch(per_chunk, bounds)}
-    ins_n: dict[int, int] = {}
+@dataclass(frozen=True)
+class _Ranges:
+    """A table's keys split into ranges for counting, the same on both sides. An integer first key column is split by
+    arithmetic (`lo + n·ROWS_PER_CHUNK`, `lo` the smallest key on either side: nothing to plan); any other by
+    boundaries taken from the snapshot (`chunks.plan_table`, one ordered pass over its key)."""
+
+    info: TableInfo
+    lo: int | None = None
+    spec: ChunkSpec | None = None
+
+    def bucket(self, alias: str = "t") -> tuple[str, list[Any]]:
+        """The range number of a row (SQL) and its parameters."""
+        if self.lo is not None:
+            return f"({alias}.{self.info.key[0].q}::bigint - {self.lo}) / {ROWS_PER_CHUNK}", []
+        assert self.spec is not None
+        return self.spec.bucket(alias), [list(self.spec.bounds)]
+
+    def where(self, ranges: Sequence[int]) -> tuple[str, list[Any]]:
+        """A WHERE condition selecting the rows of `ranges`, and its parameters."""
+        if self.lo is None:
+            assert self.spec is not None
+            return chunk_filter(self.spec, ranges)
+        column = f"t.{self.info.key[0].q}"
+        parts = [
+            f"({column} >= {self.lo + n * ROWS_PER_CHUNK} AND {column} < {self.lo + (n + 1) * ROWS_PER_CHUNK})"
+            for n in ranges
+        ]
+        return "(" + " OR ".join(parts) + ")", []
+
+    async def of_keys(self, conn: asyncpg.Connection, keys: Sequence[Key], batch: int) -> dict[int, int]:
+        """How many of `keys` fall in each range."""
+        found: dict[int, int] = {}
+        if self.lo is not None:
+            for key in keys:
+                n = (int(key[0]) - self.lo) // ROWS_PER_CHUNK
+                found[n] = found.get(n, 0) + 1
+            return found
+        assert self.spec is not None
+        collate = ' COLLATE "C"' if self.spec.collatable else ""
+        width = len(self.info.key)
+        bucket = f"width_bucket(k.k0{collate}, ${width + 1}::text[]::{self.spec.type}[])"
+        sql = f"SELECT {bucket} AS c, count(*) AS n FROM {self.info.keys_relation()} AS k GROUP BY 1"  # noqa: S608
+        for part in chunks(keys, batch):
+            for r in await conn.fetch(sql, *key_arrays(part, width), list(self.spec.bounds)):
+                found[int(r["c"])] = found.get(int(r["c"]), 0) + int(r["n"])
+        return found
+
+
+async def _ranges(current: asyncpg.Connection, snapshot: asyncpg.Connection, info: TableInfo) -> _Ranges:
     first = info.key[0]
-    collate = ' COLLATE "C"' if spec.collatable else ""
-    bucket = f"width_bucket(k.k0{collate}, $%d::text[]::{spec.type}[])" % (len(info.key) + 1)
-    for part in chunks(inserted, batch):
-        sql = f"SELECT {bucket} AS c, count(*) AS n FROM {info.keys_relation()} AS k GROUP BY 1"  # noqa: S608
-        for r in await current.fetch(sql, *key_arrays(part, len(info.key)), bounds):
-            ins_n[int(r["c"])] = ins_n.get(int(r["c"]), 0) + int(r["n"])
-    assert spec.column == first.name
-    lost = sorted(c for c in set(snap_n) | set(ins_n) if snap_n.get(c, 0) + ins_n.get(c, 0) - cur_n.get(c, 0) > 0)
-    if not lost:
-        return []
-    where, args = chunk_filter(spec, lost)
+    if first.typid in INT_TYPES:
+        sql = f"SELECT min({first.q}) FROM {info.qname}"  # noqa: S608
+        lows = [v for v in (await current.fetchval(sql), await snapshot.fetchval(sql)) if v is not None]
+        return _Ranges(info, lo=min(lows, default=0))
+    return _Ranges(info, spec=await plan_table(snapshot, info.name))
+
+
+async def _range_counts(conn: asyncpg.Connection, ranges: _Ranges) -> dict[int, int]:
+    bucket, args = ranges.bucket()
+    sql = f"SELECT {bucket} AS c, count(*) AS n FROM {ranges.info.qname} AS t GROUP BY 1"  # noqa: S608
+    return {int(r["c"]): int(r["n"]) for r in await conn.fetch(sql, *args)}
+
+
+async def _deleted_keys(
+    current: asyncpg.Connection, snapshot: asyncpg.Connection, ranges: _Ranges, lost: Sequence[int], batch: int
+) -> list[Key]:
+    """The snapshot's keys the current side no longer has, in the ranges that lost rows (merge-joined by key)."""
+    where, args = ranges.where(lost)
     deleted: list[Key] = []
-    ours = _key_stream(current, info, where, args, batch, "current side")
-    theirs = _key_stream(snapshot, info, where, args, batch, "snapshot")
+    ours = _key_stream(current, ranges.info, where, args, batch, "current side")
+    theirs = _key_stream(snapshot, ranges.info, where, args, batch, "snapshot")
     try:
         a, b = await anext(ours, None), await anext(theirs, None)
         while b is not None:
@@ -157,30 +202,43 @@ async def _deleted_keys(
 async def _table_since(
     current: asyncpg.Connection, snapshot: asyncpg.Connection, info: TableInfo, horizon: int, batch: int
 ) -> TableDelta | None:
-    """The table's delta by the horizon, or None when it must be compared the full way."""
-    try:
-        candidates = await _candidates(current, info, horizon, batch)
-    except _TooMany:
+    """The table's delta by the horizon, or None when it must be compared the full way. The current side (candidates,
+    then its range counts) and the snapshot side (its range counts) are read side by side."""
+    ranges = await _ranges(current, snapshot, info)
+
+    async def current_side() -> tuple[list[tuple[Key, str]], dict[int, int]]:
+        return await _candidates(current, info, horizon, batch), await _range_counts(current, ranges)
+
+    ours, theirs = await asyncio.gather(current_side(), _range_counts(snapshot, ranges), return_exceptions=True)
+    if isinstance(ours, _TooMany):
         return None
+    for outcome in (ours, theirs):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert not isinstance(ours, BaseException) and not isinstance(theirs, BaseException)
+    (candidates, cur_n), snap_n = ours, theirs
     delta = TableDelta(key_columns=[c.name for c in info.key])
     for start in range(0, len(candidates), batch):
         part = candidates[start : start + batch]
         there = await _snapshot_hashes(snapshot, info, [key for key, _ in part])
         for key, digest in part:
-            theirs = there.get(key)
-            if theirs is None:
+            known = there.get(key)
+            if known is None:
                 delta.inserted.append(key)
-            elif theirs != digest:
+            elif known != digest:
                 delta.updated.append(key)
     delta.inserted.sort()
     delta.updated.sort()
-    delta.rows_current, delta.rows_snapshot = await _count(current, info), await _count(snapshot, info)
-    lost = delta.rows_snapshot + len(delta.inserted) - delta.rows_current
-    if lost < 0:
+    delta.rows_current, delta.rows_snapshot = sum(cur_n.values()), sum(snap_n.values())
+    if delta.rows_snapshot + len(delta.inserted) - delta.rows_current < 0:
         return None  # a row older than the horizon that the snapshot lacks: compare the full way
-    if lost:
-        delta.deleted = await _deleted_keys(current, snapshot, info, delta.inserted, batch)
-        if len(delta.deleted) != lost:
+    ins_n = await ranges.of_keys(current, delta.inserted, batch)
+    lost = {n: snap_n.get(n, 0) + ins_n.get(n, 0) - cur_n.get(n, 0) for n in set(snap_n) | set(ins_n) | set(cur_n)}
+    if any(v < 0 for v in lost.values()):
+        return None
+    if any(lost.values()):
+        delta.deleted = await _deleted_keys(current, snapshot, ranges, sorted(n for n, v in lost.items() if v), batch)
+        if len(delta.deleted) != sum(lost.values()):
             return None
     return delta
 
