@@ -13,7 +13,9 @@ its `xmin` (also after a freeze, since 9.4), so:
 - **deleted rows** leave nothing to find, so they are counted: rows per key range on both sides (one aggregate
   per side, read side by side with the candidates; an integer key is split by arithmetic, any other by boundaries
   from the snapshot, see `_Ranges`), and `snapshot rows + inserted - current rows` per range says which ranges lost
-  rows; only those ranges' keys are merge-joined.
+  rows. A range that lost one row of a one-column integer key lost the key `snapshot sum + inserted sum - current
+  sum` of that range (checked: in the snapshot, not on the current side); only the other ranges' keys are
+  merge-joined.
 
 Exactness needs (1) no write to the current side between the snapshot's state and the horizon — the cutover records
 the horizon right after the verified final copy, while the target app still refuses writes; (2) fewer than 2³¹
@@ -34,7 +36,13 @@ from typing import Any
 import asyncpg
 
 from timetodo.ops.adapters.postgres import PgTarget, list_tables, mask_url
-from timetodo.ops.adapters.postgres.chunks import ROWS_PER_CHUNK, ChunkSpec, chunk_filter, plan_table
+from timetodo.ops.adapters.postgres.chunks import (
+    MAX_RANGE_FILTERS,
+    ROWS_PER_CHUNK,
+    ChunkSpec,
+    chunk_filter,
+    plan_table,
+)
 from timetodo.ops.migrate.rollback.compute import diff_table
 from timetodo.ops.migrate.rollback.delta import (
     CURSOR_BATCH,
@@ -129,11 +137,18 @@ class _Ranges:
         assert self.spec is not None
         return self.spec.bucket(alias), [list(self.spec.bounds)]
 
+    @property
+    def sums(self) -> bool:
+        """Whether range sums of the key say which key a range lost (a one-column integer key)."""
+        return self.lo is not None and len(self.info.key) == 1
+
     def where(self, ranges: Sequence[int]) -> tuple[str, list[Any]]:
         """A WHERE condition selecting the rows of `ranges`, and its parameters."""
         if self.lo is None:
             assert self.spec is not None
             return chunk_filter(self.spec, ranges)
+        if len(ranges) > MAX_RANGE_FILTERS:
+            return f"{self.bucket()[0]} = ANY($1::bigint[])", [list(ranges)]
         column = f"t.{self.info.key[0].q}"
         parts = [
             f"({column} >= {self.lo + n * ROWS_PER_CHUNK} AND {column} < {self.lo + (n + 1) * ROWS_PER_CHUNK})"
@@ -141,13 +156,14 @@ class _Ranges:
         ]
         return "(" + " OR ".join(parts) + ")", []
 
-    async def of_keys(self, conn: asyncpg.Connection, keys: Sequence[Key], batch: int) -> dict[int, int]:
-        """How many of `keys` fall in each range."""
-        found: dict[int, int] = {}
+    async def of_keys(self, conn: asyncpg.Connection, keys: Sequence[Key], batch: int) -> RangeCounts:
+        """How many of `keys` fall in each range (and their sum, with `sums`)."""
+        found: RangeCounts = {}
         if self.lo is not None:
             for key in keys:
                 n = (int(key[0]) - self.lo) // ROWS_PER_CHUNK
-                found[n] = found.get(n, 0) + 1
+                rows, total = found.get(n, (0, 0))
+                found[n] = (rows + 1, total + (int(key[0]) if self.sums else 0))
             return found
         assert self.spec is not None
         collate = ' COLLATE "C"' if self.spec.collatable else ""
@@ -156,7 +172,8 @@ class _Ranges:
         sql = f"SELECT {bucket} AS c, count(*) AS n FROM {self.info.keys_relation()} AS k GROUP BY 1"  # noqa: S608
         for part in chunks(keys, batch):
             for r in await conn.fetch(sql, *key_arrays(part, width), list(self.spec.bounds)):
-                found[int(r["c"])] = found.get(int(r["c"]), 0) + int(r["n"])
+                rows, _ = found.get(int(r["c"]), (0, 0))
+                found[int(r["c"])] = (rows + int(r["n"]), 0)
         return found
 
 
@@ -169,10 +186,40 @@ async def _ranges(current: asyncpg.Connection, snapshot: asyncpg.Connection, inf
     return _Ranges(info, spec=await plan_table(snapshot, info.name))
 
 
-async def _range_counts(conn: asyncpg.Connection, ranges: _Ranges) -> dict[int, int]:
+RangeCounts = dict[int, tuple[int, int]]
+"""Per range: (rows, sum of the keys — 0 unless `_Ranges.sums`)."""
+
+
+async def _range_counts(conn: asyncpg.Connection, ranges: _Ranges) -> RangeCounts:
     bucket, args = ranges.bucket()
-    sql = f"SELECT {bucket} AS c, count(*) AS n FROM {ranges.info.qname} AS t GROUP BY 1"  # noqa: S608
-    return {int(r["c"]): int(r["n"]) for r in await conn.fetch(sql, *args)}
+    total = f"sum(t.{ranges.info.key[0].q})" if ranges.sums else "0"
+    sql = f"SELECT {bucket} AS c, count(*) AS n, {total} AS s FROM {ranges.info.qname} AS t GROUP BY 1"  # noqa: S608
+    return {int(r["c"]): (int(r["n"]), int(r["s"])) for r in await conn.fetch(sql, *args)}
+
+
+async def _single_losses(
+    current: asyncpg.Connection,
+    snapshot: asyncpg.Connection,
+    ranges: _Ranges,
+    lost: dict[int, int],
+    sums: dict[int, int],
+) -> tuple[list[Key], list[int]]:
+    """A range that lost exactly one row of a one-column integer key lost the key `snapshot sum + inserted sum -
+    current sum`; each such key is checked (in the snapshot, not on the current side). The keys found, and the
+    ranges left to merge."""
+    guesses = {n: sums[n] for n, count in lost.items() if count == 1} if ranges.sums else {}
+    if not guesses:
+        return [], sorted(n for n, count in lost.items() if count)
+    info = ranges.info
+    column = info.key[0].q
+    sql = f"SELECT t.{column} FROM {info.qname} AS t WHERE t.{column} = ANY($1::bigint[])"  # noqa: S608
+    wanted = list(guesses.values())
+    in_snapshot = {int(r[0]) for r in await snapshot.fetch(sql, wanted)}
+    on_current = {int(r[0]) for r in await current.fetch(sql, wanted)}
+    found = [n for n, key in guesses.items() if key in in_snapshot and key not in on_current]
+    # a guess that fails its check (two changes cancelling in the sums) sends its range to the merge
+    rest = sorted(n for n, count in lost.items() if count and n not in set(found))
+    return sorted((guesses[n],) for n in found), rest
 
 
 async def _deleted_keys(
@@ -206,7 +253,7 @@ async def _table_since(
     then its range counts) and the snapshot side (its range counts) are read side by side."""
     ranges = await _ranges(current, snapshot, info)
 
-    async def current_side() -> tuple[list[tuple[Key, str]], dict[int, int]]:
+    async def current_side() -> tuple[list[tuple[Key, str]], RangeCounts]:
         return await _candidates(current, info, horizon, batch), await _range_counts(current, ranges)
 
     ours, theirs = await asyncio.gather(current_side(), _range_counts(snapshot, ranges), return_exceptions=True)
@@ -229,15 +276,23 @@ async def _table_since(
                 delta.updated.append(key)
     delta.inserted.sort()
     delta.updated.sort()
-    delta.rows_current, delta.rows_snapshot = sum(cur_n.values()), sum(snap_n.values())
+    delta.rows_current = sum(rows for rows, _ in cur_n.values())
+    delta.rows_snapshot = sum(rows for rows, _ in snap_n.values())
     if delta.rows_snapshot + len(delta.inserted) - delta.rows_current < 0:
         return None  # a row older than the horizon that the snapshot lacks: compare the full way
     ins_n = await ranges.of_keys(current, delta.inserted, batch)
-    lost = {n: snap_n.get(n, 0) + ins_n.get(n, 0) - cur_n.get(n, 0) for n in set(snap_n) | set(ins_n) | set(cur_n)}
+    empty = (0, 0)
+    lost: dict[int, int] = {}
+    sums: dict[int, int] = {}
+    for r in set(snap_n) | set(ins_n) | set(cur_n):
+        (sn, ss), (cn, cs), (inn, ins) = snap_n.get(r, empty), cur_n.get(r, empty), ins_n.get(r, empty)
+        lost[r], sums[r] = sn + inn - cn, ss + ins - cs
     if any(v < 0 for v in lost.values()):
         return None
     if any(lost.values()):
-        delta.deleted = await _deleted_keys(current, snapshot, ranges, sorted(n for n, v in lost.items() if v), batch)
+        single, rest = await _single_losses(current, snapshot, ranges, lost, sums)
+        merged = await _deleted_keys(current, snapshot, ranges, rest, batch) if rest else []
+        delta.deleted = sorted([*single, *merged])
         if len(delta.deleted) != sum(lost.values()):
             return None
     return delta
