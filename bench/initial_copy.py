@@ -7,8 +7,9 @@ Two PostgreSQL servers (scripts/postgres.sh: A the source, B the target, as in t
     pg_dump+pg_restore  pg_dump -Fd -j2 into a directory, then pg_restore -j2 (the baseline)
     pgcopydb clone      Debian's pgcopydb (COPY streamed table by table, indexes built in parallel), --table-jobs 2
                         --index-jobs 2
-    timetodo copy       what `timetodo migrate sync` runs for the database (adapters.postgres: pg_dump -Fd -j2,
-                        pg_restore --clean -j2, both through the same functions)
+    timetodo dump       the dump path (adapters.postgres: pg_dump -Fd -j2, pg_restore --clean -j2)
+    timetodo stream     the streaming copy `timetodo migrate sync` runs (adapters.postgres.stream: schema, then
+                        COPY piped source → target in 2 streams, large tables split by key ranges, indexes after)
     timetodo verify     the chunk map right after it: key ranges planned on the source, every range of both sides
                         hashed on the server (rows, Σ md5 of the row text), compared — a full content verification
 
@@ -40,6 +41,7 @@ from tests.support import free_port  # noqa: E402
 from bench.rollback import admin, make_source, with_db  # noqa: E402
 from timetodo.ops.adapters import postgres as pg  # noqa: E402
 from timetodo.ops.adapters.postgres import tool  # noqa: E402
+from timetodo.ops.adapters.postgres.stream import stream_database  # noqa: E402
 from timetodo.ops.migrate.incremental import hash_both, plan_specs  # noqa: E402
 
 JOBS = 2
@@ -91,11 +93,18 @@ async def pgcopydb(source: str, server_b: str, work: Path) -> float:
     )  # fmt: skip
 
 
-async def ours(source: str, server_b: str, work: Path) -> tuple[float, float]:
-    target = await fresh(server_b, "copy_timetodo")
+async def dumped(source: str, server_b: str, work: Path) -> float:
+    target = await fresh(server_b, "copy_timetodo_dump")
     started = time.monotonic()
     await pg.dump_database(source, work / "timetodo-dump", JOBS)
     await pg.restore_database(target, work / "timetodo-dump", JOBS)
+    return time.monotonic() - started
+
+
+async def ours(source: str, server_b: str, work: Path) -> tuple[float, float]:
+    target = await fresh(server_b, "copy_timetodo")
+    started = time.monotonic()
+    await stream_database(source, target, JOBS, work)
     copied = time.monotonic() - started
     started = time.monotonic()
     checked = await hash_both(source, target, await plan_specs(source), JOBS)
@@ -112,15 +121,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         a, b = start_server(base / "a"), start_server(base / "b")
         print(f"generating ~{args.mb} MB …", file=sys.stderr)
         source, size = await make_source(a, args.mb)
-        times: dict[str, list[float]] = {"baseline": [], "pgcopydb": [], "copy": [], "verify": []}
+        times: dict[str, list[float]] = {"baseline": [], "pgcopydb": [], "dump": [], "copy": [], "verify": []}
+        sides = ["baseline", "pgcopydb", "dump", "ours"]
         for n in range(args.rounds):
-            order = ["baseline", "pgcopydb", "ours"][n % 3 :] + ["baseline", "pgcopydb", "ours"][: n % 3]
+            order = sides[n % len(sides) :] + sides[: n % len(sides)]
             for side in order:
                 print(f"round {n + 1}: {side} …", file=sys.stderr)
                 if side == "baseline":
                     times["baseline"].append(await baseline(source, b, base))
                 elif side == "pgcopydb":
                     times["pgcopydb"].append(await pgcopydb(source, b, base))
+                elif side == "dump":
+                    times["dump"].append(await dumped(source, b, base))
                 else:
                     copied, verify = await ours(source, b, base)
                     times["copy"].append(copied)
@@ -132,6 +144,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": {k: round(v, 2) for k, v in med.items()},
             "all": {k: [round(x, 2) for x in v] for k, v in times.items()},
             "copy_vs_baseline": round(med["copy"] / med["baseline"], 3),
+            "dump_vs_baseline": round(med["dump"] / med["baseline"], 3),
             "copy_vs_pgcopydb": round(med["copy"] / med["pgcopydb"], 3),
             "copy_and_verify_vs_pgcopydb": round((med["copy"] + med["verify"]) / med["pgcopydb"], 3),
         }
@@ -152,7 +165,8 @@ def main() -> None:
     print(f"database {result['database_bytes'] / 1e6:.0f} MB, median of {result['rounds']} round(s)")
     print(f"  pg_dump -Fd -j2 + pg_restore -j2   {s['baseline']:7.2f} s")
     print(f"  pgcopydb clone                      {s['pgcopydb']:7.2f} s")
-    print(f"  timetodo copy                       {s['copy']:7.2f} s   ({result['copy_vs_baseline']:.3f}× baseline, "
+    print(f"  timetodo dump path                  {s['dump']:7.2f} s   ({result['dump_vs_baseline']:.3f}× baseline)")
+    print(f"  timetodo stream (sync)              {s['copy']:7.2f} s   ({result['copy_vs_baseline']:.3f}× baseline, "
           f"{result['copy_vs_pgcopydb']:.3f}× pgcopydb)")  # fmt: skip
     print(f"  timetodo verify (chunk map)         {s['verify']:7.2f} s   (copy + verify "
           f"{result['copy_and_verify_vs_pgcopydb']:.3f}× pgcopydb)")  # fmt: skip
