@@ -730,11 +730,15 @@ async def test_delta_since_finds_deletions_in_a_large_table_by_key_range(service
     assert as_sets(fast)["items"] == expected["items"]
     assert len(fast.tables["items"].deleted) == len(expected["items"]["deleted"]) >= 4
     assert ("é-moved", 2) in fast.tables["items"].inserted and ("C30", 2) in fast.tables["items"].deleted
-    assert as_sets(fast)["numbered"] == expected["numbered"] == {
-        "inserted": keys(-5, 4, 100000),
-        "updated": set(),
-        "deleted": keys(3, 6000, 26997, 27000, 9000),
-    }
+    assert (
+        as_sets(fast)["numbered"]
+        == expected["numbered"]
+        == {
+            "inserted": keys(-5, 4, 100000),
+            "updated": set(),
+            "deleted": keys(3, 6000, 26997, 27000, 9000),
+        }
+    )
 
 
 async def test_a_write_before_the_horizon_makes_the_table_compared_in_full(services: Services) -> None:
