@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from timetodo.core.deps import (
     API_PREFIX,
@@ -19,10 +20,19 @@ from timetodo.core.deps import (
 from timetodo.core.idempotency import claim_of
 from timetodo.core.pagination import CursorQuery, LimitQuery, Page
 from timetodo.core.responses import json_response
-from timetodo.core.validators import MAX_ID
 from timetodo.tasks import service
 from timetodo.tasks.models import Task, task_to_dict
-from timetodo.tasks.schemas import CompletionOut, ProjectIn, ProjectOut, ProjectUpdate, TaskIn, TaskOut, TaskUpdate
+from timetodo.tasks.schemas import (
+    CompletionOut,
+    ProjectIn,
+    ProjectOut,
+    ProjectUpdate,
+    TaskFilters,
+    TaskIn,
+    TaskOut,
+    TaskUpdate,
+    query_parameters,
+)
 
 router = APIRouter(prefix=API_PREFIX)
 
@@ -67,38 +77,34 @@ async def delete_project(project_id: IdPath, user_id: UserIdDep, session: WriteS
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/tasks", response_model=Page[TaskOut], tags=["tasks"])
+_FILTERS = frozenset(TaskFilters.model_fields)
+
+
+def task_filters(request: Request) -> dict[str, Any]:
+    """The filters sent in the query string, validated as `TaskFilters` (422 in the usual envelope); none sent:
+    nothing to validate (FastAPI would validate each of the nine declared parameters on every request)."""
+    query = request.query_params
+    if not any(name in _FILTERS for name in query):
+        return {}
+    try:
+        filters = TaskFilters.model_validate({name: query[name] for name in query if name in _FILTERS})
+    except ValidationError as exc:
+        errors = [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+    return filters.model_dump()
+
+
+@router.get(
+    "/tasks",
+    response_model=Page[TaskOut],
+    tags=["tasks"],
+    openapi_extra={"parameters": query_parameters(TaskFilters)},
+)
 async def list_tasks(
-    user_id: UserIdDep,
-    db: DatabaseDep,
-    limit: LimitQuery = 50,
-    cursor: CursorQuery = None,
-    project_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    parent_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    done: bool | None = None,
-    q: Annotated[str | None, Query(max_length=200, description="Search in title and description")] = None,
-    label: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    due_before: Annotated[date | None, Query(description="Due on or before this date")] = None,
-    due_after: Annotated[date | None, Query(description="Due on or after this date")] = None,
-    overdue: Annotated[bool, Query(description="Open tasks past due, in your time zone")] = False,
-    today: Annotated[bool, Query(description="Due today in your time zone")] = False,
+    request: Request, user_id: UserIdDep, db: DatabaseDep, limit: LimitQuery = 50, cursor: CursorQuery = None
 ) -> Response:
     """Filters combine (AND) and work with cursor pagination."""
-    body = await service.list_tasks_json(
-        db,
-        user_id,
-        cursor,
-        limit,
-        project_id=project_id,
-        parent_id=parent_id,
-        done=done,
-        q=q,
-        label=label,
-        due_before=due_before,
-        due_after=due_after,
-        overdue=overdue,
-        today=today,
-    )
+    body = await service.list_tasks_json(db, user_id, cursor, limit, **task_filters(request))
     return Response(body, media_type="application/json")
 
 
@@ -123,18 +129,33 @@ async def get_task(task_id: IdPath, user_id: UserIdDep, db: DatabaseDep) -> Resp
 
 @router.patch("/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
 async def update_task(
-    task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep
-) -> TaskOut:
-    out = task_out(await service.update_task(session, user_id, task_id, data))
-    await events.publish(user_id, "task.updated", out.model_dump(mode="json"))
-    return out
+    request: Request, task_id: IdPath, data: TaskUpdate, user_id: UserIdDep, db: DatabaseDep, events: EventsDep
+) -> Response:
+    if claim_of(request) is None and service.can_update_in_one_statement(db, data):
+        retry_after = request.app.state.settings.MAINTENANCE_RETRY_AFTER
+        body = await service.update_task_json(db, user_id, task_id, data, retry_after)
+        await events.publish(user_id, "task.updated", orjson.Fragment(body))
+        return Response(body, media_type="application/json")
+    async with write_session(request) as session:
+        out = task_out(await service.update_task(session, user_id, task_id, data)).model_dump(mode="json")
+    await events.publish(user_id, "task.updated", out)
+    return json_response(out)
 
 
 @router.post("/tasks/{task_id}/complete", response_model=TaskOut, tags=["tasks"])
-async def complete_task(task_id: IdPath, user_id: UserIdDep, session: WriteSessionDep, events: EventsDep) -> TaskOut:
-    out = task_out(await service.set_done(session, user_id, task_id, True))
-    await events.publish(user_id, "task.completed", out.model_dump(mode="json"))
-    return out
+async def complete_task(
+    request: Request, task_id: IdPath, user_id: UserIdDep, db: DatabaseDep, events: EventsDep
+) -> Response:
+    if claim_of(request) is None:
+        retry_after = request.app.state.settings.MAINTENANCE_RETRY_AFTER
+        body = await service.complete_task_json(db, user_id, task_id, retry_after)
+        if body is not None:
+            await events.publish(user_id, "task.completed", orjson.Fragment(body))
+            return Response(body, media_type="application/json")
+    async with write_session(request) as session:
+        out = task_out(await service.set_done(session, user_id, task_id, True)).model_dump(mode="json")
+    await events.publish(user_id, "task.completed", out)
+    return json_response(out)
 
 
 @router.post("/tasks/{task_id}/reopen", response_model=TaskOut, tags=["tasks"])
