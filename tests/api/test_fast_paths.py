@@ -245,7 +245,9 @@ async def test_one_statement_update_and_complete_match_the_session_path(pg_app: 
     path (same answers as before: a done task stays as it was, a recurring one moves to its next occurrence)."""
     async with asgi_client(pg_app) as client:
         headers, _ = await new_user(client)
-        created = await client.post("/api/v1/tasks", json={"title": "a", "due": {"date": "2030-01-02"}}, headers=headers)
+        created = await client.post(
+            "/api/v1/tasks", json={"title": "a", "due": {"date": "2030-01-02"}}, headers=headers
+        )
         task = created.json()
         patched = await client.patch(
             f"/api/v1/tasks/{task['id']}",

@@ -128,7 +128,7 @@ async def close(engine: AsyncEngine) -> None:
         return
     try:
         pool = await entry.opening
-    except Exception:  # noqa: BLE001 (it never opened: nothing to close)
+    except Exception:  # it never opened: nothing to close
         return
     await pool.close()
 
