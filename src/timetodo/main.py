@@ -135,9 +135,11 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     install_error_handlers(app)
     idempotency.install(app)
+    # FastAPI tries routes in order on every request: the busiest (tasks) first; no path of the routers moved
+    # behind it overlaps one of its paths
+    app.include_router(tasks_router)
     app.include_router(health_router)
     app.include_router(auth_router)
-    app.include_router(tasks_router)
     app.include_router(timer_router)
     app.include_router(files_router)
     app.include_router(reminders_router)
