@@ -241,17 +241,48 @@ async def load_tasks(db_url: str, owner_ids: list[int], per_user: int) -> None:
         await conn.close()
 
 
-def make_users(url: str, count: int) -> tuple[list[str], list[int]]:
-    tokens, ids = [], []
+async def clone_users(db_url: str, first: int, count: int) -> list[int]:
+    """`count` more accounts copied from the registered one (same password hash): registering each through the
+    API would cost two argon2 hashes apiece, minutes on a busy 2-core machine."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        columns = [
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'users' "
+                "AND column_name NOT IN ('id', 'email') ORDER BY ordinal_position"
+            )
+        ]
+        listed = ", ".join(columns)
+        rows = await conn.fetch(
+            f"INSERT INTO users ({listed}, email) SELECT {listed}, 'bench' || g || '@example.com' "
+            "FROM users, generate_series(1, $2) AS g WHERE users.id = $1 ORDER BY g RETURNING id",
+            first,
+            count,
+        )
+        return [int(r["id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def make_users(url: str, db_url: str, secret: str, count: int) -> tuple[list[str], list[int]]:
+    """One account registered and logged in through the API, the others cloned in the database; every token minted
+    as the API does (`timetodo.core.security.create_access_token`, version 0)."""
+    from datetime import timedelta
+
+    from timetodo.core.security import create_access_token
+
     with httpx.Client(base_url=url, timeout=60) as c:
-        for n in range(count):
-            email = f"bench{n}@example.com"
-            c.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}).raise_for_status()
-            resp = c.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
-            resp.raise_for_status()
-            token = resp.json()["access_token"]
-            tokens.append(token)
-            ids.append(c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).json()["id"])
+        email = "bench0@example.com"
+        c.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}).raise_for_status()
+        resp = c.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
+        resp.raise_for_status()
+        token = resp.json()["access_token"]
+        first = c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).json()["id"]
+    ids = [first, *asyncio.run(clone_users(db_url, first, count - 1))]
+    tokens = [token] + [create_access_token(secret, i, timedelta(hours=4)) for i in ids[1:]]
     return tokens, ids
 
 
@@ -404,6 +435,7 @@ def main() -> None:
         "LOGIN_ATTEMPTS_PER_MINUTE": "1000",
         "REGISTRATIONS_PER_HOUR": "100000",
     }
+    env_base_secret = server_env("", None, work)["SECRET_KEY"]
     specs: list[tuple[str, dict[str, str], list[str]]] = []
     if args.baseline_src:
         specs.append(("baseline", {"PYTHONPATH": str(args.baseline_src.resolve())}, []))
@@ -427,7 +459,7 @@ def main() -> None:
             targets.append(Target(name, server, db_url))
         for target in targets:
             target.server.wait_ready(timeout=300)  # 1 s idle, 30 s+ on a busy shared machine
-            tokens, ids = make_users(target.server.url, args.users)
+            tokens, ids = make_users(target.server.url, target.db_url, env_base_secret, args.users)
             target.tokens = tokens
             asyncio.run(load_tasks(target.db_url, ids, args.tasks_per_user))
             target.list_lua, target.create_lua = work / f"{target.name}-list.lua", work / f"{target.name}-create.lua"

@@ -10,7 +10,8 @@ Guarantees:
   per connection and caches it.
 - The pool belongs to the engine (same server, credentials and TLS settings as `timetodo.core.database`; at most
   `DATABASE_POOL_SIZE` connections, beside the sessions' pool) and to the event loop that first used it: a pool is
-  never shared across loops.
+  never shared across loops. A statement that finds every connection busy for `POOL_TIMEOUT` fails as a session
+  would (SQLAlchemy's pool timeout: 503 + Retry-After).
 - A dead pooled connection (the server restarted, `pg_terminate_backend`, an idle timeout) costs no error: asyncpg
   swaps a connection it knows closed on acquire; one that fails mid-statement expires every connection of the pool
   opened before the failure (a restart or a mass `pg_terminate_backend` kills them all), and the statement is
@@ -31,6 +32,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from timetodo.core.database import has_nul, raw_connect_args
@@ -69,6 +71,7 @@ class _Pool:
         self.pool: asyncpg.Pool | None = None
 
 
+POOL_TIMEOUT = 30.0  # SQLAlchemy's default pool_timeout
 _pools: weakref.WeakKeyDictionary[Engine, _Pool] = weakref.WeakKeyDictionary()
 _loggers: list[Callable[[Any], None]] = []
 
@@ -102,7 +105,11 @@ async def fetchrow(engine: AsyncEngine, sql: str, *args: Any, write: bool = Fals
     else:
         pool = await _open(engine)
     for attempt in (1, 2):
-        connection = await pool.acquire()
+        try:
+            connection = await pool.acquire(timeout=POOL_TIMEOUT)
+        except TimeoutError:
+            # every connection busy for as long as a session would wait: the same 503 as SQLAlchemy's pool timeout
+            raise PoolTimeoutError(f"no free database connection in {POOL_TIMEOUT:.0f} s") from None
         try:
             for logger in _loggers:
                 logger(sql)
