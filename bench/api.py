@@ -139,13 +139,13 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def _ticks(pids: list[int]) -> int:
-    total = 0
+def _ticks(pids: list[int]) -> dict[int, int]:
+    ticks = {}
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def _machine_busy() -> int:
@@ -158,17 +158,24 @@ class CpuGroups:
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
-        self._start: dict[str, int] = {}
+        self._start: dict[str, dict[int, int]] = {}
+        self._machine = 0
         self._t0 = 0.0
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._start = {name: _ticks(pids) for name, pids in self.groups.items()} | {"machine": _machine_busy()}
+        self._start = {name: _ticks(pids) for name, pids in self.groups.items()}
+        self._machine = _machine_busy()
 
     def stop(self) -> dict[str, float]:
+        """Cores used per group; a process that ended (or started) between the snapshots is left out."""
         elapsed = time.monotonic() - self._t0
-        now = {name: _ticks(pids) for name, pids in self.groups.items()} | {"machine": _machine_busy()}
-        return {f"cpu_{name}": (now[name] - self._start[name]) / TICKS / elapsed for name in now}
+        used = {}
+        for name, pids in self.groups.items():
+            now, before = _ticks(pids), self._start[name]
+            used[f"cpu_{name}"] = sum(now[pid] - before[pid] for pid in now if pid in before) / TICKS / elapsed
+        used["cpu_machine"] = (_machine_busy() - self._machine) / TICKS / elapsed
+        return used
 
 
 def run_wrk(
@@ -439,8 +446,8 @@ def main() -> None:
     specs: list[tuple[str, dict[str, str], list[str]]] = []
     if args.baseline_src:
         specs.append(("baseline", {"PYTHONPATH": str(args.baseline_src.resolve())}, []))
-    for server in [s for s in args.servers.split(",") if s] or ["branch"]:
-        specs.append((server, {}, SERVE_ARGS.get(server, [])))
+    for served in [s for s in args.servers.split(",") if s] or ["branch"]:
+        specs.append((served, {}, SERVE_ARGS.get(served, [])))
     targets: list[Target] = []
     bare_port = free_port()
     bare: subprocess.Popen[bytes] | None = None
