@@ -216,3 +216,25 @@ def test_workers_get_their_share_of_connections_and_a_dead_worker_is_replaced(
         assert len(now) == 2 and victim not in now, now
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_serve_refuses_a_port_another_server_listens_on(pg_env: dict[str, str], tmp_path: Path) -> None:
+    """With a socket per worker, a second server on the same port must not join the first one's SO_REUSEPORT group
+    (it would silently take a share of its connections): it fails to start, as with uvicorn's shared socket."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**pg_env, "DATA_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [TIMETODO, "serve", "--port", str(port), "--workers", "2", "--no-migrate"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert "cannot listen" in result.stderr, result.stderr

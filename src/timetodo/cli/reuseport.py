@@ -10,7 +10,9 @@ Guarantees: everything else is uvicorn's `Multiprocess` (health checks, a dead o
 rolling restart, SIGTTIN/SIGTTOU, graceful SIGTERM/SIGINT). The parent binds and holds every worker's socket, and a
 replacement worker inherits the socket of the worker it replaces: connections the kernel queued on a socket while
 its worker was being replaced wait in that socket's backlog and are accepted by the replacement, not reset.
-Linux (and other systems with `SO_REUSEPORT` load balancing) only: `available()` says whether it can be used.
+The address must be free: a server already listening there (even one in its own `SO_REUSEPORT` group) makes start-up
+fail, as with a shared socket. Linux (and other systems with `SO_REUSEPORT` load balancing) only: `available()`
+says whether it can be used.
 """
 
 from __future__ import annotations
@@ -40,11 +42,21 @@ def bind(config: Config) -> socket.socket:
     return sock
 
 
+def ensure_free(config: Config) -> None:
+    """Raise OSError when something listens on the address already. `SO_REUSEPORT` alone would let a second server
+    of the same user join the first one's group and silently take a share of its connections; a plain bind fails."""
+    family = socket.AF_INET6 if config.host and ":" in config.host else socket.AF_INET
+    with socket.socket(family=family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((config.host, config.port))
+
+
 class ReusePortMultiprocess(Multiprocess):
     """`Multiprocess` where worker slot i always serves socket i (see the module)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config, sockets=[])
+        ensure_free(config)
         self.slot_sockets = [bind(config) for _ in range(config.workers)]
 
     def _process(self, slot: int) -> Process:
