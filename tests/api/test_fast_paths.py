@@ -25,8 +25,11 @@ from timetodo.tasks.models import task_to_dict
 
 @pytest.fixture
 async def pg_app(services: Services, tmp_path: Path) -> AsyncIterator[FastAPI]:
-    # the maintenance flag cached as in production (the tests' default of 0 s reads it on every write)
-    settings = await backend_settings("postgres", tmp_path, lambda: services, MAINTENANCE_CACHE_SECONDS=60)
+    # the maintenance flag cached as in production (the tests' default of 0 s reads it on every write); the reminder
+    # scheduler's poll (a transaction on the sessions' pool every second) out of the way of the round-trip count
+    settings = await backend_settings(
+        "postgres", tmp_path, lambda: services, MAINTENANCE_CACHE_SECONDS=60, REMINDER_POLL_SECONDS=300
+    )
     async with running_app(settings) as app:
         yield app
 
