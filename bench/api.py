@@ -437,7 +437,7 @@ def main() -> None:
         cpu_fixed["redis"] = [int((services.base_dir / "redis" / "redis.pid").read_text().strip())]
     work = Path(tempfile.mkdtemp(prefix="ttd-bench-"))
     env_base = {
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",  # the default: every request writes its access-log line, as in production
         "ACCESS_TOKEN_TTL_MINUTES": "240",
         "LOGIN_ATTEMPTS_PER_MINUTE": "1000",
         "REGISTRATIONS_PER_HOUR": "100000",
