@@ -7,6 +7,10 @@ lookup per process every few seconds. Deactivation, deletion, a password change 
 version (or remove the row) in the database and forget the local copy at once; other instances follow within the
 cache time. WebSockets re-check on every ping and are closed when the token expired or the account changed.
 
+While the process sees maintenance mode on (`frozen`, the maintenance flag cache) it caches nothing and forgets what
+it had: a database in maintenance may be replaced under the app (a restore, a migration's final copy onto a held
+target), and once the flag is off again every state it caches was read after that.
+
 `core` imports no domain, so the users table is read with plain SQL here.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +45,21 @@ _STATE_SQL = text("SELECT is_active, token_version, created_at FROM users WHERE 
 
 
 class AccountStates:
-    def __init__(self, maker: async_sessionmaker[AsyncSession], ttl: float) -> None:
+    def __init__(
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        ttl: float,
+        frozen: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self._maker = maker
         self._ttl = ttl
+        self._frozen = frozen
         self._entries: OrderedDict[int, tuple[AccountState, float]] = OrderedDict()
 
     async def get(self, user_id: int) -> AccountState | None:
+        frozen = self._frozen is not None and await self._frozen()
+        if frozen:
+            self._entries.clear()  # read while frozen: nothing kept (see the module)
         now = time.monotonic()
         cached = self._entries.get(user_id)
         if cached is not None and now - cached[1] < self._ttl:
@@ -56,6 +70,8 @@ class AccountStates:
             self._entries.pop(user_id, None)
             return None  # not cached: the id may be taken by a new account (SQLite reuses the last id)
         state = AccountState(bool(row[0]), int(row[1]), row[2].timestamp())
+        if frozen:
+            return state
         self._entries[user_id] = (state, now)
         self._entries.move_to_end(user_id)
         while len(self._entries) > MAX_ENTRIES:
