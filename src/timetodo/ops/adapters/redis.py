@@ -337,6 +337,16 @@ def _copy_redis_sync(
 TTL_TOLERANCE_MS = 1000
 """Two expiries closer than this are the same one (the first copy set the target's with ABSTTL, to the millisecond)."""
 
+KeyDigests = dict[bytes, tuple[str, int]]
+"""Per key: (the first 16 hex digits of the sha1 of its DUMP payload, its absolute expiry in ms by the source
+server's clock, or 0)."""
+
+DIGEST_HEX = 16
+
+
+def payload_digest(payload: bytes) -> str:
+    return hashlib.sha1(payload, usedforsecurity=False).hexdigest()[:DIGEST_HEX]
+
 
 @dataclass
 class RedisDelta:
@@ -393,6 +403,8 @@ class _DeltaCopier(_Copier):
         src, dst = self.pair()
         pipe = src.pipeline(transaction=False)
         theirs = dst.pipeline(transaction=False)
+        if self.record is not None:
+            pipe.time()  # recorded expiries are on the source's clock (compared by copy_redis_changes on it)
         for key in keys:
             pipe.dump(key)
             pipe.pttl(key)
@@ -400,6 +412,9 @@ class _DeltaCopier(_Copier):
             theirs.pttl(key)
         ours_values, their_values = pipe.execute(), theirs.execute()
         now_ms = int(time.time() * 1000)
+        source_ms = 0
+        if self.record is not None:
+            source_ms, ours_values = _server_ms(ours_values[0]), ours_values[1:]
         out = dst.pipeline(transaction=False)
         new = changed = skipped = moved_bytes = 0
         vanished: list[bytes] = []
@@ -412,8 +427,8 @@ class _DeltaCopier(_Copier):
                 vanished.append(key)
                 continue
             expiry = _expiry(int(pttl), now_ms)
-            if record is not None:
-                record[key] = (payload_digest(payload), expiry)  # what the target holds after this pass
+            if record is not None:  # what the target holds after this pass
+                record[key] = (payload_digest(payload), _expiry(int(pttl), source_ms) if pttl >= 0 else 0)
             if other is not None and other == payload and _same_expiry(expiry, _expiry(int(other_pttl), now_ms)):
                 continue
             if other is None:
@@ -512,44 +527,40 @@ async def copy_redis_delta(
 
 # ---------------------------------------------------------------- the changes since a recorded pass, source side only
 
-KeyDigests = dict[bytes, tuple[str, int]]
-"""Per key: (the first 16 hex digits of the sha1 of its DUMP payload, its absolute expiry in ms or 0)."""
-
-DIGEST_HEX = 16
-
-
-def payload_digest(payload: bytes) -> str:
-    return hashlib.sha1(payload, usedforsecurity=False).hexdigest()[:DIGEST_HEX]
-
-
 _CHANGES_SCRIPT = """
-local now = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local tolerance = tonumber(ARGV[1])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local want = ARGV[i + 2]
+  local want = ARGV[2 * i]
   local pttl = redis.call('PTTL', key)
   if pttl == -2 then
     if want ~= '' then out[#out + 1] = i .. ' gone' end
   elseif want == '' then
     out[#out + 1] = i .. ' new'
   else
-    local space = string.find(want, ' ', 1, true)
-    local expiry = tonumber(string.sub(want, space + 1))
+    local expiry = tonumber(ARGV[2 * i + 1])
     local current = 0
     if pttl >= 0 then current = now + pttl end
-    local digest = string.sub(redis.sha1hex(redis.call('DUMP', key)), 1, DIGEST_HEX)
-    if digest ~= string.sub(want, 1, space - 1) or (expiry == 0) ~= (current == 0)
-        or math.abs(expiry - current) > tolerance then
+    if (expiry == 0) ~= (current == 0) or math.abs(expiry - current) > tolerance
+        or string.sub(redis.sha1hex(redis.call('DUMP', key)), 1, DIGEST_HEX) ~= want then
       out[#out + 1] = i .. ' changed'
     end
   end
 end
 return out
 """.replace("DIGEST_HEX", str(DIGEST_HEX))
-"""Read-only, one call per SCAN batch: ARGV = now (ms, the client's clock), the expiry tolerance, then per key its
-recorded "digest expiry" ("" when unknown). Returns "i new|changed|gone" for the keys that differ only: the values
-never leave the server, and a batch that did not change answers an empty list."""
+"""Read-only, one call per SCAN batch: ARGV = the expiry tolerance (ms), then per key its recorded digest ("" when
+unknown) and absolute expiry (ms by the server's clock, 0: none). Returns "i new|changed|gone" for the keys that
+differ only: the values never leave the server, and a batch that did not change answers an empty list. Expiries
+are compared on the server's own clock (TIME), so neither the client's clock nor a slow round trip matters."""
+
+
+def _server_ms(reply: Any) -> int:
+    """TIME's reply as milliseconds."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 class _ChangesCopier(_Copier):
@@ -568,10 +579,10 @@ class _ChangesCopier(_Copier):
         """(key, "new" | "changed" | "gone") for the keys of a batch that differ from the record."""
         src, _ = self.pair()
         wanted = [self.recorded.get(key) for key in keys]
-        now_ms = int(time.time() * 1000)
         if self.method == "script":
-            args: list[Any] = [now_ms, TTL_TOLERANCE_MS]
-            args += ["" if w is None else f"{w[0]} {w[1]}" for w in wanted]
+            args: list[Any] = [TTL_TOLERANCE_MS]
+            for w in wanted:
+                args += ("", 0) if w is None else w
             try:
                 reply = self.script(keys=keys, args=args, client=src)
             except redis_errors.ResponseError as exc:
@@ -587,10 +598,13 @@ class _ChangesCopier(_Copier):
                 out.append((keys[int(index) - 1], what))
             return out
         pipe = src.pipeline(transaction=False)
+        pipe.time()
         for key in keys:
             pipe.dump(key)
             pipe.pttl(key)
         values = pipe.execute()
+        now_ms = _server_ms(values[0])
+        values = values[1:]
         out = []
         for key, want, payload, pttl in zip(keys, wanted, values[0::2], values[1::2], strict=True):
             if payload is None or pttl == -2:
