@@ -101,6 +101,12 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert final_db["strategy"] == "delta" and final_db["problems"] == []
     assert final_db["chunks_copied"] < final_db["chunks"], final_db
     assert "final_copy" in cutover["in_freeze_seconds"] and "pre_pass" not in cutover["in_freeze_seconds"]
+    # the target's app ran held (maintenance on in its database) and was opened, never stopped and started, and
+    # the freeze re-hashed only the chunks written since the pre-pass and compared Redis digests on the source only
+    assert "open_target" in cutover["in_freeze_seconds"], cutover["in_freeze_seconds"]
+    assert not {"stop_target", "start_target"} & set(facts["cutover_phases"]), facts["cutover_phases"].keys()
+    assert final_db["hashing"].startswith("changed chunks only"), final_db
+    assert facts["cutover_phases"]["final_copy"]["result"]["redis"]["method"] == "script"
     # the client on the old address saw errors only inside the write freeze: forwarding took over at the switch
     window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
     outside = [t for t in old_writer.failure_times if not window[0] <= t <= window[1]]
@@ -212,6 +218,51 @@ def _kill_when(proc: subprocess.Popen[str], state_file: Path, condition: Any, ti
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     raise TimeoutError("the kill point was never reached")
+
+
+def test_a_killed_delta_cutover_resumes_to_the_same_end_state(world: World) -> None:
+    """The delta strategy's own phases: `run` killed with SIGKILL once the target is held, once the pre-pass is done,
+    once frozen (in the final copy), once the target is opened but not switched yet; each `run --resume` continues,
+    and every acknowledged write is on the target exactly once, validation passes. Rolled back at the end."""
+    config = world.base / "migration-resume-delta.toml"
+    config.write_text(world.config.read_text().replace('work_dir = "work"', 'work_dir = "work-resume-delta"'))
+    state_file = world.base / "work-resume-delta" / "state.json"
+
+    def phase(name: str) -> Any:
+        return lambda s: name in s.get("facts", {}).get("cutover_phases", {})
+
+    kill_points = [phase("hold_target"), phase("pre_pass")]
+    kill_points.append(lambda s: s.get("facts", {}).get("freeze_started_at") is not None)
+    kill_points.append(phase("open_target"))
+    with Writer(world.current, world.writer_token, "kd") as writer:
+        for n, condition in enumerate(kill_points):
+            output = world.base / f"killed-delta-run-{n}.log"
+            with output.open("w") as log:
+                proc = subprocess.Popen(
+                    [TIMETODO, "migrate", "run", "--yes", "--resume", "--skip-backup", "--config", str(config)],
+                    env={**os.environ, **world.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=world.base,
+                    start_new_session=True,
+                )
+                killed = _kill_when(proc, state_file, condition)
+            assert killed, f"run {n} ended before its kill point:\n{output.read_text()[-3000:]}"
+        result = world.migrate("run", "--yes", "--resume", "--skip-backup", config=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(1.5)
+    assert world.current.read_text() == world.target_url
+    on_target = asyncio.run(titles(world.target_db, "kd"))
+    missing = [uid for uid in writer.acked if on_target.get(uid) != 1]
+    assert writer.acked and missing == [], missing[:5]
+    validation = json.loads((world.base / "work-resume-delta" / "migration_validation_report.json").read_text())
+    assert validation["ok"] is True, validation
+    state = json.loads(state_file.read_text())
+    assert state["steps"]["cutover"]["result"]["strategy"] == "delta"
+    assert state["steps"]["cutover"]["attempts"] >= 4
+    back = world.migrate("rollback", "--force", config=config)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert world.current.read_text() == world.source.url
 
 
 def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:

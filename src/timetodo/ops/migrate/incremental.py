@@ -20,6 +20,11 @@ Guarantees:
   misses a change), and takes the baseline's hashes for the others: the freeze costs a scan without row text on
   each side, not a hashing pass. The target is checked the same way (its app is kept from writing, but the pass
   does not rely on it). Without a baseline matching the chunk specs, both sides are hashed whole.
+- **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
+  every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
+  that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
+  app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
+  validation then compares every key of both sides. Without a record (a lost work directory), both sides again.
 - `app_state` (maintenance, forwarding) is deployment state: each side keeps its own.
 - Idempotent: a pass killed at any point is simply run again (it compares; the baseline only says which chunks
   cannot have changed since it was taken, which stays true whatever was written after it).
