@@ -327,6 +327,9 @@ async def run(ctx: Context) -> dict[str, Any]:
     freeze_started = await _freeze(ctx)
     try:
         if ctx.state.facts.switched_at is None:
+            # logged in before the final copy (a resumed run has no token yet): the login's own writes on the
+            # source (its rate-limit counters in Redis) are then part of the copy, not a difference after it
+            await ctx.source_api().token()
             await _copy_verify_switch(ctx, Budget(ctx, freeze_started))
     except BaseException as exc:
         if ctx.state.facts.switched_at is None and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
