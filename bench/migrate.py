@@ -209,6 +209,11 @@ def main() -> None:
         redis_loop = baseline_redis(world.source_redis, scratch_redis)
         for strategy in strategies:
             print(f"migrating with strategy {strategy} …", flush=True)
+            # a fresh access token for each run's writer: the first one expires during a long 1 GB run (the
+            # writer then had every write refused: 0 acknowledged)
+            with httpx.Client(base_url=world.source.url) as c:
+                login = c.post("/api/v1/auth/login", data={"username": "bench@example.com", "password": PASSWORD})
+                token = login.json()["access_token"]
             runs.append(migrate_with(world, base, strategy, token, skip_backup=args.skip_backup))
     finally:
         if world is not None:
