@@ -209,6 +209,11 @@ def main() -> None:
         redis_loop = baseline_redis(world.source_redis, scratch_redis)
         for strategy in strategies:
             print(f"migrating with strategy {strategy} …", flush=True)
+            # a fresh access token for each run's writer: the first one expires during a long 1 GB run (the
+            # writer then had every write refused: 0 acknowledged)
+            with httpx.Client(base_url=world.source.url) as c:
+                login = c.post("/api/v1/auth/login", data={"username": "bench@example.com", "password": PASSWORD})
+                token = login.json()["access_token"]
             runs.append(migrate_with(world, base, strategy, token, skip_backup=args.skip_backup))
     finally:
         if world is not None:
@@ -240,11 +245,13 @@ def main() -> None:
         copy = run["final_copy"] or {}
         db = copy.get("db") or {}
         if db.get("strategy") == "delta":
+            keys = copy.get("redis") or {}
             print(
                 f"  in-freeze database: {db['chunks_copied']} of {db['chunks']} chunks, {db['rows']} rows "
-                f"(hash {db['hash_seconds']:.2f} s, compare {db['compare_seconds']:.2f} s, apply "
-                f"{db['apply_seconds']:.2f} s); Redis: {(copy.get('redis') or {}).get('keys')} keys of "
-                f"{(copy.get('redis') or {}).get('scanned')} ({(copy.get('redis') or {}).get('seconds')} s)"
+                f"(hash {db['hash_seconds']:.2f} s — {db.get('hashing')}, re-hashed {db.get('chunks_rehashed')}; "
+                f"compare {db['compare_seconds']:.2f} s, apply {db['apply_seconds']:.2f} s, all {db['seconds']:.2f} s); "
+                f"Redis ({keys.get('method')}): {keys.get('keys')} keys of {keys.get('scanned')} "
+                f"({keys.get('seconds')} s); files {(copy.get('files') or {}).get('seconds')} s"
             )
         print(f"  rollback: {run['rollback_seconds']:.1f} s")
     by = {run["strategy"]: run["write_freeze_seconds"] for run in runs}

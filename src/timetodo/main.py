@@ -123,8 +123,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.database = Database(app.state.engine, app.state.sessionmaker)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
-    app.state.accounts = AccountStates(app.state.database, settings.AUTH_STATE_CACHE_SECONDS)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
+    app.state.accounts = AccountStates(
+        app.state.database, settings.AUTH_STATE_CACHE_SECONDS, frozen=app.state.maintenance_cache.enabled
+    )
     app.state.forwarding = ForwardingCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
     app.state.telegram = (

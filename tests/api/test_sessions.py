@@ -38,7 +38,7 @@ async def test_logout_all_ends_every_session(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/users/me", headers=second)).status_code == 200
     assert (await client.post("/api/v1/auth/logout-all", headers=first)).status_code == 204
     for auth in (first, second):
-        assert (await client.get("/api/v1/users/me", headers=auth)).status_code == 401
+        assert (await client.get("/api/v1/tasks", headers=auth)).status_code == 401
     for refresh in (tokens["refresh_token"], second_login["refresh_token"]):
         assert (await client.post("/api/v1/auth/refresh", json={"refresh_token": refresh})).status_code == 401
     again = (await login(client, tokens["user"]["email"])).json()
@@ -58,7 +58,7 @@ async def test_password_change_ends_sessions(client: httpx.AsyncClient) -> None:
         headers=auth,
     )
     assert changed.status_code == 204, changed.text
-    assert (await client.get("/api/v1/users/me", headers=auth)).status_code == 401
+    assert (await client.get("/api/v1/tasks", headers=auth)).status_code == 401
     assert (await login(client, tokens["user"]["email"])).status_code == 401
     assert (await login(client, tokens["user"]["email"], "another one 123")).status_code == 200
 
@@ -84,3 +84,29 @@ async def test_a_token_whose_signature_was_checked_still_expires(app: FastAPI, c
     await asyncio.sleep(3)
     resp = await client.get("/api/v1/tasks", headers=headers)
     assert resp.status_code == 401 and resp.json()["error"] == "token_expired", resp.text
+
+
+async def test_a_process_caches_no_account_state_while_it_sees_maintenance(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A migration's held target: its database is replaced under the app in maintenance (the final copy), then the
+    flag goes off. An account state cached before — or while frozen — must not outlive that: the deactivation the
+    final copy brought is seen by the first request after the flag is off (not AUTH_STATE_CACHE_SECONDS later)."""
+    auth, tokens = await new_user(client)
+    user_id = tokens["user"]["id"]
+    assert (await client.get("/api/v1/tasks", headers=auth)).status_code == 200  # cached, 5 s
+    flag = app.state.maintenance_cache
+    flag._ttl = 3600.0  # the process's view of the flag is what the test sets
+    try:
+        flag.set(True)
+        assert (await client.get("/api/v1/tasks", headers=auth)).status_code == 200  # read, not kept
+        async with app.state.sessionmaker() as session:  # the final copy brings the deactivation
+            await session.execute(update(User).where(User.id == user_id).values(is_active=False))
+            await session.commit()
+        assert (await client.get("/api/v1/tasks", headers=auth)).status_code == 401
+        flag.set(False)
+        resp = await client.get("/api/v1/tasks", headers=auth)
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_token"
+    finally:
+        flag._ttl = 0.0
+        flag.set(False)

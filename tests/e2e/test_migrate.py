@@ -101,6 +101,12 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert final_db["strategy"] == "delta" and final_db["problems"] == []
     assert final_db["chunks_copied"] < final_db["chunks"], final_db
     assert "final_copy" in cutover["in_freeze_seconds"] and "pre_pass" not in cutover["in_freeze_seconds"]
+    # the target's app ran held (maintenance on in its database) and was opened, never stopped and started, and
+    # the freeze re-hashed only the chunks written since the pre-pass and compared Redis digests on the source only
+    assert "open_target" in cutover["in_freeze_seconds"], cutover["in_freeze_seconds"]
+    assert not {"stop_target", "start_target"} & set(facts["cutover_phases"]), facts["cutover_phases"].keys()
+    assert final_db["hashing"].startswith("changed chunks only"), final_db
+    assert facts["cutover_phases"]["final_copy"]["result"]["redis"]["method"] == "script"
     # the client on the old address saw errors only inside the write freeze: forwarding took over at the switch
     window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
     outside = [t for t in old_writer.failure_times if not window[0] <= t <= window[1]]
@@ -292,13 +298,15 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
 
 
 def test_killed_delta_cutover_resumes_to_the_same_end_state(world: World) -> None:
-    """The delta strategy's own phases killed and resumed: after the pre-pass (source live), in the middle of the
-    final pass (source frozen), and after the switch before the snapshot; the end state is the same."""
+    """The delta strategy's own phases killed and resumed: once the target is held, after the pre-pass (source
+    live), in the middle of the final pass (source frozen), once the target is opened but not switched, and after
+    the switch before the snapshot; the end state is the same."""
 
     def phase(name: str) -> Any:
         return lambda s: name in s.get("facts", {}).get("cutover_phases", {})
 
-    kill_points = [phase("pre_pass"), _frozen, lambda s: s.get("facts", {}).get("switched_at") is not None]
+    kill_points = [phase("hold_target"), phase("pre_pass"), _frozen, phase("open_target")]
+    kill_points.append(lambda s: s.get("facts", {}).get("switched_at") is not None)
     _writer, state, _config = _run_killed_and_resumed(world, "delta", "work-delta-resume", "d", kill_points)
     final_db = state["facts"]["cutover_phases"]["final_copy"]["result"]["db"]
     assert final_db["strategy"] == "delta" and final_db["problems"] == []

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,7 +17,7 @@ import redis
 from tests.support import Services, create_database
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import PgTarget, chunks, fix_text_output
-from timetodo.ops.migrate.incremental import SchemaDiffers, delta_pass, plan_specs
+from timetodo.ops.migrate.incremental import Baseline, SchemaDiffers, delta_pass, plan_specs
 from timetodo.ops.migrate.report.model import copied
 
 pytestmark = pytest.mark.slow
@@ -231,3 +233,136 @@ def test_the_report_says_what_a_delta_pass_moved() -> None:
     assert moved["Redis delta (100,000 keys compared, 2 deleted)"].amount == 7
     abandoned = copied({"db": {"strategy": "delta", "abandoned": "a row vanished"}})
     assert abandoned[0].what.startswith("database delta (abandoned")
+
+
+# ======================================================================== the in-freeze pass from a baseline
+
+
+async def test_a_baseline_rehashes_only_chunks_written_since_and_misses_nothing(pair: tuple[str, str]) -> None:
+    """The pre-pass records both sides' hashes and xmin horizons; the next pass re-hashes only chunks holding rows
+    written since (or whose row count changed) — on both sides: a stray write on the target is found too — and the
+    target ends equal to the source. Rows frozen by VACUUM FREEZE (old xids) do not hide anything."""
+    source, target = pair
+    for url in (source, target):
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("VACUUM FREEZE")
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(source)
+    try:
+        specs = {t: await chunks.plan_table(conn, t, rows_per_chunk=100) for t in ("items", "children", "kv", "nopk")}
+    finally:
+        await conn.close()
+    recorded: list[Baseline] = []
+    first = await delta_pass(source, target, specs, jobs=2, verify=True, record=recorded.append)
+    assert first["chunks_copied"] == 0 and first["hashing"] == "every chunk" and len(recorded) == 1
+    baseline = recorded[0]
+    conn = await asyncpg.connect(source)
+    try:
+        await conn.execute(
+            """
+            UPDATE items SET v = 'changed' WHERE id = 150;            -- chunk 1
+            DELETE FROM items WHERE id = 420;                          -- chunk 4: a delete leaves no row behind
+            INSERT INTO items (id, v) VALUES (-1, 'new below');        -- chunk 0
+            UPDATE kv SET v = 0 WHERE k = 'key-0100';
+            UPDATE nopk SET y = 'changed again' WHERE x = 3;
+            """
+        )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(target)
+    try:  # a stray write on the target after the pre-pass: found by the target's own xmin scan
+        await conn.execute("UPDATE items SET v = 'stray' WHERE id = 777; DELETE FROM kv WHERE k = 'key-0250'")
+    finally:
+        await conn.close()
+    total = first["chunks"]  # the tables the specs lack (pairs, empty) are planned by the pass
+    result = await delta_pass(source, target, specs, jobs=2, verify=True, baseline=baseline)
+    assert result["problems"] == [] and result["hashing"].startswith("changed chunks only")
+    assert await contents(target) == await contents(source)
+    rehashed = result["chunks_rehashed"]
+    assert 4 <= rehashed["source"] < total and 2 <= rehashed["target"] < total, rehashed
+    assert result["chunks_by_table"]["items"] == 4  # chunks 0, 1, 4 (source) and 7 (the stray write)
+    # again from the same baseline: the pass's own writes are newer than the horizon, re-hashed and found equal
+    again = await delta_pass(source, target, specs, jobs=1, verify=True, baseline=baseline)
+    assert again["chunks_copied"] == 0 and again["problems"] == []
+    # a horizon that is not a past xid of that database (another database's baseline): everything is hashed
+    ahead = Baseline(
+        baseline.specs,
+        baseline.source,
+        baseline.source_horizon + 10_000_000,
+        baseline.target,
+        baseline.target_horizon,
+        baseline.source_oids,
+        baseline.target_oids,
+    )
+    whole = await delta_pass(source, target, specs, jobs=1, baseline=ahead)
+    assert whole["chunks_rehashed"]["source"] == total and whole["chunks_copied"] == 0
+
+
+async def test_a_chunk_that_only_lost_rows_is_found_without_any_new_row(pair: tuple[str, str]) -> None:
+    source, _ = pair
+    conn = await asyncpg.connect(source)
+    try:
+        await fix_text_output(conn)
+        spec = await chunks.plan_table(conn, "items", rows_per_chunk=100)
+        async with conn.transaction(isolation="repeatable_read"):
+            known = await chunks.hash_table(conn, spec)
+            horizon = await chunks.snapshot_horizon(conn)
+        assert await chunks.changed_chunks(conn, spec, known, horizon) == []
+        await conn.execute("DELETE FROM children; DELETE FROM items WHERE id BETWEEN 301 AND 400")  # all of chunk 3
+        await conn.execute("DELETE FROM items WHERE id = 650")
+        assert await chunks.changed_chunks(conn, spec, known, horizon) == [3, 6]
+    finally:
+        await conn.close()
+
+
+def test_redis_changes_against_recorded_digests_read_only_the_source(services: Services, tmp_path: Path) -> None:
+    """The pre-pass (`copy_redis_delta` with `record`) notes what the target holds; `copy_redis_changes` then finds
+    new, changed (value or expiry) and deleted keys from the source alone — by the Lua script, and by DUMP for a
+    user the server refuses scripts to (an ACL without @scripting) — and leaves the target equal to the source."""
+    source_url, target_url = _db(services, 11), _db(services, 12)
+    src, dst = redis.Redis.from_url(source_url), redis.Redis.from_url(target_url)
+    password = secrets.token_hex(8)
+    src.acl_setuser(
+        "ttd-noscript", enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all", "-@scripting"]
+    )
+    parts = urlsplit(source_url)
+    no_scripts = urlunsplit(parts._replace(netloc=f"ttd-noscript:{password}@{parts.hostname}:{parts.port}"))
+    try:
+        for method, reader in (("script", source_url), ("dump", no_scripts)):
+            src.flushdb()
+            dst.flushdb()
+            for i in range(2500):
+                src.set(f"plain:{i}", f"v{i}")
+            src.set("ttl:change", "x", ex=3600)
+            src.hset("hash", mapping={"a": "1"})
+            src.set(b"bin:\xff\x00", b"\x01\x02")
+            asyncio.run(redisops.copy_redis(source_url, target_url, flush_target=True))
+            recorded: redisops.KeyDigests = {}
+            pre = asyncio.run(redisops.copy_redis_delta(source_url, target_url, batch=300, record=recorded))
+            assert pre.new + pre.changed == 0 and len(recorded) == 2503
+            redisops.save_digests(tmp_path / "digests.json", recorded)
+            assert redisops.load_digests(tmp_path / "digests.json") == recorded
+            src.set("plain:5", "changed")
+            src.hset("hash", "b", "2")
+            src.delete("plain:9")
+            src.set("new:key", "n", ex=600)
+            src.expire("ttl:change", 100)
+            src.set(b"bin:\xff\x00", b"\x03")
+            changes = asyncio.run(redisops.copy_redis_changes(reader, target_url, recorded, connections=2, batch=400))
+            assert (changes.new, changes.changed, changes.deleted) == (1, 4, 1), changes.to_dict()
+            assert changes.method == method and changes.scanned == 2503
+            assert sorted(dst.keys()) == sorted(src.keys())
+            for key in src.scan_iter(count=1000):
+                assert dst.dump(key) == src.dump(key), key
+            assert 90 < dst.ttl("ttl:change") <= 100 and 590 < dst.ttl("new:key") <= 600
+            nothing = asyncio.run(redisops.copy_redis_changes(source_url, target_url, recorded))
+            # the record stays the pre-pass's: a resumed pass copies the same keys again, and nothing else
+            assert (nothing.new, nothing.changed, nothing.deleted) == (1, 4, 0), nothing.to_dict()
+    finally:
+        src.acl_deluser("ttd-noscript")
+        src.flushdb()
+        dst.flushdb()
+        src.close()
+        dst.close()

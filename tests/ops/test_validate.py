@@ -490,6 +490,32 @@ async def test_redis_keys_the_targets_bot_wrote_after_the_switch_are_not_errors(
     assert any("bot's update claims" in w for w in result.warnings)
 
 
+async def test_redis_rate_limit_counters_are_each_hosts_own(redis_pair: RedisPair) -> None:
+    """A login on the frozen source after the final copy (a client's during the freeze, a resumed run's own) moves
+    its rate-limit counters only: counted, never compared; any other value that differs still is an error."""
+    source, target = redis_pair.source, redis_pair.target
+    await fill_redis(source, plain_keys=5)
+    src = aioredis.Redis.from_url(source)
+    try:
+        await src.set("rl:login:ip:127.0.0.1", "1", ex=60)
+        await src.set("plain:different", "a")
+        await copy_redis(source, target)
+        await src.incr("rl:login:ip:127.0.0.1")
+        await src.set("rl:login:acct:abc", "1", ex=60)
+        await src.set("plain:different", "b")
+    finally:
+        await src.aclose()
+    tgt = aioredis.Redis.from_url(target)
+    try:
+        await tgt.set("rl:register:ip:10.0.0.1", "1", ex=60)
+    finally:
+        await tgt.aclose()
+    result = await compare_redis(source, target, method=redis_pair.forced)
+    assert result.host_counters == 3
+    assert result.missing_on_target == result.extra_on_target == 0
+    assert result.value_differs == 1 and any("plain:different" in e for e in result.errors), result.errors
+
+
 async def test_redis_differences_are_each_named(redis_pair: RedisPair) -> None:
     source, target = redis_pair.source, redis_pair.target
     await fill_redis(source)

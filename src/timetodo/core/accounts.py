@@ -11,6 +11,10 @@ On PostgreSQL the lookup is one statement on the raw pool (`timetodo.core.rawdb`
 SQLite a session. A verified token's claims are kept too (`AccountStates.claims`, at most `MAX_TOKENS`): the signature
 of the same token string is not checked again, but its expiry is, on every request.
 
+While the process sees maintenance mode on (`frozen`, the maintenance flag cache) it caches nothing and forgets what
+it had: a database in maintenance may be replaced under the app (a restore, a migration's final copy onto a held
+target), and once the flag is off again every state it caches was read after that.
+
 `core` imports no domain, so the users table is read with plain SQL here.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +52,10 @@ _PG_STATE_SQL = "SELECT is_active, token_version, created_at FROM users WHERE id
 
 
 class AccountStates:
-    def __init__(self, db: Database, ttl: float) -> None:
+    def __init__(self, db: Database, ttl: float, frozen: Callable[[], Awaitable[bool]] | None = None) -> None:
         self._db = db
         self._ttl = ttl
+        self._frozen = frozen
         self._entries: OrderedDict[int, tuple[AccountState, float]] = OrderedDict()
         self._tokens: dict[str, dict[str, Any]] = {}
 
@@ -75,6 +81,9 @@ class AccountStates:
         return None if row is None else tuple(row)
 
     async def get(self, user_id: int) -> AccountState | None:
+        frozen = self._frozen is not None and await self._frozen()
+        if frozen:
+            self._entries.clear()  # read while frozen: nothing kept (see the module)
         now = time.monotonic()
         cached = self._entries.get(user_id)
         if cached is not None and now - cached[1] < self._ttl:
@@ -84,6 +93,8 @@ class AccountStates:
             self._entries.pop(user_id, None)
             return None  # not cached: the id may be taken by a new account (SQLite reuses the last id)
         state = AccountState(bool(row[0]), int(row[1]), row[2].timestamp())
+        if frozen:
+            return state
         self._entries[user_id] = (state, now)
         self._entries.move_to_end(user_id)
         while len(self._entries) > MAX_ENTRIES:

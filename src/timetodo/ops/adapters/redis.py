@@ -1,5 +1,7 @@
 """Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE);
-copy every key between two servers (`copy_redis`), and afterwards only what changed since (`copy_redis_delta`).
+copy every key between two servers (`copy_redis`), and afterwards only what changed since (`copy_redis_delta`,
+which compares both sides and can record a digest per key; then `copy_redis_changes`, which compares only the
+source with those digests — on the server, by a read-only Lua script — and moves what changed).
 
 The stream format is one JSON object per line, binary-safe: `{"k": base64 key, "t": ttl ms (0 = none), "v": base64
 DUMP payload}`. The TTL is the one remaining when the key was dumped; RESTORE gives it back relative to the restore.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import re
 import threading
@@ -334,6 +337,16 @@ def _copy_redis_sync(
 TTL_TOLERANCE_MS = 1000
 """Two expiries closer than this are the same one (the first copy set the target's with ABSTTL, to the millisecond)."""
 
+KeyDigests = dict[bytes, tuple[str, int]]
+"""Per key: (the first 16 hex digits of the sha1 of its DUMP payload, its absolute expiry in ms by the source
+server's clock, or 0)."""
+
+DIGEST_HEX = 16
+
+
+def payload_digest(payload: bytes) -> str:
+    return hashlib.sha1(payload, usedforsecurity=False).hexdigest()[:DIGEST_HEX]
+
 
 @dataclass
 class RedisDelta:
@@ -347,9 +360,13 @@ class RedisDelta:
     skipped: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    method: str = "both sides"
+    """How keys were compared: "both sides" (DUMP of each), "script" (source digests on the server against the
+    record), "dump" (source DUMPs hashed here against the record)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "method": self.method,
             "keys": self.new + self.changed,
             "scanned": self.scanned,
             "new": self.new,
@@ -375,14 +392,19 @@ class _DeltaCopier(_Copier):
     `connections` threads), the new and changed ones restored (ABSTTL REPLACE), then the target's keys the source
     no longer has deleted."""
 
-    def __init__(self, source_url: str, target_url: str, progress: Progress | None) -> None:
+    def __init__(
+        self, source_url: str, target_url: str, progress: Progress | None, record: KeyDigests | None = None
+    ) -> None:
         super().__init__(source_url, target_url, progress)
         self.delta = RedisDelta()
+        self.record = record
 
     def move(self, keys: list[bytes]) -> None:
         src, dst = self.pair()
         pipe = src.pipeline(transaction=False)
         theirs = dst.pipeline(transaction=False)
+        if self.record is not None:
+            pipe.time()  # recorded expiries are on the source's clock (compared by copy_redis_changes on it)
         for key in keys:
             pipe.dump(key)
             pipe.pttl(key)
@@ -390,9 +412,13 @@ class _DeltaCopier(_Copier):
             theirs.pttl(key)
         ours_values, their_values = pipe.execute(), theirs.execute()
         now_ms = int(time.time() * 1000)
+        source_ms = 0
+        if self.record is not None:
+            source_ms, ours_values = _server_ms(ours_values[0]), ours_values[1:]
         out = dst.pipeline(transaction=False)
         new = changed = skipped = moved_bytes = 0
         vanished: list[bytes] = []
+        record: KeyDigests | None = {} if self.record is not None else None
         for i, key in enumerate(keys):
             payload, pttl = ours_values[2 * i], ours_values[2 * i + 1]
             other, other_pttl = their_values[2 * i], their_values[2 * i + 1]
@@ -401,6 +427,8 @@ class _DeltaCopier(_Copier):
                 vanished.append(key)
                 continue
             expiry = _expiry(int(pttl), now_ms)
+            if record is not None:  # what the target holds after this pass
+                record[key] = (payload_digest(payload), _expiry(int(pttl), source_ms) if pttl >= 0 else 0)
             if other is not None and other == payload and _same_expiry(expiry, _expiry(int(other_pttl), now_ms)):
                 continue
             if other is None:
@@ -414,6 +442,8 @@ class _DeltaCopier(_Copier):
         if vanished:
             self.remove(vanished)
         with self.lock:
+            if record is not None and self.record is not None:
+                self.record.update(record)
             self.delta.scanned += len(keys)
             self.delta.new += new
             self.delta.changed += changed
@@ -455,10 +485,15 @@ class _DeltaCopier(_Copier):
 
 
 def _copy_delta_sync(
-    source_url: str, target_url: str, connections: int, batch: int, progress: Progress | None
+    source_url: str,
+    target_url: str,
+    connections: int,
+    batch: int,
+    progress: Progress | None,
+    record: KeyDigests | None = None,
 ) -> RedisDelta:
     started = time.monotonic()
-    copier = _DeltaCopier(source_url, target_url, progress)
+    copier = _DeltaCopier(source_url, target_url, progress, record)
     try:
         copier.run_delta(connections, batch)
     finally:
@@ -474,17 +509,225 @@ async def copy_redis_delta(
     connections: int = 2,
     batch: int = 1000,
     progress: Progress | None = None,
+    record: KeyDigests | None = None,
 ) -> RedisDelta:
     """Make the target's database equal to the source's again after a `copy_redis`, moving only the differences:
     keys new or changed on the source (value or expiry) are restored with their absolute expiry, keys the source
     no longer has are deleted on the target. No keyspace notifications needed (managed Redis lacks them): a second
-    SCAN compares the DUMP payloads and expiries of both sides, pipelined over `connections` threads."""
+    SCAN compares the DUMP payloads and expiries of both sides, pipelined over `connections` threads. `record`
+    (filled): every source key's digest and expiry as this pass saw it — what the target holds afterwards — for a
+    later `copy_redis_changes`."""
     try:
-        return await asyncio.to_thread(_copy_delta_sync, source_url, target_url, connections, batch, progress)
+        return await asyncio.to_thread(_copy_delta_sync, source_url, target_url, connections, batch, progress, record)
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
     except redis_errors.ResponseError as exc:
         raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+
+
+# ---------------------------------------------------------------- the changes since a recorded pass, source side only
+
+_CHANGES_SCRIPT = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local tolerance = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local want = ARGV[2 * i]
+  local pttl = redis.call('PTTL', key)
+  if pttl == -2 then
+    if want ~= '' then out[#out + 1] = i .. ' gone' end
+  elseif want == '' then
+    out[#out + 1] = i .. ' new'
+  else
+    local expiry = tonumber(ARGV[2 * i + 1])
+    local current = 0
+    if pttl >= 0 then current = now + pttl end
+    if (expiry == 0) ~= (current == 0) or math.abs(expiry - current) > tolerance
+        or string.sub(redis.sha1hex(redis.call('DUMP', key)), 1, DIGEST_HEX) ~= want then
+      out[#out + 1] = i .. ' changed'
+    end
+  end
+end
+return out
+""".replace("DIGEST_HEX", str(DIGEST_HEX))
+"""Read-only, one call per SCAN batch: ARGV = the expiry tolerance (ms), then per key its recorded digest ("" when
+unknown) and absolute expiry (ms by the server's clock, 0: none). Returns "i new|changed|gone" for the keys that
+differ only: the values never leave the server, and a batch that did not change answers an empty list. Expiries
+are compared on the server's own clock (TIME), so neither the client's clock nor a slow round trip matters."""
+
+
+def _server_ms(reply: Any) -> int:
+    """TIME's reply as milliseconds."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class _ChangesCopier(_Copier):
+    """`copy_redis_changes`: the source's keys compared with recorded digests (a Lua script per SCAN batch, or DUMP
+    and a local sha1 where scripts are refused), the new and changed ones copied, the vanished ones deleted."""
+
+    def __init__(self, source_url: str, target_url: str, recorded: KeyDigests, progress: Progress | None) -> None:
+        super().__init__(source_url, target_url, progress)
+        self.recorded = recorded
+        self.delta = RedisDelta()
+        self.unseen: set[bytes] = set(recorded)
+        self.method = "script"
+        self.script: Any = None
+
+    def compare(self, keys: list[bytes]) -> list[tuple[bytes, str]]:
+        """(key, "new" | "changed" | "gone") for the keys of a batch that differ from the record."""
+        src, _ = self.pair()
+        wanted = [self.recorded.get(key) for key in keys]
+        if self.method == "script":
+            args: list[Any] = [TTL_TOLERANCE_MS]
+            for w in wanted:
+                args += ("", 0) if w is None else w
+            try:
+                reply = self.script(keys=keys, args=args, client=src)
+            except redis_errors.ResponseError as exc:
+                if "user_script" in str(exc) or "ERR Error running script" in str(exc):
+                    raise
+                with self.lock:
+                    self.method = "dump"  # NOPERM, scripting disabled: compare here
+                log.info("Redis scripts refused: the source's keys are compared here", extra={"error": str(exc)})
+                return self.compare(keys)
+            out = []
+            for item in reply:
+                index, what = (item.decode() if isinstance(item, bytes) else str(item)).split(" ")
+                out.append((keys[int(index) - 1], what))
+            return out
+        pipe = src.pipeline(transaction=False)
+        pipe.time()
+        for key in keys:
+            pipe.dump(key)
+            pipe.pttl(key)
+        values = pipe.execute()
+        now_ms = _server_ms(values[0])
+        values = values[1:]
+        out = []
+        for key, want, payload, pttl in zip(keys, wanted, values[0::2], values[1::2], strict=True):
+            if payload is None or pttl == -2:
+                if want is not None:
+                    out.append((key, "gone"))
+            elif want is None:
+                out.append((key, "new"))
+            elif payload_digest(payload) != want[0] or not _same_expiry(_expiry(int(pttl), now_ms), want[1]):
+                out.append((key, "changed"))
+        return out
+
+    def move(self, keys: list[bytes]) -> None:
+        found = self.compare(keys)
+        copy = [key for key, what in found if what != "gone"]
+        gone = [key for key, what in found if what == "gone"]
+        src, dst = self.pair()
+        new = sum(1 for _, what in found if what == "new")
+        moved_bytes = skipped = 0
+        if copy:
+            pipe = src.pipeline(transaction=False)
+            for key in copy:
+                pipe.dump(key)
+                pipe.pttl(key)
+            values = pipe.execute()
+            now_ms = int(time.time() * 1000)
+            out = dst.pipeline(transaction=False)
+            for key, payload, pttl in zip(copy, values[0::2], values[1::2], strict=True):
+                if payload is None or pttl == -2:
+                    skipped += 1
+                    gone.append(key)
+                    continue
+                moved_bytes += len(payload)
+                out.restore(key, _expiry(int(pttl), now_ms), payload, replace=True, absttl=True)
+            out.execute()
+        if gone:
+            self.remove(gone)
+        with self.lock:
+            self.unseen.difference_update(keys)
+            self.delta.scanned += len(keys)
+            self.delta.new += new
+            self.delta.changed += len(copy) - new
+            self.delta.skipped += skipped
+            self.delta.bytes += moved_bytes
+            if self.progress is not None:
+                self.progress(self.delta.scanned, self.total)
+
+    def remove(self, keys: list[bytes]) -> None:
+        """Delete on the target those of `keys` the source does not have."""
+        src, dst = self.pair()
+        pipe = src.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        absent = [key for key, present in zip(keys, pipe.execute(), strict=True) if not present]
+        if absent:
+            deleted = int(dst.delete(*absent))
+            with self.lock:
+                self.delta.deleted += deleted
+
+    def run_changes(self, connections: int, batch: int) -> None:
+        self.script = self.client(self.source_url).register_script(_CHANGES_SCRIPT)
+        self.run(connections, batch, flush_target=False)
+        # recorded keys SCAN never returned were gone for part of the scan at least: deleted where the source lacks them
+        left = sorted(self.unseen)
+        with ThreadPoolExecutor(max_workers=connections) as pool:
+            for future in [pool.submit(self.remove, left[i : i + batch]) for i in range(0, len(left), batch)]:
+                future.result()
+
+
+def _copy_changes_sync(
+    source_url: str, target_url: str, recorded: KeyDigests, connections: int, batch: int, progress: Progress | None
+) -> RedisDelta:
+    started = time.monotonic()
+    copier = _ChangesCopier(source_url, target_url, recorded, progress)
+    try:
+        copier.run_changes(connections, batch)
+    finally:
+        copier.close()
+    copier.delta.seconds = time.monotonic() - started
+    copier.delta.method = copier.method
+    return copier.delta
+
+
+async def copy_redis_changes(
+    source_url: str,
+    target_url: str,
+    recorded: KeyDigests,
+    *,
+    connections: int = 2,
+    batch: int = 1000,
+    progress: Progress | None = None,
+) -> RedisDelta:
+    """After a `copy_redis_delta` that filled `recorded` (the target has held exactly those keys since; nothing else
+    writes it): make the target equal to the source again by reading only the source. Every source key's DUMP
+    digest and expiry is compared with the record on the server (a read-only Lua script per SCAN batch, pipelined
+    over `connections` threads; where EVAL is refused, DUMP + a local sha1), the new and changed keys are copied
+    (RESTORE … ABSTTL REPLACE), recorded keys the source no longer has are deleted on the target. Half the reads of
+    `copy_redis_delta`, and the values of unchanged keys never leave the server."""
+    try:
+        return await asyncio.to_thread(
+            _copy_changes_sync, source_url, target_url, recorded, connections, batch, progress
+        )
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+
+
+def save_digests(path: Any, recorded: KeyDigests) -> None:
+    """Write `recorded` atomically (one JSON object; keys as latin-1 text, which maps bytes one to one)."""
+    data = {key.decode("latin-1"): [digest, expiry] for key, (digest, expiry) in recorded.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(orjson.dumps(data))
+    tmp.replace(path)
+
+
+def load_digests(path: Any) -> KeyDigests | None:
+    """The digests `save_digests` wrote; None when the file is missing or unreadable."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        return {str(key).encode("latin-1"): (str(v[0]), int(v[1])) for key, v in data.items()}
+    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError, IndexError):
+        return None
 
 
 async def redis_version(url: str) -> tuple[str, str]:

@@ -1,12 +1,25 @@
 """Step `cutover` (seed: the second half of run_migration.sh): freeze writes on the source (maintenance mode through
 its admin API), final copy, quick verification, switch DNS and the Telegram webhook.
 
-The final copy depends on `strategy`: `dump` dumps and restores the whole database and Redis again inside the
-freeze; `delta` (the default) first stops the target app and runs a pre-pass while the source is still live (only
-the chunks, keys and files changed since sync), then inside the freeze moves only what changed in the last
-seconds — the database chunks whose hashes differ, the Redis keys whose DUMP differs, the rsync delta of the
-uploads — and verifies the copied chunks by their hashes. The snapshot the validation and a rollback compare with
-is then made outside the freeze, from the source that stays frozen (forwarding) after the switch.
+The final copy depends on `strategy`: `dump` stops the target app, dumps and restores the whole database and Redis
+again inside the freeze, then starts the app and waits for it. `delta` (the default) keeps the target's app
+running but *held* — maintenance on in the target's own `app_state` (each side keeps its own; the copies never
+carry it), so it writes nothing — and runs a pre-pass while the source is still live (the chunks, keys and files
+changed since sync; it records the chunk hashes and Redis key digests both sides then hold). Inside the freeze it
+moves only what changed in the last seconds — the chunks holding rows written since the pre-pass (re-hashed on
+both sides, the rest taken from the pre-pass), the Redis keys whose digest on the source differs from the record,
+the rsync delta of the uploads — verifies the copied chunks by their hashes, and *opens* the target: maintenance
+off in its database. The snapshot the validation and a rollback compare with is then made outside the freeze, from
+the source that stays frozen (forwarding) after the switch.
+
+Opening the held target makes its app serve the final data: its processes read the database on every request,
+except three caches, each bounded in time by the target's env — the maintenance flag and the forwarding setting
+(`MAINTENANCE_CACHE_SECONDS`), the account states (`AUTH_STATE_CACHE_SECONDS`; a process caches none while it sees
+maintenance on, `core.accounts`). The flip waits until `AUTH_STATE_CACHE_SECONDS + MAINTENANCE_CACHE_SECONDS`
+have passed since the hold (so no account state read before the hold is still cached), and the switch waits
+`MAINTENANCE_CACHE_SECONDS` after the flip (so no process still answers 503 from a cached flag once clients are
+sent there). Forwarding on the target is never set (`app_state` is not copied); Redis-held state (refresh-token
+revocations, rate limits) is read from Redis on every request, and Redis has had its final copy.
 
 Guarantees: nothing is frozen when the credentials are wrong or the estimate exceeds the downtime budget; anything
 failing before the switch (or the budget running out) aborts with the source writable again; each phase is
@@ -16,11 +29,13 @@ recorded when done, so a run killed at any point continues with `--resume` to th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from timetodo.core.maintenance import switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.rsync import remote_sizes
@@ -45,21 +60,26 @@ async def plan(ctx: Context) -> list[PlanLine]:
     dns = ctx.config.dns
     if ctx.config.strategy == "delta":
         copy = [
-            (ctx.target_ssh().describe(), "stop the app"),
+            (ctx.target_ssh().describe(), "maintenance on in the target's database; the app running (held)"),
             ("local", "pre-pass (source live): chunks whose hashes differ, changed Redis keys, rsync delta"),
             (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
-            ("local", "final pass: chunk hashes both sides, copy differing chunks, sequences; Redis; files"),
+            (
+                "local",
+                "final pass: re-hash chunks written since the pre-pass, copy differing ones, sequences; Redis "
+                "keys whose digest changed; files",
+            ),
             ("local", "verify the copied chunks' hashes, key/file counts"),
+            (ctx.target_ssh().describe(), "maintenance off in the target's database (the app serves)"),
         ]
     else:
         copy = [
             (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
             ("local", "final dump/restore, Redis, files"),
             ("local", "verify row/key/file counts"),
+            (ctx.target_ssh().describe(), "start the app"),
         ]
     return [
         *copy,
-        (ctx.target_ssh().describe(), "start the app"),
         ("api.telegram.org", "setWebhook (pending updates kept); getWebhookInfo"),
         ("local", "DNS: " + (str(dns.hook) if dns.hook else "print the record to change")),
     ]
@@ -158,6 +178,56 @@ async def _freeze(ctx: Context) -> float:
     return float(ctx.state.facts.freeze_started_at or 0)
 
 
+HOLD_REASON = "timetodo migrate: this host takes over at the cutover"
+
+
+def _held(ctx: Context) -> bool:
+    """The target's app runs held (delta: maintenance on in its database) and is opened at the switch, rather than
+    stopped for the final copy and started after it."""
+    return _delta(ctx) and "hold_target" in ctx.state.facts.cutover_phases
+
+
+def _cache_seconds(ctx: Context) -> tuple[float, float]:
+    """The target app's MAINTENANCE_CACHE_SECONDS and AUTH_STATE_CACHE_SECONDS (its env file; the app's defaults)."""
+    from timetodo.ops.migrate.deploy import parse_env_text
+
+    env: dict[str, str] = {}
+    path = ctx.config.target.env_file
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            env = {k: v for k, v in parse_env_text(path.read_text()).items() if v is not None}
+    values = []
+    for name, default in (("MAINTENANCE_CACHE_SECONDS", 1.0), ("AUTH_STATE_CACHE_SECONDS", 5.0)):
+        try:
+            values.append(max(0.0, float(env.get(name, default))))
+        except ValueError:
+            values.append(default)
+    return values[0], values[1]
+
+
+async def _hold_target(ctx: Context) -> dict[str, Any]:
+    """Before the freeze (delta): maintenance on in the target's database — its app writes nothing (every write
+    passes the maintenance guard, the reminder scheduler included) — and the app running and healthy."""
+    await switch_maintenance(await ctx.target_db_url(), True, HOLD_REASON)
+    await _start_and_wait(ctx)
+    return {"maintenance": True}
+
+
+async def _open_target(ctx: Context, ready: asyncio.Task[Any] | None) -> dict[str, Any]:
+    """After the final copy (delta): maintenance off in the target's database, after the waits that make every
+    process of its app see the final data (see the module)."""
+    if ready is not None:
+        await ready
+    flag_ttl, auth_ttl = _cache_seconds(ctx)
+    held = ctx.state.facts.cutover_phases["hold_target"].ended_at
+    waited = max(0.0, held + flag_ttl + auth_ttl - time.time())
+    if waited:
+        await asyncio.sleep(waited)
+    await switch_maintenance(await ctx.target_db_url(), False, None)
+    await asyncio.sleep(flag_ttl)
+    return {"maintenance": False, "waited_seconds": round(waited + flag_ttl, 3)}
+
+
 def _delta(ctx: Context) -> bool:
     """The delta strategy applies (configured, and the pre-pass found the schemas equal)."""
     if ctx.config.strategy != "delta":
@@ -189,8 +259,21 @@ async def _final_copy(ctx: Context) -> dict[str, Any]:
 async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
     runtime = await ctx.runtime()
     budget.check("final copy", frozen_estimate(ctx)["seconds"] - FIXED_OVERHEAD_S)
-    await _phase(ctx, "stop_target", lambda: runtime.stop())
-    copied = (await _phase(ctx, "final_copy", lambda: _final_copy(ctx))).result
+    held = _held(ctx)
+    ready: asyncio.Task[Any] | None = None
+    if held:
+        # the held app still running and healthy (idempotent start, a health probe), side by side with the copy
+        ready = asyncio.create_task(_phase(ctx, "target_ready", lambda: _start_and_wait(ctx)))
+    else:
+        await _phase(ctx, "stop_target", lambda: runtime.stop())
+    try:
+        copied = (await _phase(ctx, "final_copy", lambda: _final_copy(ctx))).result
+    except BaseException:
+        if ready is not None:
+            ready.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
+        raise
     budget.check("verification")
     db = copied.get("db") if isinstance(copied, dict) else None
     checked = db if isinstance(db, dict) and db.get("strategy") == "delta" else None
@@ -198,15 +281,23 @@ async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
     if verification["problems"]:
         ctx.state.facts.cutover_phases.pop("verify", None)
         ctx.state.facts.cutover_phases.pop("final_copy", None)  # a new attempt copies (and checks) again
+        if ready is not None:
+            ready.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
         raise StepError(
             "cutover verification failed: " + "; ".join(verification["problems"][:5]),
             "nothing was switched; the source is writable again",
             EXIT_VERIFICATION,
         )
     if ctx.state.facts.target_xid_horizon is None:
-        # before the target takes any write: a rollback finds every row written after this by its xmin
+        # before the target takes any write (held, its app wrote nothing): a rollback finds every row written after
+        # this by its xmin
         ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
-    await _phase(ctx, "start_target", lambda: _start_and_wait(ctx))
+    if held:
+        await _phase(ctx, "open_target", lambda: _open_target(ctx, ready))
+    else:
+        await _phase(ctx, "start_target", lambda: _start_and_wait(ctx))
     budget.check("switch")
     await _phase(ctx, "switch", lambda: switch(ctx))
     ctx.state.remember(switched_at=time.time())
@@ -236,12 +327,14 @@ async def run(ctx: Context) -> dict[str, Any]:
     if ctx.config.strategy == "delta" and ctx.state.facts.freeze_started_at is None:
         # outside the freeze: nobody uses the target yet; then the changes since sync, the source still live
         await _may_freeze(ctx)
-        runtime = await ctx.runtime()
-        await _phase(ctx, "stop_target", lambda: runtime.stop())
+        await _phase(ctx, "hold_target", lambda: _hold_target(ctx))
         await _phase(ctx, "pre_pass", lambda: _pre_pass(ctx))
     freeze_started = await _freeze(ctx)
     try:
         if ctx.state.facts.switched_at is None:
+            # logged in before the final copy (a resumed run has no token yet): the login's own writes on the
+            # source (its rate-limit counters in Redis) are then part of the copy, not a difference after it
+            await ctx.source_api().token()
             await _copy_verify_switch(ctx, Budget(ctx, freeze_started))
     except BaseException as exc:
         if ctx.state.facts.switched_at is None and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
@@ -300,6 +393,12 @@ async def _restore_snapshot(ctx: Context) -> dict[str, Any]:
 
 async def _abort(ctx: Context, reason: str) -> None:
     log.error("cutover aborted: " + reason)
+    if "open_target" in ctx.state.facts.cutover_phases:
+        # opened but not switched: held again, so its app writes nothing until the next attempt copies again
+        try:
+            await switch_maintenance(await ctx.target_db_url(), True, HOLD_REASON)
+        except Exception:
+            log.exception("could not put the target back into maintenance")
     try:
         await ctx.source_api().maintenance(False)
     except Exception:

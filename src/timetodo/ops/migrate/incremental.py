@@ -14,17 +14,32 @@ Guarantees:
 - **Harmless when the source is live** (`live`: the pre-pass before the freeze): a row changing under the pass
   makes it stop with nothing of its transaction committed, or copy a state the next pass corrects; the in-freeze
   pass is what makes the target exact.
+- **Only what can have changed is hashed again.** The pre-pass records a `Baseline`: the chunk hashes of both sides
+  and each snapshot's xmin horizon. The in-freeze pass then re-hashes, on each side, only the chunks holding a row
+  version written since its horizon or whose row count changed (`chunks.rehash_changed`, which proves it never
+  misses a change), and takes the baseline's hashes for the others: the freeze costs a scan without row text on
+  each side, not a hashing pass. The target is checked the same way (its app is kept from writing, but the pass
+  does not rely on it). Without a baseline matching the chunk specs, both sides are hashed whole.
+- **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
+  every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
+  that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
+  app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
+  validation then compares every key of both sides. Without a record (a lost work directory), both sides again.
 - `app_state` (maintenance, forwarding) is deployment state: each side keeps its own.
-- Idempotent: a pass killed at any point is simply run again (it compares, it does not remember).
+- Idempotent: a pass killed at any point is simply run again (it compares; the baseline only says which chunks
+  cannot have changed since it was taken, which stays true whatever was written after it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +76,74 @@ class SchemaDiffers(DeltaError):
 
 def map_path(ctx: Context) -> Path:
     return ctx.work_dir / "delta" / "chunks.json"
+
+
+def baseline_path(ctx: Context) -> Path:
+    return ctx.work_dir / "delta" / "baseline.json"
+
+
+def digests_path(ctx: Context) -> Path:
+    """The Redis key digests the pre-pass recorded (what the target holds since)."""
+    return ctx.work_dir / "delta" / "redis-digests.json"
+
+
+def specs_digest(specs: dict[str, chunks.ChunkSpec]) -> str:
+    text = json.dumps({name: spec.to_dict() for name, spec in sorted(specs.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hashes_to_json(hashes: dict[str, chunks.TableHashes]) -> dict[str, dict[str, list[int]]]:
+    return {table: {str(n): [rows, h] for n, (rows, h) in found.items()} for table, found in hashes.items()}
+
+
+def _hashes_from_json(data: dict[str, dict[str, list[int]]]) -> dict[str, chunks.TableHashes]:
+    return {table: {int(n): (int(v[0]), int(v[1])) for n, v in found.items()} for table, found in data.items()}
+
+
+@dataclass
+class Baseline:
+    """The chunk hashes of both sides as a pass found them, each with its snapshot's xmin horizon, for the chunk
+    specs of digest `specs`."""
+
+    specs: str
+    source: dict[str, chunks.TableHashes]
+    source_horizon: int
+    target: dict[str, chunks.TableHashes]
+    target_horizon: int
+    source_oids: dict[str, int]
+    target_oids: dict[str, int]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        data = {
+            "specs": self.specs,
+            "source": _hashes_to_json(self.source),
+            "source_horizon": self.source_horizon,
+            "target": _hashes_to_json(self.target),
+            "target_horizon": self.target_horizon,
+            "source_oids": self.source_oids,
+            "target_oids": self.target_oids,
+        }
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Baseline | None:
+        """The saved baseline; None when there is none or it cannot be read (the pass then hashes everything)."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                specs=str(data["specs"]),
+                source=_hashes_from_json(data["source"]),
+                source_horizon=int(data["source_horizon"]),
+                target=_hashes_from_json(data["target"]),
+                target_horizon=int(data["target_horizon"]),
+                source_oids={str(k): int(v) for k, v in data["source_oids"].items()},
+                target_oids={str(k): int(v) for k, v in data["target_oids"].items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
 
 
 def save_specs(path: Path, specs: dict[str, chunks.ChunkSpec]) -> None:
@@ -113,9 +196,13 @@ async def delta_pass(
     *,
     jobs: int = 2,
     verify: bool = False,
+    baseline: Baseline | None = None,
+    record: Callable[[Baseline], None] | None = None,
 ) -> dict[str, Any]:
     """Make the target's database equal to the source's by copying only the differing chunks (see the module
-    docstring). Returns what it compared, moved and how long each part took; `problems` when `verify` found any."""
+    docstring). Returns what it compared, moved and how long each part took; `problems` when `verify` found any.
+    `baseline`: hashes of both sides from an earlier pass over the same specs — only chunks that can have changed
+    since are hashed again; `record`: called with this pass's hashes of both sides (before anything is copied)."""
     started = time.monotonic()
     src_t, dst_t = PgTarget.from_url(source_url), PgTarget.from_url(target_url)
     async with text_connection(src_t) as src, text_connection(dst_t) as dst:
@@ -131,9 +218,26 @@ async def delta_pass(
     missing = [name for name in names if name not in specs]
     specs = {**specs, **{name: spec for name, spec in (await plan_specs(source_url)).items() if name in missing}}
     wanted = [specs[name] for name in names]
-    ours, theirs = await asyncio.gather(
-        chunks.hash_tables(src_t, wanted, jobs), chunks.hash_tables(dst_t, wanted, jobs)
-    )
+    digest = specs_digest(specs)
+    rehashed: dict[str, int] | None = None
+    if baseline is not None and baseline.specs == digest:
+        (ours, src_n), (theirs, dst_n) = await asyncio.gather(
+            chunks.rehash_changed(
+                src_t, wanted, baseline.source, baseline.source_horizon, jobs, oids=baseline.source_oids
+            ),
+            chunks.rehash_changed(
+                dst_t, wanted, baseline.target, baseline.target_horizon, jobs, oids=baseline.target_oids
+            ),
+        )
+        rehashed = {"source": src_n, "target": dst_n}
+    else:
+        async with text_connection(src_t) as src, text_connection(dst_t) as dst:
+            src_oids, dst_oids = await chunks.table_oids(src), await chunks.table_oids(dst)
+        (ours, src_h), (theirs, dst_h) = await asyncio.gather(
+            chunks.hash_tables_at(src_t, wanted, jobs), chunks.hash_tables_at(dst_t, wanted, jobs)
+        )
+        if record is not None:
+            record(Baseline(digest, ours, src_h, theirs, dst_h, src_oids, dst_oids))
     hashed = time.monotonic()
     differing = {name: chunks.differing(ours[name], theirs[name]) for name in names}
     differing = {name: found for name, found in differing.items() if found}
@@ -187,6 +291,8 @@ async def delta_pass(
         "whole_tables": whole_rows,
         "sequences": len(sequences),
         "chunks_by_table": {name: len(found) for name, found in sorted(differing.items())},
+        "hashing": "changed chunks only (xmin + row counts)" if rehashed is not None else "every chunk",
+        **({"chunks_rehashed": rehashed} if rehashed is not None else {}),
         "hash_seconds": round(hashed - started, 3),
         "compare_seconds": round(compared - hashed, 3),
         "apply_seconds": round(ended - compared, 3),
@@ -225,10 +331,26 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
         specs = await plan_specs(ctx.secrets.source_database_url)
         save_specs(map_path(ctx), specs)
 
+    # the pre-pass hashes both sides whole and records that as the baseline; the in-freeze pass re-hashes only the
+    # chunks changed since (a missing or unreadable baseline: both sides whole again)
+    baseline = None if live else Baseline.load(baseline_path(ctx))
+
+    def record(found: Baseline) -> None:
+        found.save(baseline_path(ctx))
+
     async def database() -> dict[str, Any]:
-        async with ctx.activity(f"{label}: database chunks (hash both sides, copy what differs)"):
+        what = "hash both sides" if baseline is None else "re-hash the chunks changed since the pre-pass"
+        async with ctx.activity(f"{label}: database chunks ({what}, copy what differs)"):
             try:
-                return await delta_pass(ctx.secrets.source_database_url, target_db, specs, jobs=jobs, verify=not live)
+                return await delta_pass(
+                    ctx.secrets.source_database_url,
+                    target_db,
+                    specs,
+                    jobs=jobs,
+                    verify=not live,
+                    baseline=baseline,
+                    record=record if live else None,
+                )
             except SchemaDiffers:
                 raise
             except DeltaError as exc:
@@ -241,10 +363,22 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
     async def keys() -> dict[str, Any]:
         if not (ctx.secrets.source_redis_url and target_redis):
             return {}
+        source_redis, connections = ctx.secrets.source_redis_url, jobs * 2
+        recorded = None if live else await asyncio.to_thread(redisops.load_digests, digests_path(ctx))
+        if recorded is not None:
+            # the pre-pass recorded what the target holds: only the source is read, compared on its server
+            async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:
+                moved = await redisops.copy_redis_changes(
+                    source_redis, target_redis, recorded, connections=connections, progress=p
+                )
+            return moved.to_dict()
+        record: redisops.KeyDigests | None = {} if live else None
         async with ctx.activity(f"{label}: Redis keys changed since the copy (SCAN + DUMP compare)") as progress:
             moved = await redisops.copy_redis_delta(
-                ctx.secrets.source_redis_url, target_redis, connections=jobs * 2, progress=progress
+                source_redis, target_redis, connections=connections, progress=progress, record=record
             )
+        if record is not None:
+            await asyncio.to_thread(redisops.save_digests, digests_path(ctx), record)
         return moved.to_dict()
 
     db, redis_result, files = await asyncio.gather(database(), keys(), copy_files(ctx, live=live))

@@ -1,5 +1,6 @@
 """Step `sync` (seed: the first half of run_migration.sh): a first full copy of the database, Redis and the uploads
-onto the target while the source stays live. It measures the throughput the downtime estimate uses, and warms the
+onto the target while the source stays live, then starts the target's app held (maintenance on in the
+target's database: it writes nothing until the cutover opens it). It measures the throughput the downtime estimate uses, and warms the
 target so that the final copy at cutover moves only what changed (files) or takes as long as this one (database).
 """
 
@@ -37,7 +38,7 @@ async def plan(ctx: Context) -> list[PlanLine]:
             if ctx.config.strategy == "delta"
             else []
         ),
-        (target, "start the app; wait healthy"),
+        (target, "maintenance on in its database (held until the cutover); start the app; wait healthy"),
     ]
 
 
@@ -99,6 +100,9 @@ async def run(ctx: Context) -> dict[str, Any]:
         from timetodo.ops.migrate.incremental import chunk_map
 
         result["chunk_map"] = await chunk_map(ctx)
+    # the target's app runs held until the cutover opens it: it must write nothing (reminders fired twice, rows
+    # the final copy would have to undo) — maintenance on in its own app_state, which no copy carries
+    await switch_maintenance(await ctx.target_db_url(), True, "timetodo migrate: this host takes over at the cutover")
     await runtime.start()
     await runtime.wait_healthy(timeout=300)
     return result

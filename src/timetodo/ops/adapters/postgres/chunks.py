@@ -20,6 +20,16 @@ Guarantees:
   parallel connections share that transaction's exported snapshot (`pg_export_snapshot`), so the hashes of all
   tables describe one instant.
 - Tables without a primary key are one chunk (number 0) each: when their hash differs they are copied whole.
+- **Re-hashing only what can have changed** (`rehash_changed`): `hash_tables_at` also returns the snapshot's xmin
+  horizon h (every transaction id below h had ended when the snapshot was taken). Later, in one snapshot, a cheap
+  scan (no row text, no md5) counts each chunk's rows and looks for a row version whose `xmin` is h or newer; only
+  those chunks, and chunks whose row count changed, are hashed again — the others keep the hashes taken at h. This
+  never misses a change: a row version visible now but not then was written by a transaction not ended at the first
+  snapshot, so its xid is ≥ h; inserts and updates therefore show such a row in their chunk, and a chunk that only
+  lost rows has fewer of them. "≥ h" is decided by `age()` (modulo-2³² distance to the current xid, the way
+  PostgreSQL itself orders xids), exact while fewer than 2³¹ xids pass between the two snapshots (PostgreSQL stops
+  long before that); the `xmin` column shows the raw xid even for frozen rows (checked by the tests), and an old
+  frozen row whose raw xid looks new after a wraparound only costs a useless re-hash.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,25 +205,123 @@ async def snapshot_connections(target: PgTarget, count: int) -> AsyncIterator[li
 
 async def hash_tables(target: PgTarget, specs: Iterable[ChunkSpec], jobs: int = 2) -> dict[str, TableHashes]:
     """The chunk hashes of every table of `specs`, read in one snapshot by `jobs` connections (largest first)."""
+    return (await hash_tables_at(target, specs, jobs))[0]
+
+
+async def hash_tables_at(
+    target: PgTarget, specs: Iterable[ChunkSpec], jobs: int = 2
+) -> tuple[dict[str, TableHashes], int]:
+    """`hash_tables`, and the snapshot's xmin horizon (the 32-bit xid below which every transaction had ended), for
+    a later `rehash_changed`."""
     todo = list(specs)
     async with snapshot_connections(target, max(1, min(jobs, len(todo) or 1))) as conns:
-        sizes = {
-            str(r["relname"]): int(r["bytes"])
-            for r in await conns[0].fetch(
-                "SELECT c.relname, pg_table_size(c.oid) AS bytes FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public' WHERE c.relkind IN ('r', 'p')"
-            )
-        }
-        queue = sorted(todo, key=lambda s: sizes.get(s.table, 0), reverse=True)
-        found: dict[str, TableHashes] = {}
+        horizon = await snapshot_horizon(conns[0])
+        found = await _each_table(conns, todo, lambda conn, spec: hash_table(conn, spec))
+    return {spec.table: found[spec.table] for spec in todo}, horizon
 
-        async def worker(conn: asyncpg.Connection) -> None:
-            while queue:
-                spec = queue.pop(0)
-                found[spec.table] = await hash_table(conn, spec)
 
-        await asyncio.gather(*(worker(conn) for conn in conns))
-    return {spec.table: found[spec.table] for spec in todo}
+async def snapshot_horizon(conn: asyncpg.Connection) -> int:
+    """The xmin of the connection's snapshot, as a 64-bit transaction id (epoch included)."""
+    return int(await conn.fetchval("SELECT txid_snapshot_xmin(txid_current_snapshot())"))
+
+
+async def table_oids(conn: asyncpg.Connection) -> dict[str, int]:
+    """The oid of every table of the public schema: a table dropped and created again (or a database restored
+    again) gets new ones, and its rows' xids say nothing about the old table's."""
+    rows = await conn.fetch(
+        "SELECT c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "AND n.nspname = 'public' WHERE c.relkind IN ('r', 'p')"
+    )
+    return {str(r["relname"]): int(r["oid"]) for r in rows}
+
+
+XID_SAFE_DISTANCE = 1 << 30
+"""A baseline whose horizon is further from the current xid than this (or ahead of it: another database) is not
+used: `age()` compares xids modulo 2³², exact below 2³¹."""
+
+
+async def _each_table(
+    conns: list[asyncpg.Connection],
+    specs: list[ChunkSpec],
+    work: Callable[[asyncpg.Connection, ChunkSpec], Awaitable[Any]],
+) -> dict[str, Any]:
+    """`work` for every table, the largest first, spread over `conns` (which share one snapshot)."""
+    sizes = {
+        str(r["relname"]): int(r["bytes"])
+        for r in await conns[0].fetch(
+            "SELECT c.relname, pg_table_size(c.oid) AS bytes FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public' WHERE c.relkind IN ('r', 'p')"
+        )
+    }
+    queue = sorted(specs, key=lambda s: sizes.get(s.table, 0), reverse=True)
+    found: dict[str, Any] = {}
+
+    async def worker(conn: asyncpg.Connection) -> None:
+        while queue:
+            spec = queue.pop(0)
+            found[spec.table] = await work(conn, spec)
+
+    await asyncio.gather(*(worker(conn) for conn in conns))
+    return found
+
+
+async def changed_chunks(conn: asyncpg.Connection, spec: ChunkSpec, known: TableHashes, horizon: int) -> list[int]:
+    """The chunks of one table that can differ from `known` (hashes taken in a snapshot of xmin `horizon`): a row
+    version written by a transaction ≥ the horizon, or another row count (see the module). One scan without row
+    text; the connection's snapshot decides what "now" is."""
+    args: list[Any] = [list(spec.bounds)] if spec.column is not None else []
+    cutoff = int(await conn.fetchval("SELECT age($1::text::xid)", str(horizon % (1 << 32))))
+    args.append(cutoff)
+    sql = (
+        f"SELECT {spec.bucket()} AS chunk, count(*) AS n, bool_or(age(t.xmin) <= ${len(args)}) AS fresh "  # noqa: S608
+        f"FROM {spec.qname} AS t GROUP BY 1"
+    )
+    now = {int(r["chunk"]): (int(r["n"]), bool(r["fresh"])) for r in await conn.fetch(sql, *args)}
+    out = {n for n, (rows, fresh) in now.items() if fresh or rows != known.get(n, EMPTY)[0]}
+    out.update(n for n, (rows, _) in known.items() if rows and n not in now)  # every row of the chunk gone
+    return sorted(out)
+
+
+async def rehash_changed(
+    target: PgTarget,
+    specs: Iterable[ChunkSpec],
+    known: dict[str, TableHashes],
+    horizon: int,
+    jobs: int = 2,
+    oids: dict[str, int] | None = None,
+) -> tuple[dict[str, TableHashes], int]:
+    """The chunk hashes of every table of `specs` now (one snapshot, `jobs` connections), computed from `known`
+    (taken in a snapshot of xmin `horizon`, 64-bit, on the same database, whose tables had `oids`) by hashing again
+    only the chunks that can have changed since (`changed_chunks`). A table `known` lacks, or whose oid changed, is
+    hashed whole; so is everything when the horizon is not a recent past xid of this database. Also returns how
+    many chunks were hashed again."""
+    todo = list(specs)
+    rehashed = 0
+    usable = True
+    current: dict[str, int] = {}
+
+    async def work(conn: asyncpg.Connection, spec: ChunkSpec) -> TableHashes:
+        nonlocal rehashed
+        moved = oids is not None and oids.get(spec.table) != current.get(spec.table)
+        if not usable or spec.table not in known or moved:
+            rehashed += spec.chunks
+            return await hash_table(conn, spec)
+        before = known[spec.table]
+        changed = await changed_chunks(conn, spec, before, horizon)
+        if not changed:
+            return dict(before)
+        rehashed += len(changed)
+        fresh = await hash_table(conn, spec, changed)
+        merged = {n: h for n, h in before.items() if n not in changed}
+        merged.update(fresh)
+        return merged
+
+    async with snapshot_connections(target, max(1, min(jobs, len(todo) or 1))) as conns:
+        now = int(await conns[0].fetchval("SELECT txid_snapshot_xmax(txid_current_snapshot())"))
+        usable = horizon <= now and now - horizon < XID_SAFE_DISTANCE
+        current = await table_oids(conns[0])
+        found = await _each_table(conns, todo, work)
+    return {spec.table: found[spec.table] for spec in todo}, rehashed
 
 
 def chunk_filter(
@@ -300,13 +408,18 @@ __all__ = [
     "ChunkHash",
     "ChunkSpec",
     "TableHashes",
+    "changed_chunks",
     "chunk_filter",
     "copy_sequences",
     "copy_table",
     "differing",
     "hash_table",
     "hash_tables",
+    "hash_tables_at",
     "plan_table",
     "plan_tables",
+    "rehash_changed",
     "snapshot_connections",
+    "snapshot_horizon",
+    "table_oids",
 ]

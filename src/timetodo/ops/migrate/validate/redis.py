@@ -6,7 +6,9 @@ LRANGE / SMEMBERS / ZRANGE / XRANGE hashed here — whichever both servers allow
 
 Keys the target writes itself once it serves (`TARGET_OWN_KEYS`: the Telegram bot's update claims and send-limiter
 slots, short-lived de-duplication state rather than data) are not errors when only the target has them: they are
-counted in `target_own_keys`.
+counted in `target_own_keys`. The app's rate-limit counters (`HOST_COUNTERS`) are each host's own traffic, not data:
+they are counted in `host_counters` and never compared (a login on the frozen source after the final copy — a
+client's during the freeze, a resumed migration run's own — changes the source's counters only).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from timetodo.core.logging import mask_secrets
 from timetodo.ops.migrate.validate.common import MAX_NAMED, more
 
 TARGET_OWN_KEYS = re.compile(rb"^tg:\d+:(?:update|relay|rate):")
+HOST_COUNTERS = re.compile(rb"^rl:")
+"""`rl:login:ip:…`, `rl:login:acct:…`, `rl:register:ip:…` (timetodo.auth.service): per-host rate-limit windows."""
 """`tg:<bot id>:update:<id>` / `:relay:<id>` (see timetodo.telegram.service.claim_update) and `:rate:…` (the
 limiter): after the switch the target's bot claims the updates Telegram delivers to it."""
 
@@ -59,6 +63,8 @@ class RedisComparison:
     """Keys that expired (or were deleted) while being compared: counted, never errors."""
     target_own_keys: int = 0
     """Keys only on the target that the target wrote itself (`TARGET_OWN_KEYS`): counted, never errors."""
+    host_counters: int = 0
+    """Rate-limit counters (`HOST_COUNTERS`) seen on either side: counted, never compared."""
     sample: int | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -452,6 +458,9 @@ async def _source_pass(
         elapsed_ms = (tgt_at - src_at) * 1000
         recheck: list[tuple[bytes, str]] = []
         for i, (key, s, t) in enumerate(zip(keys, src_states, tgt_states, strict=True)):
+            if HOST_COUNTERS.match(key):
+                result.host_counters += 1
+                continue
             if types is not None and s.type not in ("none", types[i]):
                 result.expired_during_run += 1  # replaced on the source between the two reads
                 continue
@@ -483,6 +492,9 @@ async def _target_pass(
                 continue
             if TARGET_OWN_KEYS.match(key):
                 result.target_own_keys += 1
+                continue
+            if HOST_COUNTERS.match(key):
+                result.host_counters += 1
                 continue
             result.extra_on_target += 1
             result.problem("only on target", f"key {_show_redis_key(key)}: only on target")
