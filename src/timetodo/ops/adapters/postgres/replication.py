@@ -334,19 +334,26 @@ async def drop_publication(conn: asyncpg.Connection, name: str, subscription_oid
         ours = slot in patterns or (subscription_oid is not None and slot.startswith(f"pg_{subscription_oid}_sync_"))
         if not ours:
             continue
-        for _ in range(50):
-            pid = await conn.fetchval("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot)
-            if pid is None:
-                break
-            await conn.execute("SELECT pg_terminate_backend($1)", pid)
-            await asyncio.sleep(0.1)
-        try:
-            await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+        if await _drop_slot(conn, slot):
             dropped.append(slot)
-        except asyncpg.UndefinedObjectError:
-            pass
     await conn.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
     return {"publication": "dropped", "slots_dropped": dropped}
+
+
+async def _drop_slot(conn: asyncpg.Connection, slot: str, attempts: int = 100) -> bool:
+    """Drop `slot`, ending the WAL sender that uses it first (a subscriber reconnects: try again at once)."""
+    for _ in range(attempts):
+        pid = await conn.fetchval("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot)
+        if pid is not None:
+            await conn.execute("SELECT pg_terminate_backend($1, 5000)", pid)
+        try:
+            await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+            return True
+        except asyncpg.UndefinedObjectError:
+            return False
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(0.05)
+    raise ReplicationError(f"replication slot {slot} stays in use: stop the subscriber and drop it by hand")
 
 
 async def leftovers(source: asyncpg.Connection, name: str) -> dict[str, Any]:
