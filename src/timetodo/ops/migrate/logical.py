@@ -231,8 +231,8 @@ def plan_cutover(ctx: Context) -> list[PlanLine]:
         ("local", "pre-pass (source live): changed Redis keys, rsync delta; the subscription caught up"),
         (ctx.config.source.api_url, "PUT /api/v1/admin/maintenance on"),
         ("local", "fence: source pg_current_wal_lsn() confirmed by the subscription's slot; sequences + gap"),
-        ("local", "side by side: changed Redis keys, rsync delta; key/file counts"),
         (ctx.target_ssh().describe(), "maintenance off in the target's database (the app serves)"),
+        ("local", "changed Redis keys, rsync delta; key/file counts"),
     ]
 
 
@@ -331,24 +331,36 @@ async def _hold_target(ctx: Context) -> None:
 
 
 async def _in_freeze(ctx: Context) -> None:
+    """Fence + sequences; the target opened at once (no client reaches it before the switch, and its processes'
+    cached maintenance flag expires meanwhile); Redis keys and uploads; verification; the switch."""
     from timetodo.ops.migrate.cutover import _phase, quick_verify
     from timetodo.ops.migrate.switch import switch
 
-    caught_up, _moved = await asyncio.gather(
-        _phase(ctx, "catch_up", lambda: _catch_up(ctx)),
-        _phase(ctx, "final_copy", lambda: _keys_and_files(ctx, "cutover", live=False)),
-    )
-    database = {"problems": caught_up.result["problems"], "rows_source": 0}
+    phases = ctx.state.facts.cutover_phases
+    if "final_copy" in phases:
+        # a resumed run: the source's Redis may have changed after that copy (the new run logged in): again
+        for name in ("final_copy", "verify"):
+            phases.pop(name, None)
+    caught_up = (await _phase(ctx, "catch_up", lambda: _catch_up(ctx))).result
+    if caught_up["problems"]:
+        phases.pop("catch_up", None)
+        raise StepError(
+            "logical replication did not catch up: " + "; ".join(caught_up["problems"][:5]),
+            "nothing was switched; the source is writable again",
+            EXIT_VERIFICATION,
+        )
+    opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
+    await _phase(ctx, "final_copy", lambda: _keys_and_files(ctx, "cutover", live=False))
+    database = {"problems": [], "rows_source": 0}
     verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx, database))).result
     if verification["problems"]:
-        for phase in ("verify", "final_copy", "catch_up"):
-            ctx.state.facts.cutover_phases.pop(phase, None)
+        for name in ("verify", "final_copy"):
+            phases.pop(name, None)
         raise StepError(
             "cutover verification failed: " + "; ".join(verification["problems"][:5]),
             "nothing was switched; the source is writable again",
             EXIT_VERIFICATION,
         )
-    opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
     # no process of the target may still answer 503 from a maintenance flag it cached before the opening
     wait = opened.ended_at + _cache_seconds(ctx) - time.time()
     if wait > 0:
@@ -365,6 +377,9 @@ async def cutover(ctx: Context) -> dict[str, Any]:
     if ctx.state.facts.freeze_started_at is None:
         await _may_freeze(ctx)
         await _phase(ctx, "pre_pass", lambda: _pre_pass(ctx))
+    # the SSH tunnels open before the freeze, not in it
+    await ctx.target_db_url()
+    await ctx.target_redis_url()
     freeze_started = await _freeze(ctx)
     try:
         if ctx.state.facts.switched_at is None:
@@ -372,7 +387,7 @@ async def cutover(ctx: Context) -> dict[str, Any]:
     except BaseException as exc:
         if ctx.state.facts.switched_at is None and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
             with contextlib.suppress(Exception):
-                await _hold_target(ctx)
+                await _hold_target(ctx)  # before the source takes writes again
             await _abort(ctx, str(exc))
         raise
     facts = ctx.state.facts
