@@ -215,8 +215,8 @@ def _kill_when(proc: subprocess.Popen[str], state_file: Path, condition: Any, ti
 
 
 def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -> None:
-    """strategy = "logical": the database follows the source through a subscription; the run is killed before the
-    freeze (after the pre-pass) and inside it (target opened, not yet switched), and `--resume` finishes it. Every
+    """strategy = "logical": the database follows the source through a subscription; the run is killed inside the
+    freeze (fence passed, target opened, not yet switched) and `--resume` finishes it. Every
     acknowledged write exactly once on the target, no failed request outside the freeze, nothing of the replication
     left on either side, and after a rollback every target-side write back on the source."""
     config = world.base / "migration-logical.toml"
@@ -235,7 +235,7 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
         Writer(old_address, world.writer_token, "lo") as old_writer,
     ):
         time.sleep(0.5)
-        for n, condition in enumerate((phase("pre_pass"), phase("open_target"))):
+        for n, condition in enumerate([phase("open_target")]):
             output = world.base / f"logical-killed-{n}.log"
             with output.open("w") as log:
                 proc = subprocess.Popen(

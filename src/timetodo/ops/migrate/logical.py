@@ -36,6 +36,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
 from timetodo.core.maintenance import switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
@@ -281,20 +283,15 @@ async def _pre_pass(ctx: Context) -> dict[str, Any]:
     return {"db": {"strategy": "logical", **ready}, **moved}
 
 
-async def _catch_up(ctx: Context) -> dict[str, Any]:
-    """In the freeze: the source's WAL position confirmed by the subscription, then the sequences."""
+async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Connection) -> dict[str, Any]:
+    """In the freeze: the source's WAL position confirmed by the subscription, then the sequences (on connections
+    opened before the freeze)."""
     name = name_of(ctx)
-    source = await connect(ctx.secrets.source_database_url)
-    target = await connect(await ctx.target_db_url())
     started = time.monotonic()
-    try:
-        fence = await repl.current_lsn(source)
-        waited = await repl.wait_flushed(source, name, fence)
-        states = await repl.table_states(target, name)
-        sequences = await repl.set_sequences(source, target)
-    finally:
-        await source.close()
-        await target.close()
+    fence = await repl.current_lsn(source)
+    waited = await repl.wait_flushed(source, name, fence)
+    states = await repl.table_states(target, name)
+    sequences = await repl.set_sequences(source, target)
     problems = [f"{table}: subscription state {state}, not ready" for table, state in states.items() if state != "r"]
     return {
         "strategy": "logical",
@@ -330,9 +327,10 @@ async def _hold_target(ctx: Context) -> None:
         await switch_maintenance(await ctx.target_db_url(), True, HOLD_REASON)
 
 
-async def _in_freeze(ctx: Context) -> None:
-    """Fence + sequences; the target opened at once (no client reaches it before the switch, and its processes'
-    cached maintenance flag expires meanwhile); Redis keys and uploads; verification; the switch."""
+async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.Connection) -> None:
+    """Side by side: (a) the fence + sequences, the target opened at once (no client reaches it before the switch)
+    and its processes' cached maintenance flag left to expire; (b) the Redis keys and uploads changed since the
+    pre-pass, then their counts. Then the switch."""
     from timetodo.ops.migrate.cutover import _phase, quick_verify
     from timetodo.ops.migrate.switch import switch
 
@@ -341,30 +339,41 @@ async def _in_freeze(ctx: Context) -> None:
         # a resumed run: the source's Redis may have changed after that copy (the new run logged in): again
         for name in ("final_copy", "verify"):
             phases.pop(name, None)
-    caught_up = (await _phase(ctx, "catch_up", lambda: _catch_up(ctx))).result
-    if caught_up["problems"]:
-        phases.pop("catch_up", None)
-        raise StepError(
-            "logical replication did not catch up: " + "; ".join(caught_up["problems"][:5]),
-            "nothing was switched; the source is writable again",
-            EXIT_VERIFICATION,
-        )
-    opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
-    await _phase(ctx, "final_copy", lambda: _keys_and_files(ctx, "cutover", live=False))
-    database = {"problems": [], "rows_source": 0}
-    verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx, database))).result
-    if verification["problems"]:
-        for name in ("verify", "final_copy"):
-            phases.pop(name, None)
-        raise StepError(
-            "cutover verification failed: " + "; ".join(verification["problems"][:5]),
-            "nothing was switched; the source is writable again",
-            EXIT_VERIFICATION,
-        )
-    # no process of the target may still answer 503 from a maintenance flag it cached before the opening
-    wait = opened.ended_at + _cache_seconds(ctx) - time.time()
-    if wait > 0:
-        await asyncio.sleep(wait)
+
+    async def stream() -> None:
+        caught_up = (await _phase(ctx, "catch_up", lambda: _catch_up(ctx, source, target))).result
+        if caught_up["problems"]:
+            phases.pop("catch_up", None)
+            raise StepError(
+                "logical replication did not catch up: " + "; ".join(caught_up["problems"][:5]),
+                "nothing was switched; the source is writable again",
+                EXIT_VERIFICATION,
+            )
+        opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
+        # no process of the target may still answer 503 from a maintenance flag it cached before the opening
+        wait = opened.ended_at + _cache_seconds(ctx) - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def rest() -> None:
+        await _phase(ctx, "final_copy", lambda: _keys_and_files(ctx, "cutover", live=False))
+        database = {"problems": [], "rows_source": 0}
+        verification = (await _phase(ctx, "verify", lambda: quick_verify(ctx, database))).result
+        if verification["problems"]:
+            for name in ("verify", "final_copy"):
+                phases.pop(name, None)
+            raise StepError(
+                "cutover verification failed: " + "; ".join(verification["problems"][:5]),
+                "nothing was switched; the source is writable again",
+                EXIT_VERIFICATION,
+            )
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(stream())
+            group.create_task(rest())
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
     await _phase(ctx, "switch", lambda: switch(ctx))
     ctx.state.remember(switched_at=time.time())
 
@@ -377,19 +386,25 @@ async def cutover(ctx: Context) -> dict[str, Any]:
     if ctx.state.facts.freeze_started_at is None:
         await _may_freeze(ctx)
         await _phase(ctx, "pre_pass", lambda: _pre_pass(ctx))
-    # the SSH tunnels open before the freeze, not in it
-    await ctx.target_db_url()
+    # the SSH tunnels and the connections of the fence open before the freeze, not in it
     await ctx.target_redis_url()
-    freeze_started = await _freeze(ctx)
+    source = await connect(ctx.secrets.source_database_url)
+    target = await connect(await ctx.target_db_url())
     try:
-        if ctx.state.facts.switched_at is None:
-            await _in_freeze(ctx)
-    except BaseException as exc:
-        if ctx.state.facts.switched_at is None and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-            with contextlib.suppress(Exception):
-                await _hold_target(ctx)  # before the source takes writes again
-            await _abort(ctx, str(exc))
-        raise
+        freeze_started = await _freeze(ctx)
+        try:
+            if ctx.state.facts.switched_at is None:
+                await _in_freeze(ctx, source, target)
+        except BaseException as exc:
+            switched = ctx.state.facts.switched_at is not None
+            if not switched and not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+                with contextlib.suppress(Exception):
+                    await _hold_target(ctx)  # before the source takes writes again
+                await _abort(ctx, str(exc))
+            raise
+    finally:
+        await source.close()
+        await target.close()
     facts = ctx.state.facts
     downtime = float(facts.writes_switched_at or facts.switched_at or 0) - freeze_started
     ctx.state.remember(write_downtime_seconds=downtime)
