@@ -407,3 +407,43 @@ def test_unknown_target_host_key_is_refused_before_anything_happens(world: World
     result = _plan(world, text.replace(f'known_hosts = "{known}"', f'known_hosts = "{empty}"'))
     assert result.returncode == 4, result.stderr
     assert "host key" in result.stderr.lower() and "--accept-new-host-key" in result.stderr
+
+
+def test_logical_falls_back_to_delta_when_the_source_does_not_qualify(world: World) -> None:
+    """A source role without REPLICATION that owns none of the tables: preflight says why (each reason) and the
+    migration uses delta, recorded in the state; with a qualifying role the plan subscribes."""
+    import asyncpg
+
+    role = "ttd_no_replication"
+    base = world.source_db.rpartition("@")[2]
+
+    async def make_role() -> None:
+        conn = await asyncpg.connect(world.source_db)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+            await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-no-repl'")
+        finally:
+            await conn.close()
+
+    asyncio.run(make_role())
+    text = world.config.read_text().replace('app_name = "timetodo"', 'app_name = "timetodo"\nstrategy = "logical"')
+    config = world.base / "plan-logical.toml"
+    config.write_text(text.replace('work_dir = "work"', 'work_dir = "work-plan-logical"'))
+    weak = {"MIG_SOURCE_DB": f"postgresql://{role}:pw-no-repl@{base}"}
+    result = world.migrate("plan", config=config, env=weak)  # the plan is printed first, then preflight runs
+    assert result.returncode == 0, result.stderr
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "logical replication │ warning" in out and "pw-no-repl" not in out, out
+    state_file = world.base / "work-plan-logical" / "state.json"
+    facts = json.loads(state_file.read_text())["facts"]
+    reason = facts["logical"]["reason"]
+    assert facts["logical"]["fallback"] == "delta", facts["logical"]
+    assert f"role {role} has neither REPLICATION nor superuser" in reason and "does not own" in reason
+    result = world.migrate("plan", config=config, env=weak)  # the recorded fallback: the delta plan
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0 and "hashes" in out and "SUBSCRIPTION" not in out, out
+    # the suite's role qualifies: preflight decides again (until sync has run) and the migration replicates
+    result = world.migrate("plan", config=config)
+    assert result.returncode == 0, result.stderr
+    logical = json.loads(state_file.read_text())["facts"]["logical"]
+    assert logical["usable"] is True and "fallback" not in logical, logical

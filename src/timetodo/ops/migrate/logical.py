@@ -123,6 +123,7 @@ async def preflight_check(ctx: Context, checks: Checks) -> None:
         )
         checks.add("logical replication", "ok", detail, "")
         info.update(usable=True)
+        ctx.config = ctx.config.model_copy(update={"strategy": "logical"})  # a fallback recorded before is over
         checks.facts["logical"] = info
         ctx.state.remember(logical=info)
         return
