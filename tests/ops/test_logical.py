@@ -212,3 +212,11 @@ def test_render_hosts_and_lsns() -> None:
     assert repl.lsn_int("0/10") == 16 and repl.lsn_int("1/0") == 1 << 32
     with pytest.raises(ValueError):
         repl.check_name("bad-name; DROP")
+
+
+def test_the_report_names_the_logical_copy() -> None:
+    from timetodo.ops.migrate.report.model import copied
+
+    moved = copied({"db": {"strategy": "logical", "tables": 3, "bytes": 4096, "seconds": 1.5}, "redis": {}})
+    assert len(moved) == 1 and "logical replication" in moved[0].what and "3 tables" in moved[0].what
+    assert moved[0].bytes == 4096 and moved[0].seconds == 1.5
