@@ -116,7 +116,9 @@ async def preflight_check(ctx: Context, checks: Checks) -> None:
         verdict = await repl.source_qualifies(conn, ctx.secrets.source_database_url, EXCLUDE)
     finally:
         await conn.close()
-    info: dict[str, Any] = {"requested": True, "name": name_of(ctx), "source": verdict.to_dict()}
+    # what an interrupted sync recorded (the subscription's oid, for cleanup) stays; the verdict is new
+    kept = {k: v for k, v in recorded.items() if k not in ("usable", "fallback", "reason")}
+    info: dict[str, Any] = {**kept, "requested": True, "name": name_of(ctx), "source": verdict.to_dict()}
     if verdict.ok:
         detail = (
             f"wal_level logical, role {verdict.details['role']} may publish; {verdict.details['free_slots']} free slots"
