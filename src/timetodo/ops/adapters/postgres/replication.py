@@ -156,6 +156,10 @@ async def publish(conn: asyncpg.Connection, name: str, exclude: Iterable[str] = 
 
 
 def _conninfo(url: str) -> str:
+    """`url` as a quoted CONNECTION string; a connect_timeout of 10 s unless it names one (an unreachable source
+    must fail CREATE / DROP SUBSCRIPTION, not hang them)."""
+    if "connect_timeout=" not in url:
+        url += ("&" if "?" in url else "?") + "connect_timeout=10"
     return "'" + url.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
