@@ -8,8 +8,18 @@ is reported: req/s, p50, p99 and the ratio to bare. While wrk runs, the server's
 counted per worker process (`ss`): a run where one worker held more than 3/4 of them is logged and run again (at
 most twice) — keep-alive connections pinned to one worker halve throughput and say nothing about the code.
 
+Several API targets can run side by side in the same run (each with its own database holding the same data, its
+endpoints interleaved with the others' in every round): this checkout, `--baseline-src DIR` (another source tree —
+e.g. `git archive main src | tar -x -C /tmp/main` then `--baseline-src /tmp/main/src` — served by the same
+`timetodo` command with PYTHONPATH pointing at it) and `--servers reuseport,shared,granian` (this checkout under
+`timetodo serve --reuse-port` — a listening socket per worker —, `--shared-socket` — uvicorn's one socket —, and
+under Granian, which needs `uv run --with granian`).
+
+Where the machine's CPU goes during each run is measured from /proc (utime + stime deltas, in cores): wrk, the API
+workers, PostgreSQL's backends, Redis, and the whole machine (other users of a shared machine included).
+
     uv run python bench/api.py [--duration 10] [--connections 32] [--users 100] [--tasks-per-user 10000]
-    uv run --with py-spy python bench/api.py --profile     # also: py-spy top frames of the busiest worker (list)
+    uv run --with py-spy python bench/api.py --profile     # also: py-spy top frames of the busiest worker
 
 Starts its own PostgreSQL and Redis (scripts/postgres.sh, scripts/redis.sh) unless TIMETODO_TEST_POSTGRES_URL /
 TIMETODO_TEST_REDIS_URL are set; bounded in time; stops everything it started.
@@ -24,12 +34,12 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,22 +116,95 @@ def connections_per_worker(port: int) -> dict[int, int]:
     return dict(counts)
 
 
-def run_wrk(wrk: str, url: str, duration: int, connections: int, lua: Path | None, port: int) -> dict[str, float]:
-    """One wrk run; the connection spread over the workers is sampled halfway through."""
+# CPU accounting (/proc) -------------------------------------------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rpartition(")")[2].split()  # [state, ppid, …]: utime is [11], stime [12]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _ticks(pids: list[int]) -> dict[int, int]:
+    ticks = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _machine_busy() -> int:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(values) - values[3] - values[4]  # all but idle and iowait
+
+
+class CpuGroups:
+    """Named groups of processes whose CPU time is compared between two snapshots (in cores)."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start: dict[str, dict[int, int]] = {}
+        self._machine = 0
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = {name: _ticks(pids) for name, pids in self.groups.items()}
+        self._machine = _machine_busy()
+
+    def stop(self) -> dict[str, float]:
+        """Cores used per group; a process that ended (or started) between the snapshots is left out."""
+        elapsed = time.monotonic() - self._t0
+        used = {}
+        for name, pids in self.groups.items():
+            now, before = _ticks(pids), self._start[name]
+            used[f"cpu_{name}"] = sum(now[pid] - before[pid] for pid in now if pid in before) / TICKS / elapsed
+        used["cpu_machine"] = (_machine_busy() - self._machine) / TICKS / elapsed
+        return used
+
+
+def run_wrk(
+    wrk: str, url: str, duration: int, connections: int, lua: Path | None, port: int, cpu: dict[str, list[int]]
+) -> dict[str, float]:
+    """One wrk run; the connection spread over the workers is sampled early, CPU use between 1 s and the end."""
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     if lua:
         cmd += ["-s", str(lua)]
     spread: dict[int, int] = {}
+    used: dict[str, float] = {}
+    proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    groups = CpuGroups({"wrk": [proc.pid], **cpu})
 
     def sample() -> None:
-        time.sleep(min(2.0, duration / 2))
+        time.sleep(1.0)
+        groups.start()
+        time.sleep(min(1.0, duration / 2))
         spread.update(connections_per_worker(port))
+        time.sleep(max(0.5, duration - 2.5))
+        used.update(groups.stop())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    out, err = proc.communicate(timeout=duration + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {err}")
     sampler.join()
-    result = parse_wrk(out)
+    result = parse_wrk(out) | used
     total = sum(spread.values())
     result["busiest_worker_share"] = max(spread.values()) / total if total else 0.0
     result["busiest_worker_pid"] = float(max(spread, key=lambda pid: spread[pid])) if spread else 0.0
@@ -129,15 +212,17 @@ def run_wrk(wrk: str, url: str, duration: int, connections: int, lua: Path | Non
 
 
 def balanced_run(
-    wrk: str, name: str, url: str, args: argparse.Namespace, lua: Path | None, port: int
+    wrk: str, name: str, url: str, args: argparse.Namespace, lua: Path | None, port: int, cpu: dict[str, list[int]]
 ) -> dict[str, float]:
     for attempt in range(MAX_RERUNS + 1):
-        result = run_wrk(wrk, url, args.duration, args.connections, lua, port)
+        result = run_wrk(wrk, url, args.duration, args.connections, lua, port, cpu)
         if result["busiest_worker_share"] <= IMBALANCE:
+            result["reruns"] = float(attempt)
             return result
         share = result["busiest_worker_share"]
         print(f"  {name}: one worker held {share:.0%} of the connections (run {attempt + 1}); running it again")
     result["imbalanced"] = 1.0
+    result["reruns"] = float(MAX_RERUNS)
     return result
 
 
@@ -163,17 +248,48 @@ async def load_tasks(db_url: str, owner_ids: list[int], per_user: int) -> None:
         await conn.close()
 
 
-def make_users(url: str, count: int) -> tuple[list[str], list[int]]:
-    tokens, ids = [], []
+async def clone_users(db_url: str, first: int, count: int) -> list[int]:
+    """`count` more accounts copied from the registered one (same password hash): registering each through the
+    API would cost two argon2 hashes apiece, minutes on a busy 2-core machine."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        columns = [
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'users' "
+                "AND column_name NOT IN ('id', 'email') ORDER BY ordinal_position"
+            )
+        ]
+        listed = ", ".join(columns)
+        rows = await conn.fetch(
+            f"INSERT INTO users ({listed}, email) SELECT {listed}, 'bench' || g || '@example.com' "
+            "FROM users, generate_series(1, $2) AS g WHERE users.id = $1 ORDER BY g RETURNING id",
+            first,
+            count,
+        )
+        return [int(r["id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def make_users(url: str, db_url: str, secret: str, count: int) -> tuple[list[str], list[int]]:
+    """One account registered and logged in through the API, the others cloned in the database; every token minted
+    as the API does (`timetodo.core.security.create_access_token`, version 0)."""
+    from datetime import timedelta
+
+    from timetodo.core.security import create_access_token
+
     with httpx.Client(base_url=url, timeout=60) as c:
-        for n in range(count):
-            email = f"bench{n}@example.com"
-            c.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}).raise_for_status()
-            resp = c.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
-            resp.raise_for_status()
-            token = resp.json()["access_token"]
-            tokens.append(token)
-            ids.append(c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).json()["id"])
+        email = "bench0@example.com"
+        c.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD}).raise_for_status()
+        resp = c.post("/api/v1/auth/login", data={"username": email, "password": PASSWORD})
+        resp.raise_for_status()
+        token = resp.json()["access_token"]
+        first = c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).json()["id"]
+    ids = [first, *asyncio.run(clone_users(db_url, first, count - 1))]
+    tokens = [token] + [create_access_token(secret, i, timedelta(hours=4)) for i in ids[1:]]
     return tokens, ids
 
 
@@ -227,6 +343,50 @@ def start_bare(port: int, payload: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+class GranianServer(ServerProcess):
+    """The app under Granian (`uv run --with granian python bench/api.py --servers granian`): same factory, workers,
+    uvloop; migrations applied first with `timetodo db upgrade`; Granian's own access log off (the app logs)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"granian-{self.port}.log"
+        self.workdir = workdir
+        prom = workdir / "prometheus"
+        prom.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+        subprocess.run([TIMETODO, "db", "upgrade"], env=full_env, cwd=workdir, check=True, capture_output=True)
+        granian = Path(sys.executable).with_name("granian")
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(granian),
+                *("--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(self.port)),
+                *("--workers", str(workers), "--loop", "uvloop", "--no-access-log", "--log-level", "warning"),
+                "timetodo.main:create_app_from_env",
+            ],
+            env=full_env,
+            cwd=workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+SERVE_ARGS = {"reuseport": ["--reuse-port"], "shared": ["--shared-socket"]}
+
+
+@dataclass
+class Target:
+    """One API server under test: its own database (same data as the others), users, wrk scripts."""
+
+    name: str
+    server: ServerProcess
+    db_url: str
+    tokens: list[str] = field(default_factory=list)
+    list_lua: Path | None = None
+    create_lua: Path | None = None
+
+
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     medians = {name: sorted(runs, key=lambda r: r["rps"])[len(runs) // 2] for name, runs in results.items()}
     bare = medians["bare"]["rps"]
@@ -234,17 +394,18 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         f"\n{args.users} users × {args.tasks_per_user} tasks, {WORKERS} workers each, wrk -t1 -c{args.connections} "
         f"-d{args.duration}s, median of {args.rounds} interleaved rounds\n"
     )
-    print(f"{'endpoint':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs bare':>9}{'non-2xx':>9}  rounds (req/s)")
+    print(
+        f"{'run':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs bare':>9}{'non-2xx':>8}"
+        f"  cores: {'wrk':>5}{'app':>6}{'pg':>6}{'redis':>6}{'all':>6}  rounds (req/s)"
+    )
     for name, r in medians.items():
         rounds = " / ".join(f"{run['rps']:.0f}" for run in results[name])
         print(
-            f"{name:<10}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps'] / bare:>9.1%}"
-            f"{r['non_2xx']:>9.0f}  {rounds}"
+            f"{name:<20}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps'] / bare:>9.1%}"
+            f"{r['non_2xx']:>8.0f}         {r.get('cpu_wrk', 0):>5.2f}{r.get('cpu_workers', 0):>6.2f}"
+            f"{r.get('cpu_postgres', 0):>6.2f}{r.get('cpu_redis', 0):>6.2f}{r.get('cpu_machine', 0):>6.2f}  {rounds}"
         )
-    print(
-        f"\ntargets: list-50 ≥ 15 % of bare with p99 < 25 ms, create ≥ 8 % of bare with p99 < 50 ms; "
-        f"median req/s ratio to bare of every round: list {statistics.median(r['rps'] for r in results['list']) / bare:.1%}"
-    )
+    print("\ntargets: list-50 ≥ 15 % of bare with p99 < 25 ms, create ≥ 8 % of bare with p99 < 50 ms")
     return medians
 
 
@@ -255,34 +416,66 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--tasks-per-user", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="py-spy top frames of the busiest worker under list")
+    parser.add_argument("--baseline-src", type=Path, help="another source tree (its `src`) to run side by side")
+    parser.add_argument(
+        "--servers", default="", help="this checkout served several ways, side by side: reuseport, shared, granian"
+    )
+    parser.add_argument("--endpoints", default="list,create", help="comma-separated: list, create")
+    parser.add_argument("--profile", action="store_true", help="py-spy top frames of the busiest worker")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "out" / "api.json")
     args = parser.parse_args()
+    endpoints = [e for e in args.endpoints.split(",") if e]
 
     wrk = ensure_tool("wrk", "wrk")
     ensure_tool("ss", "iproute2")
     services = Services.start() if not os.environ.get("TIMETODO_TEST_POSTGRES_URL") else None
     pg_url = services.postgres_url if services else os.environ["TIMETODO_TEST_POSTGRES_URL"]
     redis_url = services.redis_url if services else os.environ.get("TIMETODO_TEST_REDIS_URL")
+    cpu_fixed: dict[str, list[int]] = {}
+    if services is not None and services.base_dir is not None:
+        postmaster = int((services.base_dir / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+        cpu_fixed["redis"] = [int((services.base_dir / "redis" / "redis.pid").read_text().strip())]
     work = Path(tempfile.mkdtemp(prefix="ttd-bench-"))
-    db_url = asyncio.run(create_database(pg_url))
-    env = server_env(db_url, redis_url, work / "data")
-    env |= {
+    env_base = {
         "LOG_LEVEL": "WARNING",
         "ACCESS_TOKEN_TTL_MINUTES": "240",
         "LOGIN_ATTEMPTS_PER_MINUTE": "1000",
         "REGISTRATIONS_PER_HOUR": "100000",
     }
-    api = ServerProcess(env, work, workers=WORKERS)
+    env_base_secret = server_env("", None, work)["SECRET_KEY"]
+    specs: list[tuple[str, dict[str, str], list[str]]] = []
+    if args.baseline_src:
+        specs.append(("baseline", {"PYTHONPATH": str(args.baseline_src.resolve())}, []))
+    for served in [s for s in args.servers.split(",") if s] or ["branch"]:
+        specs.append((served, {}, SERVE_ARGS.get(served, [])))
+    targets: list[Target] = []
     bare_port = free_port()
     bare: subprocess.Popen[bytes] | None = None
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "list": [], "create": []}
-    profile: list[tuple[str, float, float]] = []
+    results: dict[str, list[dict[str, float]]] = {"bare": []}
+    profiles: dict[str, list[tuple[str, float, float]]] = {}
     try:
-        api.wait_ready(timeout=300)  # workers import the app in 1 s idle, 30 s+ on a busy shared machine
-        tokens, ids = make_users(api.url, args.users)
-        asyncio.run(load_tasks(db_url, ids, args.tasks_per_user))
-        page = httpx.get(f"{api.url}/api/v1/tasks?limit=50", headers={"Authorization": f"Bearer {tokens[0]}"})
+        for name, extra_env, serve_args in specs:
+            db_url = asyncio.run(create_database(pg_url))
+            env = server_env(db_url, redis_url, work / name / "data") | env_base | extra_env
+            (work / name).mkdir(parents=True, exist_ok=True)
+            server: ServerProcess = (
+                GranianServer(env, work / name, WORKERS)
+                if name == "granian"
+                else ServerProcess(env, work / name, workers=WORKERS, args=serve_args)
+            )
+            targets.append(Target(name, server, db_url))
+        for target in targets:
+            target.server.wait_ready(timeout=300)  # 1 s idle, 30 s+ on a busy shared machine
+            tokens, ids = make_users(target.server.url, target.db_url, env_base_secret, args.users)
+            target.tokens = tokens
+            asyncio.run(load_tasks(target.db_url, ids, args.tasks_per_user))
+            target.list_lua, target.create_lua = work / f"{target.name}-list.lua", work / f"{target.name}-create.lua"
+            target.list_lua.write_text(rotating_lua(tokens, "GET", "/api/v1/tasks?limit=50", None))
+            target.create_lua.write_text(rotating_lua(tokens, "POST", "/api/v1/tasks", CREATE_BODY))
+        first = targets[0]
+        page = httpx.get(
+            f"{first.server.url}/api/v1/tasks?limit=50", headers={"Authorization": f"Bearer {first.tokens[0]}"}
+        )
         page.raise_for_status()
         payload = work / "page.json"
         payload.write_bytes(page.content)
@@ -293,24 +486,46 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        list_lua, create_lua = work / "list.lua", work / "create.lua"
-        list_lua.write_text(rotating_lua(tokens, "GET", "/api/v1/tasks?limit=50", None))
-        create_lua.write_text(rotating_lua(tokens, "POST", "/api/v1/tasks", CREATE_BODY))
-        bare_url, api_url = f"http://127.0.0.1:{bare_port}/bare", f"{api.url}/api/v1/tasks"
-        run_wrk(wrk, api_url, 3, args.connections, list_lua, api.port)  # warm-up
+        bare_url = f"http://127.0.0.1:{bare_port}/bare"
+
+        def cpu_of(server_pid: int) -> dict[str, list[int]]:
+            groups = {"workers": children_of(server_pid), **cpu_fixed}
+            if services is not None:
+                groups["postgres"] = children_of(postmaster)
+            return groups
+
+        for target in targets:  # warm-up
+            run_wrk(wrk, f"{target.server.url}/api/v1/tasks", 3, args.connections, target.list_lua, 0, {})
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}")
-            results["bare"].append(balanced_run(wrk, "bare", bare_url, args, None, bare_port))
-            results["list"].append(balanced_run(wrk, "list", api_url, args, list_lua, api.port))
-            results["create"].append(balanced_run(wrk, "create", api_url, args, create_lua, api.port))
+            results["bare"].append(balanced_run(wrk, "bare", bare_url, args, None, bare_port, cpu_of(bare.pid)))
+            for endpoint in endpoints:
+                for target in targets:
+                    lua = target.list_lua if endpoint == "list" else target.create_lua
+                    key = f"{target.name} {endpoint}"
+                    url = f"{target.server.url}/api/v1/tasks"
+                    cpu = cpu_of(target.server.proc.pid)
+                    results.setdefault(key, []).append(balanced_run(wrk, key, url, args, lua, target.server.port, cpu))
         if args.profile:
-            pid = int(results["list"][-1]["busiest_worker_pid"])
-            spy = threading.Thread(target=lambda: profile.extend(profile_worker(pid, args.duration, work / "p")))
-            spy.start()
-            run_wrk(wrk, api_url, args.duration + 2, args.connections, list_lua, api.port)
-            spy.join()
+            for endpoint in endpoints:
+                for target in targets:
+                    key = f"{target.name} {endpoint}"
+                    lua = target.list_lua if endpoint == "list" else target.create_lua
+                    pid = int(results[key][-1]["busiest_worker_pid"])
+                    out: list[tuple[str, float, float]] = []
+                    spy = threading.Thread(
+                        target=lambda p=pid, o=out, k=key: o.extend(
+                            profile_worker(p, args.duration, work / k.replace(" ", "-"))
+                        )
+                    )
+                    spy.start()
+                    url = f"{target.server.url}/api/v1/tasks"
+                    run_wrk(wrk, url, args.duration + 2, args.connections, lua, target.server.port, {})
+                    spy.join()
+                    profiles[key] = out
     finally:
-        api.stop()
+        for target in targets:
+            target.server.stop()
         if bare is not None:
             bare.terminate()
             bare.wait(10)
@@ -319,8 +534,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     medians = report(results, args)
-    if profile:
-        print("\npy-spy, busiest worker under list-50: self% / inclusive%  frame")
+    for key, profile in profiles.items():
+        print(f"\npy-spy, busiest worker under {key}: self% / inclusive%  frame")
         for frame, own, incl in profile:
             print(f"  {own:6.1%} {incl:7.1%}  {frame}")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +545,7 @@ def main() -> None:
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "rounds": results,
                 "medians": medians,
-                "profile": profile,
+                "profiles": profiles,
             },
             indent=2,
         )

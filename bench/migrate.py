@@ -229,10 +229,8 @@ def main() -> None:
         sync = phases["sync"]["result"]
         redis_s = float(sync["redis"].get("seconds", 0))
         wall = float(sync.get("wall_seconds", 0))
-        if sync["db"].get("strategy") == "logical":  # schema, then the subscription's initial copy until ready
-            sync_db = sync["db"]["schema"]["seconds"] + sync["db"]["seconds"]
-        else:
-            sync_db = sync["db"]["dump_seconds"] + sync["db"]["restore_seconds"]
+        db = sync["db"]
+        sync_db = float(db["seconds"]) if "seconds" in db else db["dump_seconds"] + db["restore_seconds"]
         print(
             f"  sync copy side by side: {wall:.1f} s wall vs the two baselines one after the other "
             f"{base_pg + redis_loop:.1f} s → {wall / (base_pg + redis_loop):.2f}×; database {sync_db:.1f} s vs "

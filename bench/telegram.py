@@ -8,7 +8,11 @@
 2. Webhook: `--updates` `/add` updates through the app's webhook (secret check, update claim in Redis, parse, task
    created in PostgreSQL, reply sent to the fake) against a bare aiogram dispatcher whose one handler replies to the
    same fake (baseline; target ≥ 50 % of it), both driven in-process with the same concurrency; the best of
-   `--rounds` rounds per side (the machine is shared: a round can lose its CPU to other work).
+   `--rounds` rounds per side (the machine is shared: a round can lose its CPU to other work). The app is driven
+   as an ASGI server drives it (`--driver asgi`: the request handed to the app's full middleware stack, what uvicorn
+   does once it has parsed the bytes) or through httpx's in-process client (`--driver httpx`, the earlier rows of
+   bench/RESULTS.md: its own cost, a third of the app's HTTP path, is counted against the app). Also reported: the
+   process's CPU time per update on each side (less sensitive to the machine's load than throughput).
 
     uv run python bench/telegram.py [--chats 300] [--reminders 1000] [--updates 400]
 """
@@ -30,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import orjson  # noqa: E402
 from aiogram import Dispatcher  # noqa: E402
 from aiogram.types import Message, Update  # noqa: E402
 from tests.conftest import asgi_client, make_settings, running_app  # noqa: E402
@@ -186,19 +191,25 @@ async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> di
             async def one(chat: int) -> None:
                 n = next(numbers)
                 update = {"update_id": n, **fake.message_update(chat, f"/add Task {n} tomorrow at 9 #bench !2")}
-                response = await client.post(WEBHOOK, json=update, headers=headers)
-                assert response.status_code == 200
+                if args.driver == "httpx":
+                    status = (await client.post(WEBHOOK, json=update, headers=headers)).status_code
+                else:
+                    status = await asgi_post(app, WEBHOOK, orjson.dumps(update), headers)
+                assert status == 200
 
-            async def app_round() -> float:
-                started = time.perf_counter()
+            async def app_round() -> tuple[float, float]:
+                started, cpu = time.perf_counter(), time.process_time()
                 per = args.updates // args.concurrency
                 for _ in range(per):
                     await asyncio.gather(*(one(CHAT_BASE + 500_000 + c) for c in range(args.concurrency)))
                 await app.state.telegram.drain()
-                return per * args.concurrency / (time.perf_counter() - started)
+                count = per * args.concurrency
+                return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
 
             await app_round()  # warm-up
-            app_rate = max([await app_round() for _ in range(args.rounds)])  # the best round: a shared machine
+            app_rounds = [await app_round() for _ in range(args.rounds)]
+            app_rate = max(rate for rate, _ in app_rounds)  # the best round: a shared machine
+            app_cpu = min(cpu for _, cpu in app_rounds)
 
         # baseline: a bare aiogram handler answering through the same fake, fed the same updates
         bot = create_bot(TOKEN, fake.base_url, MemoryLimiter(100, 1000))
@@ -208,8 +219,8 @@ async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> di
         async def echo(message: Message) -> None:
             await message.answer(f"Added: {message.text}")
 
-        async def bare_round() -> float:
-            started = time.perf_counter()
+        async def bare_round() -> tuple[float, float]:
+            started, cpu = time.perf_counter(), time.process_time()
             per = args.updates // args.concurrency
             for _ in range(per):
                 batch = []
@@ -218,20 +229,70 @@ async def webhook(services: Services, args: argparse.Namespace, tmp: Path) -> di
                     raw = {"update_id": n, **fake.message_update(CHAT_BASE + 600_000 + c, f"/add Task {n}")}
                     batch.append(dispatcher.feed_update(bot, Update.model_validate(raw, context={"bot": bot})))
                 await asyncio.gather(*batch)
-            return per * args.concurrency / (time.perf_counter() - started)
+            count = per * args.concurrency
+            return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1000
 
         try:
             await bare_round()
-            bare_rate = max([await bare_round() for _ in range(args.rounds)])
+            bare_rounds = [await bare_round() for _ in range(args.rounds)]
+            bare_rate = max(rate for rate, _ in bare_rounds)
+            bare_cpu = min(cpu for _, cpu in bare_rounds)
         finally:
             await bot.session.close()
     return {
         "updates": args.updates,
         "concurrency": args.concurrency,
+        "driver": args.driver,
         "app_updates_per_s": round(app_rate, 1),
         "bare_aiogram_per_s": round(bare_rate, 1),
         "ratio": round(app_rate / bare_rate, 3),
+        "app_cpu_ms_per_update": round(app_cpu, 2),
+        "bare_cpu_ms_per_update": round(bare_cpu, 2),
     }
+
+
+async def asgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST `body` to the app as an ASGI server does (the whole app: middleware, routing, endpoint); the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    sent = False
+    status = 0
+    complete = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:  # as httpx's ASGI transport: the client disconnects once the response is complete
+            await complete.wait()
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete.set()
+
+    await app(scope, receive, send)
+    return status
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -256,4 +317,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="webhook rounds per side; the best one counts")
     parser.add_argument("--skip-reminders", action="store_true")
+    parser.add_argument("--driver", choices=["asgi", "httpx"], default="asgi", help="how the app's webhook is called")
     asyncio.run(main(parser.parse_args()))

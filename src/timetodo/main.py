@@ -16,10 +16,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from timetodo import __version__
 from timetodo.admin.router import router as admin_router
 from timetodo.auth.router import router as auth_router
-from timetodo.core import idempotency
+from timetodo.core import idempotency, rawdb
 from timetodo.core.accounts import AccountStates
 from timetodo.core.cache import create_cache
-from timetodo.core.database import create_engine, create_sessionmaker, pool_stats
+from timetodo.core.database import Database, create_engine, create_sessionmaker, pool_stats
 from timetodo.core.errors import ERROR_RESPONSES, install_error_handlers
 from timetodo.core.events import EventHub
 from timetodo.core.forwarding import ForwardingCache, ForwardingMiddleware
@@ -41,6 +41,7 @@ from timetodo.sync.router import router as sync_router
 from timetodo.tasks import hooks as task_hooks
 from timetodo.tasks.router import router as tasks_router
 from timetodo.telegram.router import router as telegram_router
+from timetodo.telegram.router import webhook_router as telegram_webhook_router
 from timetodo.telegram.runtime import TelegramRuntime
 from timetodo.timer.router import router as timer_router
 
@@ -100,6 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         forward_client = getattr(app.state, "forward_client", None)
         if forward_client is not None:
             await forward_client.aclose()
+        await rawdb.close(app.state.engine)
         await app.state.engine.dispose()
         mark_worker_dead(os.getpid())
 
@@ -118,9 +120,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.state.settings = settings
     app.state.engine = create_engine(settings)
     app.state.sessionmaker = create_sessionmaker(app.state.engine)
+    app.state.database = Database(app.state.engine, app.state.sessionmaker)
     app.state.cache = create_cache(settings.REDIS_URL, settings.REDIS_POOL_SIZE)
     app.state.events = EventHub(app.state.cache)
-    app.state.accounts = AccountStates(app.state.sessionmaker, settings.AUTH_STATE_CACHE_SECONDS)
+    app.state.accounts = AccountStates(app.state.database, settings.AUTH_STATE_CACHE_SECONDS)
     app.state.maintenance_cache = MaintenanceFlagCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     app.state.forwarding = ForwardingCache(app.state.sessionmaker, settings.MAINTENANCE_CACHE_SECONDS)
     task_hooks.observe(REMINDERS)
@@ -133,9 +136,12 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 
     install_error_handlers(app)
     idempotency.install(app)
+    # FastAPI tries routes in order on every request: the hot paths first (the bot's webhook, one route; then
+    # tasks); no path of the routers moved ahead overlaps one of the later routers' paths
+    app.include_router(telegram_webhook_router)
+    app.include_router(tasks_router)
     app.include_router(health_router)
     app.include_router(auth_router)
-    app.include_router(tasks_router)
     app.include_router(timer_router)
     app.include_router(files_router)
     app.include_router(reminders_router)

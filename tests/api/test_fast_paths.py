@@ -25,8 +25,11 @@ from timetodo.tasks.models import task_to_dict
 
 @pytest.fixture
 async def pg_app(services: Services, tmp_path: Path) -> AsyncIterator[FastAPI]:
-    # the maintenance flag cached as in production (the tests' default of 0 s reads it on every write)
-    settings = await backend_settings("postgres", tmp_path, lambda: services, MAINTENANCE_CACHE_SECONDS=60)
+    # the maintenance flag cached as in production (the tests' default of 0 s reads it on every write); the reminder
+    # scheduler's poll (a transaction on the sessions' pool every second) out of the way of the round-trip count
+    settings = await backend_settings(
+        "postgres", tmp_path, lambda: services, MAINTENANCE_CACHE_SECONDS=60, REMINDER_POLL_SECONDS=300
+    )
     async with running_app(settings) as app:
         yield app
 
@@ -36,10 +39,11 @@ def _plain(url: str) -> str:
 
 
 async def test_list_get_create_are_one_round_trip_each(pg_app: FastAPI) -> None:
-    queries: list[str] = []
+    """One statement on the raw pool, nothing through SQLAlchemy's pool (no BEGIN / ROLLBACK / COMMIT / ping)."""
+    session_queries: list[str] = []
 
     def log(record: Any) -> None:
-        queries.append(record.query)
+        session_queries.append(record.query)
 
     def watch(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         dbapi_conn.driver_connection.add_query_logger(log)
@@ -57,12 +61,16 @@ async def test_list_get_create_are_one_round_trip_each(pg_app: FastAPI) -> None:
                 ("GET", "/api/v1/tasks?limit=50", None),
                 ("GET", f"/api/v1/tasks/{task_id}", None),
                 ("POST", "/api/v1/tasks", {"title": "t", "labels": ["a"], "due": {"date": "2030-01-02"}}),
+                ("PATCH", f"/api/v1/tasks/{task_id}", {"title": "renamed", "labels": ["b"], "priority": 1}),
+                ("POST", f"/api/v1/tasks/{task_id}/complete", None),
             ):
-                queries.clear()
-                resp = await client.request(method, path, json=body, headers=headers)
+                session_queries.clear()
+                raw: list[str] = []
+                with rawdb.statements_sent(raw):
+                    resp = await client.request(method, path, json=body, headers=headers)
                 assert resp.status_code in (200, 201), resp.text
-                assert len(queries) == 1, (path, queries)  # no BEGIN / ROLLBACK / COMMIT / ping around it
-                assert not queries[0].lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))
+                assert len(raw) == 1 and session_queries == [], (path, raw, session_queries)
+                assert not raw[0].lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))
     finally:
         event.remove(engine.sync_engine, "checkout", watch)
 
@@ -178,6 +186,7 @@ async def test_reads_survive_a_killed_pooled_connection_and_writes_never_run_twi
         assert await admin.fetchval("SELECT count(*) FROM hits") >= written
     finally:
         await admin.close()
+        await rawdb.close(engine)
         await engine.dispose()
 
 
@@ -231,3 +240,76 @@ async def test_a_create_for_a_vanished_owner_is_a_409_not_a_500(pg_app: FastAPI)
     handler = pg_app.exception_handlers[asyncpg.exceptions.IntegrityConstraintViolationError]
     resp = await handler(None, raised.value)  # type: ignore[arg-type]
     assert resp.status_code == 409 and orjson.loads(resp.body)["error"] == "conflict"
+
+
+async def test_one_statement_update_and_complete_match_the_session_path(pg_app: FastAPI) -> None:
+    """PATCH of plain fields and complete of an open, non-recurring task answer the session path's documents; a
+    missing task is a 404; completing a done or recurring task and a PATCH that moves the due date take the session
+    path (same answers as before: a done task stays as it was, a recurring one moves to its next occurrence)."""
+    async with asgi_client(pg_app) as client:
+        headers, _ = await new_user(client)
+        created = await client.post(
+            "/api/v1/tasks", json={"title": "a", "due": {"date": "2030-01-02"}}, headers=headers
+        )
+        task = created.json()
+        patched = await client.patch(
+            f"/api/v1/tasks/{task['id']}",
+            json={"title": "  b  ", "labels": ["x", "x", "y"], "estimate_minutes": None, "position": 3},
+            headers=headers,
+        )
+        assert patched.status_code == 200, patched.text
+        body = patched.json()
+        assert body["title"] == "b" and body["labels"] == ["x", "y"] and body["position"] == 3
+        assert body["due"] == {"date": "2030-01-02"} and body["updated_at"] >= task["updated_at"]
+        fetched = await client.get(f"/api/v1/tasks/{task['id']}", headers=headers)
+        assert fetched.json() == body
+        done = await client.post(f"/api/v1/tasks/{task['id']}/complete", headers=headers)
+        assert done.status_code == 200 and done.json()["done"] is True and done.json()["done_at"] is not None
+        assert (await client.get(f"/api/v1/tasks/{task['id']}", headers=headers)).json() == done.json()
+        again = await client.post(f"/api/v1/tasks/{task['id']}/complete", headers=headers)
+        assert again.json() == done.json()  # already done: unchanged, no second completion
+        completions = (await client.get(f"/api/v1/tasks/{task['id']}/completions", headers=headers)).json()
+        assert [c["due_date"] for c in completions] == ["2030-01-02"]
+
+        recurring = await client.post(
+            "/api/v1/tasks",
+            json={"title": "r", "due": {"date": "2030-01-02", "recurrence": {"rule": "FREQ=DAILY"}}},
+            headers=headers,
+        )
+        moved = await client.post(f"/api/v1/tasks/{recurring.json()['id']}/complete", headers=headers)
+        assert moved.json()["done"] is False and moved.json()["due"]["date"] == "2030-01-03"
+
+        for method, path, body in (
+            ("PATCH", "/api/v1/tasks/999999999", {"title": "x"}),
+            ("POST", "/api/v1/tasks/999999999/complete", None),
+        ):
+            resp = await client.request(method, path, json=body, headers=headers)
+            assert resp.status_code == 404 and resp.json()["error"] == "not_found", resp.text
+        other_headers, _ = await new_user(client)
+        resp = await client.patch(f"/api/v1/tasks/{task['id']}", json={"title": "mine"}, headers=other_headers)
+        assert resp.status_code == 404
+
+
+async def test_one_statement_update_and_complete_in_maintenance_write_nothing(pg_app: FastAPI) -> None:
+    db = Database(pg_app.state.engine, pg_app.state.sessionmaker)
+    async with asgi_client(pg_app) as client:
+        headers, tokens = await new_user(client)
+        task = (await client.post("/api/v1/tasks", json={"title": "before"}, headers=headers)).json()
+    owner = int(tokens["user"]["id"])
+    async with db.engine.begin() as conn:
+        await conn.execute(text("UPDATE app_state SET maintenance_enabled = true"))
+    try:
+        from timetodo.core.errors import MaintenanceActive
+        from timetodo.tasks.schemas import TaskUpdate
+
+        with pytest.raises(MaintenanceActive):
+            await service.update_task_json(db, owner, task["id"], TaskUpdate(title="after"), 5)
+        with pytest.raises(MaintenanceActive):
+            await service.complete_task_json(db, owner, task["id"], 5)
+    finally:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("UPDATE app_state SET maintenance_enabled = false"))
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(text("SELECT title, done FROM tasks WHERE id = :i"), {"i": task["id"]})).one()
+        completions = (await conn.execute(text("SELECT count(*) FROM task_completions"))).scalar()
+    assert tuple(row) == ("before", False) and completions == 0

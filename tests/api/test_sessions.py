@@ -61,3 +61,26 @@ async def test_password_change_ends_sessions(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/users/me", headers=auth)).status_code == 401
     assert (await login(client, tokens["user"]["email"])).status_code == 401
     assert (await login(client, tokens["user"]["email"], "another one 123")).status_code == 200
+
+
+async def test_a_token_whose_signature_was_checked_still_expires(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """The process keeps the claims of tokens it verified (timetodo.core.accounts): the expiry is still checked on
+    every request, and a token signed with another key is never taken for a kept one."""
+    import asyncio
+    from datetime import timedelta
+
+    from timetodo.core.security import create_access_token
+
+    _, tokens = await new_user(client)
+    user_id = int(tokens["user"]["id"])
+    secret = app.state.settings.SECRET_KEY.get_secret_value()
+    short = create_access_token(secret, user_id, timedelta(seconds=2))
+    headers = {"Authorization": f"Bearer {short}"}
+    assert (await client.get("/api/v1/tasks", headers=headers)).status_code == 200
+    assert (await client.get("/api/v1/tasks", headers=headers)).status_code == 200  # from the kept claims
+    forged = create_access_token("another-secret-key-long-enough-0123456789", user_id, timedelta(minutes=5))
+    resp = await client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {forged}"})
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_token"
+    await asyncio.sleep(3)
+    resp = await client.get("/api/v1/tasks", headers=headers)
+    assert resp.status_code == 401 and resp.json()["error"] == "token_expired", resp.text

@@ -84,3 +84,44 @@ async def test_one_users_writers_run_concurrently_and_sync_misses_nothing(pg_app
         await pulling
         await mirror.pull(client, headers, limit=3)
         assert set(mirror.rows["tasks"]) == set(created) and len(created) == 120
+
+
+async def test_concurrent_one_statement_updates_and_completions_reach_the_mirror(pg_app: FastAPI) -> None:
+    """PATCH of plain fields and complete run as one statement each (timetodo.tasks.repository): concurrent ones
+    of one user, while a client keeps pulling, leave the client with the server's final state of every task."""
+    from tests.api.test_sync import comparable, server_state
+
+    async with asgi_client(pg_app) as client:
+        headers, _ = await new_user(client)
+        ids = []
+        for i in range(12):
+            resp = await client.post("/api/v1/tasks", json={"title": f"t{i}"}, headers=headers)
+            ids.append(resp.json()["id"])
+        mirror = Mirror()
+        await mirror.pull(client, headers)
+        stop = asyncio.Event()
+
+        async def writer(n: int) -> None:
+            for round_no in range(6):
+                task_id = ids[(n + round_no) % len(ids)]
+                body = {"title": f"w{n}-{round_no}", "labels": [f"l{n}", f"l{n}"], "priority": 1 + n % 4}
+                resp = await client.patch(f"/api/v1/tasks/{task_id}", json=body, headers=headers)
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["labels"] == [f"l{n}"]
+                if round_no % 3 == n % 3:
+                    resp = await client.post(f"/api/v1/tasks/{task_id}/complete", headers=headers)
+                    assert resp.status_code == 200 and resp.json()["done"] is True, resp.text
+
+        async def reader() -> None:
+            while not stop.is_set():
+                await mirror.pull(client, headers, limit=4)
+                await asyncio.sleep(0)
+
+        pulling = asyncio.create_task(reader())
+        await asyncio.gather(*(writer(n) for n in range(6)))
+        stop.set()
+        await pulling
+        await mirror.pull(client, headers, limit=4)
+        server = await server_state(client, headers)
+        assert comparable(mirror.rows)["tasks"] == comparable(server)["tasks"]
+        assert any(row["done"] for row in server["tasks"].values())

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,14 @@ TIMETODO = str(Path(sys.executable).parent / "timetodo")
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        workers: int = 1,
+        port: int | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
@@ -26,7 +34,7 @@ class ServerProcess:
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [TIMETODO, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)],
+            [TIMETODO, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), *args],
             env=full_env,
             cwd=workdir,
             stdout=self._log,

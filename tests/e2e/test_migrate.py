@@ -166,6 +166,8 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     carried = json.loads((world.base / "work" / "migration_rollback_report.json").read_text())
     on_target_only = [uid for uid, host in writer.acked.items() if host == world.target_url]
     assert carried["database"]["applied"]["tables"]["tasks"]["inserted"] >= len(on_target_only) > 0
+    # found by the target's xid horizon recorded at the cutover: no table had to be compared row by row
+    assert carried["database"]["compared_in_full"] == [], carried["database"]
     on_source = asyncio.run(titles(world.source_db, "w")) | asyncio.run(titles(world.source_db, "r"))
     acked = {**writer.acked, **writer2.acked}
     missing = [uid for uid in acked if on_source.get(uid) != 1]
@@ -307,23 +309,18 @@ async def _replication_leftovers(world: World) -> tuple[int, int, int]:
         await source.close()
 
 
-def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
-    """`run` killed with SIGKILL after every step and once in the middle of the cutover's final copy (source
-    frozen); each time `run --resume` continues, and the end state is the same: every acknowledged write exactly once
-    on the target, validation passes. This run uses the `dump` strategy (the other test covers the default, delta)."""
-    config = world.base / "migration-resume.toml"
-    text = world.config.read_text().replace('work_dir = "work"', 'work_dir = "work-resume"')
-    config.write_text(text.replace('app_name = "timetodo"', 'app_name = "timetodo"\nstrategy = "dump"'))
-    state_file = world.base / "work-resume" / "state.json"
-
-    def done(step: str) -> Any:
-        return lambda s: s.get("steps", {}).get(step, {}).get("status") == "done"
-
-    kill_points = [done(step) for step in ("preflight", "backup", "prepare", "deploy", "sync")]
-    kill_points.append(lambda s: s.get("facts", {}).get("freeze_started_at") is not None)  # mid-copy, frozen
-    with Writer(world.current, world.writer_token, "k") as writer:
+def _run_killed_and_resumed(
+    world: World, strategy: str, work: str, prefix: str, kill_points: list[Any]
+) -> tuple[Writer, dict[str, Any], Path]:
+    """`run --resume` SIGKILLed at each kill point in turn (each a condition on the state file), then run to the end
+    under a steady writer; returns the writer, the final state and the config."""
+    config = world.base / f"migration-{work}.toml"
+    text = world.config.read_text().replace('work_dir = "work"', f'work_dir = "{work}"')
+    config.write_text(text.replace('app_name = "timetodo"', f'app_name = "timetodo"\nstrategy = "{strategy}"'))
+    state_file = world.base / work / "state.json"
+    with Writer(world.current, world.writer_token, prefix) as writer:
         for n, condition in enumerate(kill_points):
-            output = world.base / f"killed-run-{n}.log"
+            output = world.base / f"killed-{work}-{n}.log"
             with output.open("w") as log:
                 proc = subprocess.Popen(
                     [TIMETODO, "migrate", "run", "--yes", "--resume", "--config", str(config)],
@@ -341,14 +338,32 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         time.sleep(1.5)
     assert world.current.read_text() == world.target_url
-    on_target = asyncio.run(titles(world.target_db, "k"))
+    on_target = asyncio.run(titles(world.target_db, prefix))
     missing = [uid for uid in writer.acked if on_target.get(uid) != 1]
     assert writer.acked and missing == [], missing[:5]
-    validation = json.loads((world.base / "work-resume" / "migration_validation_report.json").read_text())
+    validation = json.loads((world.base / work / "migration_validation_report.json").read_text())
     assert validation["ok"] is True
     state = json.loads(state_file.read_text())
-    assert all(state["steps"][s]["status"] == "done" for s in ("preflight", "backup", "sync", "cutover", "validate"))
+    assert all(state["steps"][s]["status"] == "done" for s in ("preflight", "sync", "cutover", "validate"))
     assert state["steps"]["cutover"]["attempts"] >= 2
+    return writer, state, config
+
+
+def _done(step: str) -> Any:
+    return lambda s: s.get("steps", {}).get(step, {}).get("status") == "done"
+
+
+def _frozen(s: dict[str, Any]) -> bool:
+    return s.get("facts", {}).get("freeze_started_at") is not None
+
+
+def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
+    """`run` killed with SIGKILL after every step and once in the middle of the cutover's final copy (source
+    frozen); each time `run --resume` continues, and the end state is the same: every acknowledged write exactly once
+    on the target, validation passes. This run uses the `dump` strategy (the other tests cover the default, delta);
+    then a rollback of the resumed cutover brings every target-side write back."""
+    kill_points = [_done(step) for step in ("preflight", "backup", "prepare", "deploy", "sync")] + [_frozen]
+    writer, _state, config = _run_killed_and_resumed(world, "dump", "work-resume", "k", kill_points)
     # the final report: every attempt a row, in the order they ran; the killed cutover stays as an interrupted row
     phases = json.loads((world.base / "work-resume" / "migration_final_report.json").read_text())["phases"]
     assert [p["started_at"] for p in phases] == sorted(p["started_at"] for p in phases)
@@ -356,6 +371,31 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     assert len(cutovers) >= 2 and cutovers[-1] == (len(cutovers), "done"), cutovers
     assert {status for _, status in cutovers[:-1]} == {"interrupted"}, cutovers
     assert [p["attempt"] for p in phases if p["step"] == "preflight"] == list(range(1, len(kill_points) + 2))
+
+    with Writer(world.current, world.writer_token, "kr") as after:
+        time.sleep(1)
+        back = world.migrate("rollback", "--force", config=config)
+        assert back.returncode == 0, back.stdout + back.stderr
+    assert world.current.read_text() == world.source.url
+    carried = json.loads((world.base / "work-resume" / "migration_rollback_report.json").read_text())
+    assert carried["database"]["compared_in_full"] == [], carried["database"]
+    on_source = asyncio.run(titles(world.source_db, "k")) | asyncio.run(titles(world.source_db, "kr"))
+    acked = {**writer.acked, **after.acked}
+    assert acked and [uid for uid in acked if on_source.get(uid) != 1] == []
+
+
+def test_killed_delta_cutover_resumes_to_the_same_end_state(world: World) -> None:
+    """The delta strategy's own phases killed and resumed: after the pre-pass (source live), in the middle of the
+    final pass (source frozen), and after the switch before the snapshot; the end state is the same."""
+
+    def phase(name: str) -> Any:
+        return lambda s: name in s.get("facts", {}).get("cutover_phases", {})
+
+    kill_points = [phase("pre_pass"), _frozen, lambda s: s.get("facts", {}).get("switched_at") is not None]
+    _writer, state, _config = _run_killed_and_resumed(world, "delta", "work-delta-resume", "d", kill_points)
+    final_db = state["facts"]["cutover_phases"]["final_copy"]["result"]["db"]
+    assert final_db["strategy"] == "delta" and final_db["problems"] == []
+    assert state["facts"]["target_xid_horizon"] > 0
 
 
 def _plan(world: World, config_text: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -163,3 +167,74 @@ def test_metrics_with_several_workers(pg_env: dict[str, str], tmp_path: Path) ->
         assert "timetodo_db_pool_connections" in text
     finally:
         assert server.stop() == 0, server.log()
+
+
+def _pids_on(port: int, state: str) -> collections.Counter[int]:
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", state, f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return collections.Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
+
+
+def _get_health(port: int, sock: socket.socket | None = None) -> bytes:
+    sock = sock or socket.create_connection(("127.0.0.1", port), timeout=300)  # a worker starts in 30 s+ under load
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return sock.recv(65536)
+
+
+def test_workers_get_their_share_of_connections_and_a_dead_worker_is_replaced(
+    pg_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`serve --workers 2`: a listening socket per worker (SO_REUSEPORT, timetodo.cli.reuseport). 32 keep-alive
+    connections opened at once spread over both workers (with one shared socket, one worker often took them all);
+    a worker killed with SIGKILL is replaced on its own socket, and the connections the kernel queued there meanwhile
+    are served, not reset."""
+    server = ServerProcess({**pg_env, "DATA_DIR": str(tmp_path)}, tmp_path, workers=2)
+    try:
+        server.wait_ready()
+        workers = set(_pids_on(server.port, "listening")) - {server.proc.pid}
+        assert len(workers) == 2, workers
+        connections = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(32)]
+        try:
+            for sock in connections:
+                assert _get_health(server.port, sock).startswith(b"HTTP/1.1 200")
+            spread = _pids_on(server.port, "established")
+            assert set(spread) == workers and max(spread.values()) <= 24, spread
+        finally:
+            for sock in connections:
+                sock.close()
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        answers = [_get_health(server.port) for _ in range(16)]  # some land on the victim's socket
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            now = set(_pids_on(server.port, "listening")) - {server.proc.pid}
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and victim not in now, now
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_serve_refuses_a_port_another_server_listens_on(pg_env: dict[str, str], tmp_path: Path) -> None:
+    """With a socket per worker, a second server on the same port must not join the first one's SO_REUSEPORT group
+    (it would silently take a share of its connections): it fails to start, as with uvicorn's shared socket."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**pg_env, "DATA_DIR": str(tmp_path)}
+        result = subprocess.run(
+            [TIMETODO, "serve", "--port", str(port), "--workers", "2", "--no-migrate"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert "cannot listen" in result.stderr, result.stderr

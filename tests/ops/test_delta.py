@@ -25,6 +25,8 @@ from timetodo.ops.migrate.rollback import (
     NoPrimaryKey,
     apply_delta,
     compute_delta,
+    compute_delta_since,
+    xid_horizon,
 )
 
 pytestmark = pytest.mark.slow
@@ -657,3 +659,131 @@ async def test_passwords_never_appear_in_errors(services: Services) -> None:
 
     assert "Sup3r-s3cret-pw" not in str(info.value)
     assert "127.0.0.1" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ the fast path: since a horizon
+
+
+async def vacuum_freeze(url: str) -> None:
+    conn = await connect(url)
+    try:
+        await conn.execute("VACUUM (FREEZE)")
+    finally:
+        await conn.close()
+
+
+async def test_delta_since_the_horizon_equals_the_full_comparison(trio: Trio) -> None:
+    """Rollback's fast path (issue 13, item 5): the rows written after the horizon found by their xmin, deletions by
+    counts — the same delta as the full merge of every row, and nothing compared the full way. A freeze of every
+    row (VACUUM FREEZE, as autovacuum does on a busy target) does not hide a change."""
+    horizon = await xid_horizon(trio.target)  # the cutover records it after the final copy
+    await write_after_cutover(trio.target, trio.seed)
+    await vacuum_freeze(trio.target)
+
+    fast, compared_in_full = await compute_delta_since(trio.target, trio.snapshot, horizon, batch=2)
+    full = await compute_delta(trio.target, trio.snapshot)
+
+    assert compared_in_full == []
+    assert as_sets(fast) == as_sets(full) == await expected_delta(trio.target, trio.snapshot)
+    assert {n: (t.rows_current, t.rows_snapshot) for n, t in fast.tables.items()} == {
+        n: (t.rows_current, t.rows_snapshot) for n, t in full.tables.items()
+    }
+    result = await apply_delta(fast, trio.target, trio.source, snapshot_url=trio.snapshot)
+    assert (result.inserted, result.updated, result.deleted) == (13, 7, 9)
+    assert (await compute_delta(trio.target, trio.source)).is_empty
+
+
+async def test_delta_since_finds_deletions_in_a_large_table_by_key_range(services: Services) -> None:
+    """Deletions leave no row to find: counts per key range (text keys ordered byte-wise, a composite key) say which
+    ranges lost rows, and only those are merge-joined. A key changed by an UPDATE is a deletion plus an insertion."""
+    source = await create_database(services.postgres_url)
+    conn = await connect(source)
+    try:
+        await conn.execute(
+            'CREATE TABLE items (region text COLLATE "und-x-icu", n int, v text, PRIMARY KEY (region, n));'
+            "INSERT INTO items SELECT chr(65 + i % 40) || (i / 40)::text, i % 3, md5(i::text)"
+            " FROM generate_series(1, 9000) AS i;"
+            "CREATE TABLE numbered (id bigint PRIMARY KEY, v text);"
+            "INSERT INTO numbered SELECT i * 3, md5(i::text) FROM generate_series(1, 9000) AS i"
+        )
+    finally:
+        await conn.close()
+    snapshot, target = await clone_dump(source), await clone_template(source)
+    horizon = await xid_horizon(target)
+    conn = await connect(target)
+    try:
+        await conn.execute("DELETE FROM items WHERE region IN ('A1', 'Z100', 'g224')")  # three key ranges
+        await conn.execute("UPDATE items SET v = 'changed' WHERE region = 'M50'")
+        await conn.execute("UPDATE items SET region = 'é-moved' WHERE region = 'C30' AND n = 2")
+        await conn.execute("INSERT INTO items VALUES ('Ä', 1, 'new'), ('a', 7, 'new')")
+        # integer keys: ranges by arithmetic from the smallest key on either side (a new one below all others)
+        await conn.execute("DELETE FROM numbered WHERE id IN (3, 6000, 26997, 27000)")
+        await conn.execute("UPDATE numbered SET id = 100000 WHERE id = 9000")
+        await conn.execute("INSERT INTO numbered VALUES (-5, 'below'), (4, 'between')")
+    finally:
+        await conn.close()
+
+    fast, compared_in_full = await compute_delta_since(target, snapshot, horizon, batch=7)
+
+    assert compared_in_full == []
+    expected = await expected_delta(target, snapshot)
+    assert as_sets(fast)["items"] == expected["items"]
+    assert len(fast.tables["items"].deleted) == len(expected["items"]["deleted"]) >= 4
+    assert ("é-moved", 2) in fast.tables["items"].inserted and ("C30", 2) in fast.tables["items"].deleted
+    assert (
+        as_sets(fast)["numbered"]
+        == expected["numbered"]
+        == {
+            "inserted": keys(-5, 4, 100000),
+            "updated": set(),
+            "deleted": keys(3, 6000, 26997, 27000, 9000),
+        }
+    )
+
+
+async def test_a_write_before_the_horizon_makes_the_table_compared_in_full(services: Services) -> None:
+    """A row the snapshot lacks but older than the horizon breaks the fast path's precondition: the counts do not add
+    up, and that table is compared the full way — the delta is still exact."""
+    source = await create_database(services.postgres_url)
+    conn = await connect(source)
+    try:
+        await conn.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+        await conn.execute("INSERT INTO a SELECT generate_series(1, 50); INSERT INTO b SELECT generate_series(1, 50)")
+    finally:
+        await conn.close()
+    snapshot, target = await clone_dump(source), await clone_template(source)
+    conn = await connect(target)
+    try:
+        await conn.execute("INSERT INTO a VALUES (1000)")  # before the horizon: the precondition broken
+        horizon = await xid_horizon(target)
+        await conn.execute("INSERT INTO b VALUES (1000)")
+    finally:
+        await conn.close()
+
+    fast, compared_in_full = await compute_delta_since(target, snapshot, horizon)
+
+    assert compared_in_full == ["a"]
+    assert as_sets(fast) == await expected_delta(target, snapshot)
+    assert fast.tables["a"].inserted == [(1000,)] and fast.tables["b"].inserted == [(1000,)]
+
+
+async def test_a_sequence_whose_column_holds_only_values_below_its_minimum(trio: Trio) -> None:
+    """users.sync_version owns sync_version_seq (minimum 1) and is 0 for an account that never wrote: a rollback
+    that carries back only such an account must not try to move the sequence below its minimum."""
+    conn = await connect(trio.source)
+    try:
+        await conn.execute("UPDATE users SET sync_version = 0")
+    finally:
+        await conn.close()
+    snapshot, target = await clone_dump(trio.source), await clone_template(trio.source)
+    conn = await connect(target)
+    try:
+        new = await add_user(conn, "new-on-the-target@example.com")
+    finally:
+        await conn.close()
+
+    delta = await compute_delta(target, snapshot)
+    result = await apply_delta(delta, target, trio.source, snapshot_url=snapshot)
+
+    assert result.tables["users"].inserted == 1 and delta.tables["users"].inserted == [(new,)]
+    assert (await compute_delta(target, trio.source)).is_empty

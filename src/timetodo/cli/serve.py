@@ -1,4 +1,5 @@
-"""`timetodo serve`: the API under uvicorn (pending migrations applied first)."""
+"""`timetodo serve`: the API under uvicorn (pending migrations applied first); with several workers, one listening
+socket per worker in a `SO_REUSEPORT` group by default (`timetodo.cli.reuseport`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 
 from timetodo import __version__
+from timetodo.cli import reuseport
 from timetodo.cli.common import err_console, fail, load_settings, run_sync
 
 app = typer.Typer()
@@ -20,6 +22,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
     migrate: Annotated[bool, typer.Option(help="Apply pending migrations before serving.")] = True,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-port/--shared-socket",
+            help="With several workers: a listening socket per worker (SO_REUSEPORT, the kernel spreads connections "
+            "evenly), or uvicorn's one shared socket.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the API (applies pending migrations first unless --no-migrate).
 
@@ -44,7 +54,7 @@ def serve(
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     err_console.print(f"Time to DO {__version__}: API docs at http://{shown}:{port}/docs", highlight=False)
-    uvicorn.run(
+    config = uvicorn.Config(
         "timetodo.main:create_app_from_env",
         factory=True,
         host=host,
@@ -57,6 +67,29 @@ def serve(
         timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
         # a worker answers the supervisor's pings only once the app is imported (≈ 1 s idle, > 5 s — uvicorn's
         # default — on a busy 2-core host, where every worker was then killed and restarted forever)
+        timeout_worker_healthcheck=60,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    if workers > 1 and reuse_port and reuseport.available():
+        try:
+            supervisor = reuseport.ReusePortMultiprocess(config)
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc}")
+        supervisor.run()
+        return
+    uvicorn.run(
+        config.app,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+        timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
         timeout_worker_healthcheck=60,
         access_log=False,
         log_config=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -166,7 +168,22 @@ def _create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
         pool_recycle=1800,
     )
     event.listen(engine.sync_engine, "checkout", _drop_closed_connection)
+    _raw_pool_args[engine.sync_engine] = {**connect_args, "min_size": 1, "max_size": settings.DATABASE_POOL_SIZE}
     return engine
+
+
+# per pooled PostgreSQL engine: how `timetodo.core.rawdb` opens its own asyncpg pool (TLS settings, size)
+_raw_pool_args: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def raw_connect_args(engine: AsyncEngine) -> dict[str, Any]:
+    """`asyncpg.create_pool` arguments reaching the engine's server as the engine does (same URL, credentials,
+    TLS settings): a pool of at most `DATABASE_POOL_SIZE` connections, idle ones kept (as the engine's pool)."""
+    _args, options = engine.dialect.create_connect_args(engine.url)
+    for dialect_only in ("prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback"):
+        options.pop(dialect_only, None)
+    extra = _raw_pool_args.get(engine.sync_engine, {"min_size": 1, "max_size": 10})
+    return {**options, "max_inactive_connection_lifetime": 0, **extra}
 
 
 class AppSession(AsyncSession):

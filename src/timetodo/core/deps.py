@@ -17,7 +17,6 @@ from timetodo.core.errors import Unauthorized
 from timetodo.core.events import EventHub
 from timetodo.core.idempotency import claim_of
 from timetodo.core.maintenance import guard_write
-from timetodo.core.security import decode_access_token
 from timetodo.core.settings import Settings
 from timetodo.core.validators import MAX_ID
 
@@ -54,9 +53,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 async def get_database(request: Request) -> Database:
     """Engine + sessionmaker, for the one-statement paths (no session opened)."""
-    db: Database | None = getattr(request.app.state, "database", None)
-    if db is None:
-        db = request.app.state.database = Database(request.app.state.engine, request.app.state.sessionmaker)
+    db: Database = request.app.state.database
     return db
 
 
@@ -99,9 +96,8 @@ async def current_user_id(
     in-process cache, no database round trip on the hot path)."""
     if not token:
         raise Unauthorized("Send an access token: Authorization: Bearer <token>")
-    payload = decode_access_token(request.app.state.settings.SECRET_KEY.get_secret_value(), token)
     accounts: AccountStates = request.app.state.accounts
-    return await accounts.check(payload)
+    return await accounts.check(accounts.claims(request.app.state.settings.SECRET_KEY.get_secret_value(), token))
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -7,6 +7,7 @@ is world-readable on a shared host.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
@@ -29,3 +30,13 @@ def private_tree(root: Path, folder: Path) -> Path:
     for part in reversed(folder.parents):
         private_dir(root / part)
     return private_dir(root / folder)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, 0600 from its first byte (a temporary file renamed over it)."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,26 +1,41 @@
-"""One-round-trip statements on PostgreSQL for the hot paths (list/get/create of tasks).
+"""One-round-trip statements on PostgreSQL for the hot paths (tasks list/get/create/update/complete, account state).
+
+API: `await fetchrow(engine, sql, *args, write=False)` runs one statement and returns its first row (or None);
+`await close(engine)` closes the engine's statement pool (the app's lifespan does it with the engine's dispose).
 
 Guarantees:
-- One statement, one round trip: the statement runs on the pooled asyncpg connection outside any explicit
-  transaction (PostgreSQL's implicit transaction commits it), so there is no BEGIN/COMMIT/ROLLBACK around it and no
-  ping on checkout (asyncpg prepares each distinct statement once per connection and caches it).
-- A dead pooled connection (the server restarted, `pg_terminate_backend`, an idle timeout) costs no error: a read
-  is retried once on a fresh connection (every pooled connection older than the failure is replaced, as
-  SQLAlchemy does on a disconnect) whatever the failure; a write only when the failure proves the statement
-  was not run (the driver had not sent it, or the server refused it as it was shutting the session down), so a
-  write never runs twice. A write whose connection broke in the middle of the exchange fails (it may have
+- One statement, one round trip: the statement runs on a connection of the engine's own asyncpg pool (no
+  SQLAlchemy checkout, no BEGIN/COMMIT/ROLLBACK, no ping, no reset query when the connection goes back), outside any
+  explicit transaction, so PostgreSQL's implicit transaction commits it. asyncpg prepares each distinct statement once
+  per connection and caches it.
+- The pool belongs to the engine (same server, credentials and TLS settings as `timetodo.core.database`; at most
+  `DATABASE_POOL_SIZE` connections, beside the sessions' pool) and to the event loop that first used it: a pool is
+  never shared across loops. A statement that finds every connection busy for `POOL_TIMEOUT` fails as a session
+  would (SQLAlchemy's pool timeout: 503 + Retry-After).
+- A dead pooled connection (the server restarted, `pg_terminate_backend`, an idle timeout) costs no error: asyncpg
+  swaps a connection it knows closed on acquire; one that fails mid-statement expires every connection of the pool
+  opened before the failure (a restart or a mass `pg_terminate_backend` kills them all), and the statement is
+  retried once on a fresh connection — a read whatever the failure, a write only when the failure proves the
+  statement was not run (the driver had not sent it, or the server refused it as it was shutting the session down),
+  so a write never runs twice. A write whose connection broke in the middle of the exchange fails (it may have
   committed: retrying could create twice).
-- Statements see the same pool as the SQLAlchemy sessions (size, recycle, the closed-connection check on checkout).
+- Text with a NUL character is refused before it reaches the server (as for every statement through SQLAlchemy).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from timetodo.core.database import has_nul
+from timetodo.core.database import has_nul, raw_connect_args
 from timetodo.core.errors import InvalidInput
 
 # the statement was not sent, or the server ended the session without running it
@@ -44,29 +59,92 @@ def _retryable(exc: BaseException, write: bool) -> bool:
     return isinstance(exc, _NOT_RUN if write else _BROKEN)
 
 
-def _invalidate_pool(engine: AsyncEngine, raw: Any) -> None:
-    """What SQLAlchemy does when its own statement hits a disconnect: every connection opened before now is
-    replaced at its next checkout (a server restart or a mass `pg_terminate_backend` kills them all), so the retry
-    runs on a fresh connection, not on the next dead one of the pool."""
-    invalidate = getattr(engine.sync_engine.pool, "_invalidate", None)
-    if invalidate is not None:
-        invalidate(raw)
+async def _no_reset(_connection: asyncpg.Connection) -> None:
+    """Nothing to reset: a statement of this module leaves no session state (asyncpg still rolls back a transaction
+    left open, which never happens here). asyncpg's default reset is one more round trip per statement."""
+
+
+class _Pool:
+    def __init__(self, loop: asyncio.AbstractEventLoop, opening: asyncio.Future[asyncpg.Pool]) -> None:
+        self.loop = loop
+        self.opening = opening
+        self.pool: asyncpg.Pool | None = None
+
+
+POOL_TIMEOUT = 30.0  # SQLAlchemy's default pool_timeout
+_pools: weakref.WeakKeyDictionary[Engine, _Pool] = weakref.WeakKeyDictionary()
+_loggers: list[Callable[[Any], None]] = []
+
+
+async def _open(engine: AsyncEngine) -> asyncpg.Pool:
+    loop = asyncio.get_running_loop()
+    entry = _pools.get(engine.sync_engine)
+    if entry is None or entry.loop is not loop:
+        if entry is not None and entry.pool is not None:
+            entry.pool.terminate()  # its loop is gone (tests run several loops): nothing to wait for
+        kwargs = raw_connect_args(engine)
+        entry = _Pool(loop, asyncio.ensure_future(asyncpg.create_pool(**kwargs, reset=_no_reset)))
+        _pools[engine.sync_engine] = entry
+    try:
+        pool = await asyncio.shield(entry.opening)
+    except BaseException:
+        if _pools.get(engine.sync_engine) is entry and entry.opening.done():
+            del _pools[engine.sync_engine]  # the next statement tries again
+        raise
+    entry.pool = pool
+    return pool
 
 
 async def fetchrow(engine: AsyncEngine, sql: str, *args: Any, write: bool = False) -> asyncpg.Record | None:
     """Run one statement and return its first row (see the module for the retry rule)."""
-    if has_nul(args):  # as every statement through SQLAlchemy (timetodo.core.database)
+    if has_nul(args):
         raise InvalidInput("text must not contain the NUL character (\\u0000)")
+    entry = _pools.get(engine.sync_engine)
+    if entry is not None and entry.pool is not None and entry.loop is asyncio.get_running_loop():
+        pool = entry.pool
+    else:
+        pool = await _open(engine)
     for attempt in (1, 2):
-        async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver: asyncpg.Connection = raw.driver_connection
-            try:
-                return await driver.fetchrow(sql, *args)
-            except BaseException as exc:
-                if isinstance(exc, _BROKEN):
-                    _invalidate_pool(engine, raw)
-                    await connection.invalidate()
-                if attempt == 2 or not _retryable(exc, write):
-                    raise
+        try:
+            connection = await pool.acquire(timeout=POOL_TIMEOUT)
+        except TimeoutError:
+            # every connection busy for as long as a session would wait: the same 503 as SQLAlchemy's pool timeout
+            raise PoolTimeoutError(f"no free database connection in {POOL_TIMEOUT:.0f} s") from None
+        try:
+            for logger in _loggers:
+                logger(sql)
+            return await connection.fetchrow(sql, *args)
+        except BaseException as exc:
+            if isinstance(exc, _BROKEN):
+                await pool.expire_connections()
+            if attempt == 2 or not _retryable(exc, write):
+                raise
+        finally:
+            await pool.release(connection)
     raise AssertionError("unreachable")
+
+
+async def close(engine: AsyncEngine) -> None:
+    """Close the engine's statement pool (if this loop opened one)."""
+    entry = _pools.pop(engine.sync_engine, None)
+    if entry is None:
+        return
+    if entry.loop is not asyncio.get_running_loop():
+        if entry.pool is not None:
+            entry.pool.terminate()
+        return
+    try:
+        pool = await entry.opening
+    except Exception:  # it never opened: nothing to close
+        return
+    await pool.close()
+
+
+@contextmanager
+def statements_sent(sink: list[str]) -> Iterator[None]:
+    """Collect the SQL of every statement this module sends while the block runs (tests count round trips)."""
+    _loggers.append(sink.append)
+    try:
+        yield
+    finally:
+        _loggers.remove(sink.append)

@@ -298,3 +298,43 @@ PG_CREATE_TASK = (
     f"RETURNING {TASK_JSON}::text AS j) "
     "SELECT guard.m, (SELECT ins.j FROM ins) FROM guard"
 )
+
+
+# the fields a PATCH can change in one statement (the others need checks or hooks: project/parent refs, due →
+# reminders); `pg_update_task` sets them, the update time and a new sync version
+SIMPLE_UPDATE_FIELDS = frozenset({"title", "description", "priority", "labels", "position", "estimate_minutes"})
+_GUARD = "guard AS (SELECT maintenance_enabled AS m FROM app_state WHERE id = 1 FOR SHARE)"
+_MINE = "NOT guard.m AND tasks.id = $1 AND tasks.owner_id = $2 AND tasks.deleted_at IS NULL"
+
+
+def pg_update_task(task_id: int, owner_id: int, values: dict[str, Any], now: datetime) -> tuple[str, list[Any]]:
+    """One statement (one implicit transaction, as `PG_CREATE_TASK`): the maintenance guard, the update of the
+    owner's live task and its sync version. Answers (maintenance_enabled, the task's JSON or NULL when there is no
+    such task)."""
+    unknown = set(values) - SIMPLE_UPDATE_FIELDS
+    if unknown:
+        raise ValueError(f"not a one-statement update: {sorted(unknown)}")
+    args: list[Any] = [task_id, owner_id, now]
+    sets = ["updated_at = $3", "sync_version = ttd_sync_next_version($2)"]
+    for name in sorted(values):
+        args.append(values[name])
+        sets.append(f"{name} = ${len(args)}")
+    sql = (
+        f"WITH {_GUARD}, upd AS (UPDATE tasks SET {', '.join(sets)} FROM guard WHERE {_MINE} "  # noqa: S608
+        f"RETURNING {TASK_JSON}::text AS j) SELECT guard.m, (SELECT upd.j FROM upd) FROM guard"
+    )
+    return sql, args
+
+
+# Completing a task that is open and not recurring, in one statement: the guard, the task closed with a new sync
+# version, its completion logged. Arguments: task id, owner, now. Answers (maintenance_enabled, the task's JSON or
+# NULL): NULL when the task is missing, already done or recurring — the session path decides those.
+PG_COMPLETE_TASK = (
+    f"WITH {_GUARD}, upd AS (UPDATE tasks SET done = true, done_at = $3, updated_at = $3, "  # noqa: S608
+    f"sync_version = ttd_sync_next_version($2) FROM guard WHERE {_MINE} AND tasks.done IS false "
+    "AND coalesce(tasks.recurrence_rule, '') = '' "
+    f"RETURNING tasks.id, tasks.due_date, tasks.due_datetime, {TASK_JSON}::text AS j), "
+    "ins AS (INSERT INTO task_completions (task_id, owner_id, completed_at, due_date, due_datetime) "
+    "SELECT upd.id, $2, $3, CASE WHEN upd.due_datetime IS NULL THEN upd.due_date END, upd.due_datetime FROM upd) "
+    "SELECT guard.m, (SELECT upd.j FROM upd) FROM guard"
+)

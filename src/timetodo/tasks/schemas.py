@@ -161,3 +161,32 @@ class CompletionOut(BaseModel):
     completed_at: dt.datetime
     due_date: dt.date | None
     due_datetime: dt.datetime | None
+
+
+class TaskFilters(BaseModel):
+    """The filters of `GET /tasks` (they combine with AND and work with cursor pagination). Parsed from the query
+    string only when one is sent (`timetodo.tasks.router.task_filters`): a plain page request pays for none."""
+
+    project_id: Id | None = None
+    parent_id: Id | None = None
+    done: bool | None = None
+    q: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="Search in title and description"
+    )
+    label: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    due_before: dt.date | None = Field(None, description="Due on or before this date")
+    due_after: dt.date | None = Field(None, description="Due on or after this date")
+    overdue: bool = Field(False, description="Open tasks past due, in your time zone")
+    today: bool = Field(False, description="Due today in your time zone")
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI `parameters` (in: query, optional) for the fields of `model`, as FastAPI would document them."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    params = []
+    for name, prop in schema["properties"].items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
+    return params

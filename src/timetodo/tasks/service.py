@@ -1,7 +1,9 @@
 """Projects and tasks: validation across rows, soft deletes, completion.
 
-The hot paths (`list_tasks_json`, `get_task_json`, `create_task_json`) answer with the response body; on PostgreSQL
-each is one statement — one round trip (see `timetodo.core.rawdb`); SQLite goes through a session."""
+The hot paths (`list_tasks_json`, `get_task_json`, `create_task_json`, `update_task_json`, `complete_task_json`)
+answer with the response body; on PostgreSQL each is one statement — one round trip (see `timetodo.core.rawdb`),
+the maintenance guard and the sync version inside the writes' statement; SQLite and the cases that need checks or
+hooks (a project or parent to check, a due date that moves reminders, a recurring task) go through a session."""
 
 from __future__ import annotations
 
@@ -247,6 +249,40 @@ async def create_task_json(db: Database, owner_id: int, data: TaskIn, retry_afte
     if row[0]:
         raise MaintenanceActive(retry_after)
     return str(row[1]).encode()
+
+
+def can_update_in_one_statement(db: Database, data: TaskUpdate) -> bool:
+    """A PATCH of plain fields on PostgreSQL (no project/parent to check, no due to move reminders)."""
+    return db.postgres and data.model_fields_set <= repository.SIMPLE_UPDATE_FIELDS
+
+
+def _written(row: Any, retry_after: int) -> bytes | None:
+    if row is None:
+        raise RuntimeError("app_state row is missing: run `timetodo db upgrade`")
+    if row[0]:
+        raise MaintenanceActive(retry_after)
+    return None if row[1] is None else str(row[1]).encode()
+
+
+async def update_task_json(db: Database, owner_id: int, task_id: int, data: TaskUpdate, retry_after: int) -> bytes:
+    """`update_task` of plain fields in one statement (`repository.pg_update_task`); the task's API document."""
+    values = {name: getattr(data, name) for name in data.model_fields_set}
+    if "labels" in values:
+        values["labels"] = orjson.dumps(list(dict.fromkeys(values["labels"] or []))).decode()
+    sql, args = repository.pg_update_task(task_id, owner_id, values, utcnow())
+    body = _written(await rawdb.fetchrow(db.engine, sql, *args, write=True), retry_after)
+    if body is None:
+        raise NotFound("Task not found")
+    return body
+
+
+async def complete_task_json(db: Database, owner_id: int, task_id: int, retry_after: int) -> bytes | None:
+    """Complete an open, non-recurring task in one statement (`repository.PG_COMPLETE_TASK`) and return its API
+    document; None when the task is missing, already done or recurring (`set_done` on a session answers those)."""
+    if not db.postgres:
+        return None
+    row = await rawdb.fetchrow(db.engine, repository.PG_COMPLETE_TASK, task_id, owner_id, utcnow(), write=True)
+    return _written(row, retry_after)
 
 
 async def update_task(session: AsyncSession, owner_id: int, task_id: int, data: TaskUpdate) -> Task:

@@ -1,6 +1,11 @@
 """Queries of the Telegram domain. Claims that must hold across instances are single statements or row locks:
 `claim_outbox` takes rows with FOR UPDATE SKIP LOCKED on PostgreSQL; on SQLite the transaction holds the database
-write lock (the caller's first statement is a write)."""
+write lock (the caller's first statement is a write).
+
+`PG_ADD_TASK` is `/add` on PostgreSQL in one statement (one implicit transaction, one round trip, see
+`timetodo.core.rawdb`): the API's plain create (`tasks.repository.PG_CREATE_TASK`: maintenance guard, sync version,
+insert, the task's API document) plus the lookup of the `#project` by name in the same snapshot.
+`PG_LINK_OF_CHAT` reads a chat's link and user in one statement, outside any transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from timetodo.auth.models import User
+from timetodo.tasks import repository as tasks_repository
 from timetodo.tasks.models import Project
 from timetodo.telegram.models import TelegramLink, TelegramLinkToken, TelegramOutbox, TelegramUpdate
 
@@ -165,3 +171,34 @@ async def project_named(session: AsyncSession, owner_id: int, name: str) -> Proj
         .limit(1)
     )
     return result.scalar_one_or_none()
+
+
+# PostgreSQL one-round-trip paths --------------------------------------------------------------------------------
+
+LINK_COLUMNS = ("id", "user_id", "chat_id", "linked_at", "last_list", "digest_time", "digest_sent_on")
+USER_COLUMNS = ("id", "email", "timezone", "locale", "is_admin", "is_active", "sync_version", "token_version")
+PG_LINK_OF_CHAT = (
+    f"SELECT {', '.join(f'l.{c}' for c in LINK_COLUMNS)}, {', '.join(f'u.{c}' for c in USER_COLUMNS)} "  # noqa: S608
+    "FROM telegram_links AS l JOIN users AS u ON u.id = l.user_id WHERE l.chat_id = $1"
+)
+
+# $1 the owner, $2… the columns of a plain create (tasks.repository.CREATE_COLUMNS), then now, then the project's
+# name in lower case (NULL: no project)
+_N = len(tasks_repository.CREATE_COLUMNS)
+_NOW = f"${_N + 2}"
+_PROJECT = f"${_N + 3}::text"
+# The task is inserted only when maintenance is off and, if a project was named, the owner has a live project of
+# that name (the oldest, as `project_named`); the answer is (maintenance_enabled, the task's id, its JSON, the
+# project's id, the project's name). A named project that does not exist yet: nothing inserted, project id NULL.
+PG_ADD_TASK = (
+    "WITH guard AS (SELECT maintenance_enabled AS m FROM app_state WHERE id = 1 FOR SHARE), "  # noqa: S608
+    f"proj AS (SELECT id, name FROM projects WHERE owner_id = $1 AND deleted_at IS NULL AND lower(name) = {_PROJECT} "
+    "ORDER BY id LIMIT 1), "
+    f"ins AS (INSERT INTO tasks (owner_id, project_id, {', '.join(tasks_repository.CREATE_COLUMNS)}, done, "
+    "created_at, updated_at, sync_version) "
+    f"SELECT $1, (SELECT proj.id FROM proj), {', '.join(f'${i + 2}' for i in range(_N))}, false, {_NOW}, {_NOW}, "
+    f"ttd_sync_next_version($1) FROM guard WHERE NOT guard.m AND ({_PROJECT} IS NULL OR EXISTS (SELECT 1 FROM proj)) "
+    f"RETURNING tasks.id, {tasks_repository.TASK_JSON}::text AS j) "
+    "SELECT guard.m, (SELECT ins.id FROM ins), (SELECT ins.j FROM ins), (SELECT proj.id FROM proj), "
+    "(SELECT proj.name FROM proj) FROM guard"
+)

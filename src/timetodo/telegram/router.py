@@ -24,11 +24,15 @@ from fastapi import APIRouter, Request, Response, status
 from timetodo.core.deps import API_PREFIX, SessionDep, SettingsDep, UserIdDep
 from timetodo.core.errors import AppError, ErrorCode, MaintenanceActive, NotFound, Unauthorized
 from timetodo.core.responses import json_response
+from timetodo.core.settings import Settings
 from timetodo.telegram import repository, service
 from timetodo.telegram.runtime import RELAY_HEADER, SECRET_HEADER, TelegramRuntime
 from timetodo.telegram.schemas import LinkOut, LinkStatus
 
 router = APIRouter(prefix=API_PREFIX, tags=["telegram"])
+webhook_router = APIRouter(prefix=API_PREFIX)
+"""The webhook alone: the bot's hot path, included by the app before the API's routers so that it is matched first;
+it takes no dependencies (it reads its body and headers itself)."""
 MAX_UPDATE_BYTES = 1 << 20
 PROBE_HEADER = "X-Timetodo-Probe"
 
@@ -40,9 +44,10 @@ def _runtime(request: Request) -> TelegramRuntime:
     return runtime
 
 
-@router.post("/telegram/webhook", include_in_schema=False)
-async def webhook(request: Request, settings: SettingsDep) -> Response:
+@webhook_router.post("/telegram/webhook", include_in_schema=False)
+async def webhook(request: Request) -> Response:
     runtime = _runtime(request)
+    settings: Settings = request.app.state.settings
     expected = settings.TELEGRAM_WEBHOOK_SECRET
     given = request.headers.get(SECRET_HEADER, "")
     if expected is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):

@@ -45,7 +45,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from timetodo.core.cache import Cache, RedisCache
-from timetodo.core.database import utcnow
+from timetodo.core.database import Database, utcnow
 from timetodo.core.errors import MaintenanceActive, NotFound
 from timetodo.core.maintenance import APP_STATE_ID, AppState, guard_write
 from timetodo.core.settings import Settings
@@ -130,7 +130,9 @@ class TelegramRuntime:
             settings.TELEGRAM_BOT_TOKEN.get_secret_value(), settings.TELEGRAM_API_BASE, self.limiter, RETRIES.inc
         )
         self.dispatcher: Dispatcher = botmod.create_dispatcher()
-        self.ctx = botmod.BotContext(maker=maker, publish=publish, retry_after=self.retry_after)
+        self.ctx = botmod.BotContext(
+            db=Database(maker.kw["bind"], maker), publish=publish, retry_after=self.retry_after
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         self._processing = asyncio.Semaphore(UPDATE_CONCURRENCY)
         self._loops: list[asyncio.Task[None]] = []

@@ -16,20 +16,23 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from timetodo.auth import service as auth_service
 from timetodo.auth.models import User
+from timetodo.core import rawdb
 from timetodo.core.cache import Cache
-from timetodo.core.database import utcnow
+from timetodo.core.database import Database, utcnow
 from timetodo.core.errors import Conflict, ErrorCode, MaintenanceActive
 from timetodo.core.maintenance import guard_write
 from timetodo.tasks import service as tasks_service
 from timetodo.tasks.models import Project, Task, task_to_dict
+from timetodo.tasks.repository import CREATE_COLUMNS
 from timetodo.tasks.schemas import Due, ProjectIn, Recurrence, TaskIn, TaskOut, TaskUpdate
 from timetodo.telegram import repository
 from timetodo.telegram.models import TelegramLink, TelegramLinkToken, TelegramOutbox
@@ -110,6 +113,25 @@ async def unlink_chat(session: AsyncSession, chat_id: int, retry_after: int) -> 
 
 async def chat_user(session: AsyncSession, chat_id: int) -> tuple[TelegramLink, User] | None:
     return await repository.link_of_chat(session, chat_id)
+
+
+async def chat_user_now(db: Database, chat_id: int) -> tuple[TelegramLink, User] | None:
+    """The chat's link and user as detached objects, read by one statement outside any transaction (PostgreSQL:
+    straight on the pooled connection, `repository.PG_LINK_OF_CHAT`)."""
+    if not db.postgres:
+        async with db.sessionmaker() as session:
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            return await repository.link_of_chat(session, chat_id)
+    row = await rawdb.fetchrow(db.engine, repository.PG_LINK_OF_CHAT, chat_id)
+    if row is None:
+        return None
+    values = list(row)
+    n = len(repository.LINK_COLUMNS)
+    link = dict(zip(repository.LINK_COLUMNS, values[:n], strict=True))
+    if isinstance(link["last_list"], str | bytes):
+        link["last_list"] = orjson.loads(link["last_list"])
+    user = dict(zip(repository.USER_COLUMNS, values[n:], strict=True))
+    return TelegramLink(**link), User(**user)
 
 
 # updates --------------------------------------------------------------------------------------------------------
@@ -198,14 +220,19 @@ async def find_or_create_project(session: AsyncSession, user_id: int, name: str)
     return project, True
 
 
-async def add_task(
-    maker: async_sessionmaker[AsyncSession],
-    publish: Publish,
-    user: User,
-    parsed: Parsed,
-    retry_after: int,
-) -> tuple[Task, Project | None, bool]:
-    """Create the task `/add` understood (and its project when missing); publishes `task.created`."""
+@dataclass(frozen=True)
+class AddedTask:
+    """What the reply to `/add` shows of the task it created."""
+
+    id: int
+    title: str
+    due_date: date | None
+    due_datetime: datetime | None
+    recurrence_rule: str | None
+
+
+def _task_in(user: User, parsed: Parsed) -> TaskIn:
+    """The API's input model (its validation) for what `/add` understood."""
     due: Due | None = None
     if parsed.due_date is not None:
         recurrence = Recurrence(rule=parsed.rule) if parsed.rule else None
@@ -213,8 +240,54 @@ async def add_task(
             due = Due(datetime=parsed.due_datetime, timezone=user.timezone, recurrence=recurrence)
         else:
             due = Due(date=parsed.due_date, recurrence=recurrence)
-    data = TaskIn(title=parsed.title, priority=parsed.priority or 4, due=due)
-    async with maker() as session:
+    return TaskIn(title=parsed.title, priority=parsed.priority or 4, due=due)
+
+
+async def _add_task_pg(
+    db: Database, user_id: int, project: str | None, data: TaskIn, retry_after: int
+) -> tuple[AddedTask, bytes, str | None] | None:
+    """`/add` in one statement (`repository.PG_ADD_TASK`): the task, its JSON and the project's name; None when the
+    named project does not exist yet (nothing was written)."""
+    columns = tasks_service.due_columns(data.due)
+    values: dict[str, Any] = {
+        "title": data.title,
+        "description": data.description,
+        "priority": data.priority,
+        "labels": orjson.dumps(list(dict.fromkeys(data.labels))).decode(),
+        "position": data.position,
+        "estimate_minutes": data.estimate_minutes,
+        **columns,
+    }
+    args = [user_id, *(values[name] for name in CREATE_COLUMNS), utcnow(), project.lower() if project else None]
+    row = await rawdb.fetchrow(db.engine, repository.PG_ADD_TASK, *args, write=True)
+    if row is None:
+        raise RuntimeError("app_state row is missing: run `timetodo db upgrade`")
+    maintenance, task_id, body, _project_id, project_name = row
+    if maintenance:
+        raise MaintenanceActive(retry_after)
+    if task_id is None:
+        return None
+    task = AddedTask(int(task_id), data.title, columns["due_date"], columns["due_datetime"], columns["recurrence_rule"])
+    return task, str(body).encode(), project_name
+
+
+async def add_task(
+    db: Database, publish: Publish, user: User, parsed: Parsed, retry_after: int
+) -> tuple[AddedTask, str | None, bool]:
+    """Create the task `/add` understood (and its project when missing: `created`); publishes `task.created` as
+    POST /tasks does (POST /projects publishes nothing). Returns the task, the project's name, `created`.
+
+    PostgreSQL: one statement when the project exists or none was named (guard, project lookup, insert — see
+    `repository.PG_ADD_TASK`); otherwise (a new project, or SQLite) a session: the guard, the project (created,
+    committed), the guard again, the task through `tasks.service.create_task`."""
+    data = _task_in(user, parsed)
+    if db.postgres:
+        done = await _add_task_pg(db, user.id, parsed.project, data, retry_after)
+        if done is not None:
+            task, body, project_name = done
+            await publish(user.id, "task.created", orjson.Fragment(body))
+            return task, project_name, False
+    async with db.sessionmaker() as session:
         await guard_write(session, retry_after)
         project, created = None, False
         if parsed.project:
@@ -222,10 +295,17 @@ async def add_task(
             if created:  # create_project committed: the task's insert is a new transaction, guarded again
                 await guard_write(session, retry_after)
             data.project_id = project.id
-        task = await tasks_service.create_task(session, user.id, data)
-        out = task_out(task)
-    await publish(user.id, "task.created", out)  # as POST /tasks does (POST /projects publishes nothing)
-    return task, project, created
+        created_task = await tasks_service.create_task(session, user.id, data)
+        out = task_out(created_task)
+    await publish(user.id, "task.created", out)
+    added = AddedTask(
+        created_task.id,
+        created_task.title,
+        created_task.due_date,
+        created_task.due_datetime,
+        created_task.recurrence_rule,
+    )
+    return added, project.name if project is not None else None, created
 
 
 async def complete_task(

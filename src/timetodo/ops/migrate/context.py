@@ -75,7 +75,11 @@ class Context:
         if self._source_api is None:
             s = self.config.source
             self._source_api = SourceApi(
-                s.api_url, email=s.admin_email, password=self.secrets.admin_password, token=self.secrets.admin_token
+                s.api_url,
+                email=s.admin_email,
+                password=self.secrets.admin_password,
+                token=self.secrets.admin_token,
+                token_cache=self.work_dir / ".source-admin-token",
             )
         return self._source_api
 
@@ -88,6 +92,7 @@ class Context:
             password=self.secrets.admin_password,
             token=self.secrets.admin_token,
             label="target",
+            token_cache=self.work_dir / ".target-admin-token",
         )
 
     # databases ----------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from timetodo.ops.adapters.rsync import remote_sizes
 from timetodo.ops.errors import EXIT_BUDGET, EXIT_VERIFICATION, StepError
 from timetodo.ops.migrate.data import row_counts, sizes, source_place, staging_dir
 from timetodo.ops.migrate.estimate import FIXED_OVERHEAD_S, frozen_estimate
+from timetodo.ops.migrate.rollback.since import xid_horizon
 from timetodo.ops.migrate.state import CutoverPhase
 from timetodo.ops.migrate.switch import switch
 from timetodo.ops.migrate.sync import copy_everything
@@ -207,6 +208,9 @@ async def _copy_verify_switch(ctx: Context, budget: Budget) -> None:
             "nothing was switched; the source is writable again",
             EXIT_VERIFICATION,
         )
+    if ctx.state.facts.target_xid_horizon is None:
+        # before the target takes any write: a rollback finds every row written after this by its xmin
+        ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
     await _phase(ctx, "start_target", lambda: _start_and_wait(ctx))
     budget.check("switch")
     await _phase(ctx, "switch", lambda: switch(ctx))
@@ -310,7 +314,7 @@ async def _abort(ctx: Context, reason: str) -> None:
     except Exception:
         log.exception("could not take the source out of maintenance: do it by hand (timetodo maintenance off)")
         raise
-    ctx.state.forget("freeze_started_at", "cutover_phases")
+    ctx.state.forget("freeze_started_at", "cutover_phases", "target_xid_horizon")
     ctx.console.print("[yellow]cutover aborted; the source is out of maintenance and keeps serving[/]")
 
 

@@ -1,16 +1,27 @@
 """The source deployment's HTTP API, as an admin: health, maintenance mode and forwarding mode switched through the
 app's own endpoints (the toolkit never writes the app's tables itself). The login is renewed when the token expires during a
-long migration, waiting as told when rate-limited."""
+long migration, waiting as told when rate-limited.
+
+With `token_cache` (the toolkit passes `<work_dir>/.<label>-admin-token`, 0600), the access token a login got is kept
+for the next command: `plan`, `preflight`, `run`, `status`, `--resume` run one after the other do not each log in
+again — the app allows 5 logins a minute per address, and a sixth would wait a minute. The cached token is used only
+for the same URL, account and password (a salted hash of the password is kept with it, so a wrong password is still
+refused before anything is frozen); a token the API refuses (expired, revoked) is replaced by a new login."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from timetodo.core.fs import write_private
 from timetodo.ops.errors import EXIT_ERROR, EXIT_REFUSED, EXIT_UNREACHABLE, StepError
 
 log = logging.getLogger("timetodo.ops.migrate")
@@ -21,12 +32,47 @@ class SourceApi:
     """The source deployment's HTTP API as an admin: health and maintenance mode."""
 
     def __init__(
-        self, base_url: str, *, email: str | None, password: str | None, token: str | None, label: str = "source"
+        self,
+        base_url: str,
+        *,
+        email: str | None,
+        password: str | None,
+        token: str | None,
+        label: str = "source",
+        token_cache: Path | None = None,
     ) -> None:
         self.label = label
         self.base_url = base_url.rstrip("/")
         self.email, self.password, self._token = email, password, token
+        self.token_cache = token_cache if token is None and email and password else None
         self.client = httpx.AsyncClient(base_url=self.base_url, timeout=30)
+
+    def _cached(self) -> str | None:
+        if self.token_cache is None:
+            return None
+        try:
+            data = json.loads(self.token_cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or (data.get("url"), data.get("email")) != (self.base_url, self.email):
+            return None
+        if data.get("password") != self._fingerprint(str(data.get("salt", ""))):
+            return None
+        token = data.get("token")
+        return token if isinstance(token, str) and token else None
+
+    def _remember(self, token: str) -> None:
+        if self.token_cache is None:
+            return
+        salt = secrets.token_hex(16)
+        kept = {"url": self.base_url, "email": self.email, "salt": salt, "password": self._fingerprint(salt)}
+        try:
+            write_private(self.token_cache, json.dumps({**kept, "token": token}))
+        except OSError as exc:  # only a convenience: the next command logs in again
+            log.warning(f"could not keep the {self.label} admin token: {exc}")
+
+    def _fingerprint(self, salt: str) -> str:
+        return hashlib.sha256(f"{salt}:{self.password}".encode()).hexdigest()
 
     async def _login(self) -> str:
         if not (self.email and self.password):
@@ -56,9 +102,12 @@ class SourceApi:
                 EXIT_REFUSED,
             )
         self._token = str(resp.json()["access_token"])
+        self._remember(self._token)
         return self._token
 
     async def token(self) -> str:
+        if self._token is None:
+            self._token = self._cached()
         return self._token or await self._login()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -81,6 +81,8 @@ class Facts(BaseModel):
     forwarding_started_at: float | None = None  # the source proxies its API to the target from then on
     forwarding_ended_at: float | None = None  # `migrate finish`, or a rollback
     switched_at: float | None = None
+    # the target's transaction horizon after the verified final copy (rollback finds the target's writes by it)
+    target_xid_horizon: int | None = None
     write_downtime_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:

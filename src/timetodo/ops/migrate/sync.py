@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from timetodo.core.maintenance import switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.adapters.postgres.stream import stream_database
 from timetodo.ops.migrate.data import copy_files
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ async def plan(ctx: Context) -> list[PlanLine]:
     target, jobs = ctx.target_ssh().describe(), ctx.config.parallel_jobs
     return [
         (target, "stop the app"),
-        ("local", f"pg_dump -Fd -j{jobs} source; pg_restore --clean -j{jobs} target (SSH tunnel)"),
+        ("local", f"schema, then COPY source → target in {jobs} streams, indexes after (SSH tunnel)"),
         (target, "timetodo db upgrade"),
         ("local", "Redis copy (ABSTTL REPLACE)"),
         ("local", "rsync source → staging → target"),
@@ -50,10 +51,12 @@ async def writable(url: str) -> None:
     await switch_maintenance(url, False, None)
 
 
-async def copy_everything(ctx: Context, dump_dir: Path, label: str, *, live: bool) -> dict[str, Any]:
+async def copy_everything(ctx: Context, dump_dir: Path | None, label: str, *, live: bool) -> dict[str, Any]:
     """Database, Redis and files from the source onto the target (whose app is stopped meanwhile). The three are
     independent and run side by side: the freeze lasts as long as the slowest, not the sum. `live`: the source is
-    not frozen (the copy before the cutover), so uploads deleted meanwhile are counted, not fatal."""
+    not frozen (the copy before the cutover), so uploads deleted meanwhile are counted, not fatal. The database is
+    streamed (COPY piped source → target, `adapters.postgres.stream`), or, with `dump_dir`, dumped there and
+    restored (the dump strategy's cutover keeps its dump for the snapshot database)."""
     runtime = await ctx.runtime()
     target_db = await ctx.target_db_url()
     target_redis = await ctx.target_redis_url()
@@ -61,6 +64,13 @@ async def copy_everything(ctx: Context, dump_dir: Path, label: str, *, live: boo
     started = time.monotonic()
 
     async def database() -> dict[str, Any]:
+        if dump_dir is None:
+            async with ctx.activity(f"{label}: database streamed, COPY source → target ({jobs} streams)"):
+                streamed = await stream_database(ctx.secrets.source_database_url, target_db, jobs, ctx.work_dir)
+            log.info(f"{label}: database streamed", extra={"seconds": streamed["seconds"]})
+            await writable(target_db)
+            await runtime.migrate_db()
+            return {k: v for k, v in streamed.items() if k != "rows"} | {"rows": sum(streamed["rows"].values())}
         async with ctx.activity(f"{label}: pg_dump -Fd -j{jobs} (source)"):
             dumped = await pg.dump_database(ctx.secrets.source_database_url, dump_dir, jobs)
         log.info(f"{label}: database dumped", extra=dumped)
@@ -90,7 +100,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         return replicated  # None: the target cannot subscribe to the source, the migration fell back to delta
     runtime = await ctx.runtime()
     await runtime.stop()
-    result = await copy_everything(ctx, ctx.work_dir / "sync" / "database", "sync", live=True)
+    result = await copy_everything(ctx, None, "sync", live=True)
     if ctx.config.strategy == "delta":
         # the chunk map the cutover compares with: boundaries from the source, one hashing pass of both sides
         # (its duration is what the in-freeze comparison will cost)

@@ -195,6 +195,10 @@ def copied(result: dict[str, Any] | None) -> list[Transfer]:
     elif isinstance(db, dict) and db.get("strategy") == "logical":
         what = f"database (logical replication: schema, then the subscription's copy of {_num(db.get('tables')) or 0} tables)"
         out.append(Transfer(what=what, bytes=_num(db.get("bytes")), seconds=_sec(db.get("seconds"))))
+    elif isinstance(db, dict) and db.get("method") == "stream":
+        out.append(
+            Transfer(what="database (streamed COPY)", bytes=_num(db.get("bytes")), seconds=_sec(db.get("seconds")))
+        )
     elif isinstance(db, dict) and db:
         seconds = (_sec(db.get("dump_seconds")) or 0) + (_sec(db.get("restore_seconds")) or 0)
         out.append(Transfer(what="database (dump + restore)", bytes=_num(db.get("bytes")), seconds=seconds or None))

@@ -29,6 +29,7 @@ from timetodo.ops.migrate.rollback.delta import (
     TableCounts,
     TableDelta,
 )
+from timetodo.ops.migrate.rollback.since import compute_delta_since, xid_horizon
 from timetodo.ops.migrate.switch import end_forwarding, switch_back
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ __all__ = [
     "TableDelta",
     "apply_delta",
     "compute_delta",
+    "compute_delta_since",
     "plan",
     "run",
+    "xid_horizon",
 ]
 
 NAME = "rollback"
@@ -67,11 +70,16 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {}
     target_db, snapshot = await ctx.target_db_url(), await ctx.snapshot_db_url()
     # the maintenance flag is the one thing that must not travel back: the source leaves maintenance last
+    exclude = ("alembic_version", "app_state")
+    horizon = ctx.state.facts.target_xid_horizon
     async with ctx.activity("rollback: what the target changed since the switch"):
-        changes = await compute_delta(target_db, snapshot, exclude=("alembic_version", "app_state"))
+        if horizon is None:  # a cutover of an older version: compare every row
+            changes, full = await compute_delta(target_db, snapshot, exclude=exclude), ["*"]
+        else:
+            changes, full = await compute_delta_since(target_db, snapshot, horizon, exclude=exclude)
     async with ctx.activity(f"rollback: {changes.total} row changes back to the source"):
         applied = await apply_delta(changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot)
-    result["database"] = {"delta": changes.to_dict(), "applied": applied.to_dict()}
+    result["database"] = {"delta": changes.to_dict(), "applied": applied.to_dict(), "compared_in_full": full}
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
         result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
@@ -116,7 +124,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     await ctx.source_api().maintenance(False)
     ctx.state.data["steps"].pop("cutover", None)
     ctx.state.data["steps"].pop("validate", None)
-    ctx.state.forget("switched_at", "freeze_started_at", "cutover_phases")
+    ctx.state.forget("switched_at", "freeze_started_at", "cutover_phases", "target_xid_horizon")
     result["seconds"] = round(time.time() - started, 3)
     ctx.console.print(f"[bold]rolled back[/] in {result['seconds']:.1f} s")
     return result

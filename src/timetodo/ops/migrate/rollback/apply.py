@@ -186,8 +186,13 @@ async def _align_sequences(
         if not candidates:
             continue
         goal = max(candidates)
+        # a column may hold values below its sequence's minimum (users.sync_version is 0 until an account writes):
+        # the sequence then already lies above every value in use
+        lowest = int(
+            await dest.fetchval("SELECT seqmin FROM pg_sequence WHERE seqrelid = $1::text::regclass", sequence)
+        )
         used = await _used_value(dest, sequence)
-        if used is None or goal > used:
+        if goal >= lowest and (used is None or goal > used):
             await dest.execute("SELECT setval($1::text::regclass, $2::bigint, true)", sequence, goal)
             moved[sequence] = goal
     return moved

@@ -47,7 +47,7 @@ async def _hash_stream(
         yield key, str(row[width])
 
 
-async def _diff_table(
+async def diff_table(
     current: asyncpg.Connection, snapshot: asyncpg.Connection, info: TableInfo, batch: int
 ) -> TableDelta:
     delta = TableDelta(key_columns=[c.name for c in info.key])
@@ -130,7 +130,7 @@ async def compute_delta(
             delta = Delta()
             for name in names:
                 step = f"comparing {name}"
-                delta.tables[name] = await _diff_table(current, snapshot, cur_info[name], batch)
+                delta.tables[name] = await diff_table(current, snapshot, cur_info[name], batch)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise DeltaError(
             f"computing the delta of {mask_url(cur_t.url)} against {mask_url(snap_t.url)} failed while {step}: "

@@ -1,0 +1,100 @@
+"""The toolkit's admin session on the source API is kept between commands (`<work_dir>/.source-admin-token`, 0600):
+`plan`, `preflight`, `run`, `--resume` one after the other do not each log in (the app allows a few logins a minute
+per address; the next would wait). The kept token is used only for the same URL, account and password."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import ServerProcess
+from tests.ops.conftest import APP_ADMIN
+from tests.support import PASSWORD
+from timetodo.ops.errors import EXIT_REFUSED, StepError
+from timetodo.ops.migrate.source_api import SourceApi
+
+
+def recording(api: SourceApi) -> list[str]:
+    paths: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        paths.append(request.url.path)
+
+    api.client.event_hooks["request"].append(record)
+    return paths
+
+
+async def admin_session(url: str, cache: Path, password: str = PASSWORD) -> tuple[list[str], SourceApi]:
+    api = SourceApi(url, email=APP_ADMIN, password=password, token=None, token_cache=cache)
+    return recording(api), api
+
+
+async def test_the_admin_token_is_kept_between_commands(app_server: tuple[ServerProcess, Path], tmp_path: Path) -> None:
+    app, _ = app_server
+    cache = tmp_path / "work" / ".source-admin-token"
+    first_paths, first = await admin_session(app.url, cache)
+    try:
+        await first.check_admin()
+    finally:
+        await first.close()
+    assert first_paths == ["/api/v1/auth/login", "/api/v1/admin/maintenance"]
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    kept = json.loads(cache.read_text())
+    assert kept["url"] == app.url and kept["email"] == APP_ADMIN and PASSWORD not in cache.read_text()
+
+    # the next command: no login
+    paths, api = await admin_session(app.url, cache)
+    try:
+        await api.check_admin()
+    finally:
+        await api.close()
+    assert paths == ["/api/v1/admin/maintenance"]
+
+    # a wrong password is still refused before anything else happens, and the kept token stays
+    paths, wrong = await admin_session(app.url, cache, password="not-the-password")
+    try:
+        with pytest.raises(StepError) as refused:
+            await wrong.check_admin()
+    finally:
+        await wrong.close()
+    assert refused.value.exit_code == EXIT_REFUSED and paths == ["/api/v1/auth/login"]
+    assert json.loads(cache.read_text())["token"] == kept["token"]
+
+    # another deployment (another URL) does not get this one's token
+    other = SourceApi("http://127.0.0.1:9/", email=APP_ADMIN, password=PASSWORD, token=None, token_cache=cache)
+    try:
+        assert other._cached() is None
+    finally:
+        await other.close()
+
+
+async def test_a_refused_kept_token_is_replaced_by_a_new_login(
+    app_server: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    app, _ = app_server
+    cache = tmp_path / ".source-admin-token"
+    _, first = await admin_session(app.url, cache)
+    try:
+        await first.check_admin()
+    finally:
+        await first.close()
+    kept = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**kept, "token": kept["token"][:-4] + "AAAA"}))  # a token the API refuses
+
+    paths, api = await admin_session(app.url, cache)
+    try:
+        assert (await api.check_admin())["enabled"] in (True, False)
+    finally:
+        await api.close()
+    assert paths == ["/api/v1/admin/maintenance", "/api/v1/auth/login", "/api/v1/admin/maintenance"]
+    # the new login's token was kept: the next command needs no login
+    paths, again = await admin_session(app.url, cache)
+    try:
+        await again.check_admin()
+    finally:
+        await again.close()
+    assert paths == ["/api/v1/admin/maintenance"]
