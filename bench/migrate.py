@@ -6,12 +6,12 @@ Builds the same source/target pair as the end-to-end test (tests/e2e/migrate_wor
 
 * baseline 1: `pg_dump -Fd -j2` + `pg_restore -j2` of the source into a scratch database on server B;
 * baseline 2: a plain pipelined DUMP/RESTORE loop (one connection each side) into a scratch Redis database on B;
-* `timetodo migrate run --yes` (backup, sync, cutover, validate …) once per strategy (`--strategies dump,delta`),
+* `timetodo migrate run --yes` (backup, sync, cutover, validate …) once per strategy (`--strategies dump,delta,logical`),
   each under a steady writer (~50 writes/s, the end-to-end test's), each followed by `timetodo migrate rollback`
   so the next one starts from the source again: time per phase, the write freeze and the in-freeze seconds of each
   cutover phase, side by side.
 
-    uv run python bench/migrate.py [--db-mb 1024] [--keys 1000000] [--files-mb 1024] [--strategies dump,delta]
+    uv run python bench/migrate.py [--db-mb 1024] [--keys 1000000] [--files-mb 1024] [--strategies dump,delta,logical]
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_ba
         "in_freeze_seconds": cutover["result"].get("in_freeze_seconds", {}),
         "final_copy": cutover["result"]["phases"].get("final_copy", {}).get("result"),
         "pre_pass": cutover["result"]["phases"].get("pre_pass", {}).get("result"),
+        "catch_up": cutover["result"]["phases"].get("catch_up", {}).get("result"),
         "writes_acked": len(writer.acked),
         "report": report,
     }
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--db-mb", type=int, default=1024)
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--files-mb", type=int, default=1024)
-    parser.add_argument("--strategies", default="dump,delta", help="comma-separated, run in this order")
+    parser.add_argument("--strategies", default="dump,delta,logical", help="comma-separated, run in this order")
     parser.add_argument("--skip-backup", action="store_true", help="pass --skip-backup to every run")
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "out" / "migrate.json")
     args = parser.parse_args()
@@ -253,12 +254,18 @@ def main() -> None:
                 f"Redis ({keys.get('method')}): {keys.get('keys')} keys of {keys.get('scanned')} "
                 f"({keys.get('seconds')} s); files {(copy.get('files') or {}).get('seconds')} s"
             )
+        catch_up = run.get("catch_up") or {}
+        if catch_up.get("strategy") == "logical":
+            print(
+                f"  in-freeze database: fence confirmed in {catch_up.get('fence_seconds')} s, "
+                f"{catch_up.get('sequences')} sequences set (+{catch_up.get('sequence_gap')})"
+            )
         print(f"  rollback: {run['rollback_seconds']:.1f} s")
     by = {run["strategy"]: run["write_freeze_seconds"] for run in runs}
-    if "dump" in by and "delta" in by:
-        print(
-            f"\nwrite freeze delta / dump: {by['delta']:.2f} s / {by['dump']:.2f} s = {by['delta'] / by['dump']:.2f}×"
-        )
+    for name in ("delta", "logical"):
+        if "dump" in by and name in by:
+            ratio = by[name] / by["dump"]
+            print(f"\nwrite freeze {name} / dump: {by[name]:.2f} s / {by['dump']:.2f} s = {ratio:.2f}×")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(
         json.dumps(

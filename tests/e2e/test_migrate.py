@@ -222,6 +222,99 @@ def _kill_when(proc: subprocess.Popen[str], state_file: Path, condition: Any, ti
     raise TimeoutError("the kill point was never reached")
 
 
+def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -> None:
+    """strategy = "logical": the database follows the source through a subscription; the run is killed inside the
+    freeze (fence passed, target opened, not yet switched) and `--resume` finishes it. Every
+    acknowledged write exactly once on the target, no failed request outside the freeze, nothing of the replication
+    left on either side, and after a rollback every target-side write back on the source."""
+    config = world.base / "migration-logical.toml"
+    text = world.config.read_text().replace('work_dir = "work"', 'work_dir = "work-logical"')
+    config.write_text(text.replace('app_name = "timetodo"', 'app_name = "timetodo"\nstrategy = "logical"'))
+    work = world.base / "work-logical"
+    state_file = work / "state.json"
+
+    def phase(name: str) -> Any:
+        return lambda s: name in s.get("facts", {}).get("cutover_phases", {})
+
+    old_address = world.base / "old-address-logical"
+    old_address.write_text(world.source.url)
+    with (
+        Writer(world.current, world.writer_token, "lw") as writer,
+        Writer(old_address, world.writer_token, "lo") as old_writer,
+    ):
+        time.sleep(0.5)
+        for n, condition in enumerate([phase("open_target")]):
+            output = world.base / f"logical-killed-{n}.log"
+            with output.open("w") as log:
+                proc = subprocess.Popen(
+                    [TIMETODO, "migrate", "run", "--yes", "--resume", "--config", str(config)],
+                    env={**os.environ, **world.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=world.base,
+                    start_new_session=True,
+                )
+                killed = _kill_when(proc, state_file, condition)
+            assert killed, f"run {n} ended before its kill point:\n{output.read_text()[-3000:]}"
+        result = world.migrate("run", "--yes", "--resume", config=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(1.5)
+    state = json.loads(state_file.read_text())
+    facts, cutover = state["facts"], state["steps"]["cutover"]["result"]
+    assert cutover["strategy"] == "logical" and facts["logical"]["usable"] is True, cutover
+    assert state["steps"]["sync"]["result"]["db"]["strategy"] == "logical"
+    catch_up = facts["cutover_phases"]["catch_up"]["result"]
+    assert catch_up["problems"] == [] and catch_up["sequences"] > 0 and catch_up["fence_lsn"]
+    print(f"logical: write freeze {facts['write_downtime_seconds']:.2f} s, in freeze {cutover['in_freeze_seconds']}")
+    # nothing of the replication is left: no subscription on the target, no publication or slot on the source
+    assert cutover["detached"]["source"]["publication"] == "dropped"
+    assert asyncio.run(_replication_leftovers(world)) == (0, 0, 0)
+    assert world.current.read_text() == world.target_url
+    window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
+    # (the run killed inside the freeze left the source frozen until --resume: inside the window too)
+    for writes in (writer, old_writer):
+        outside = [t for t in writes.failure_times if not window[0] <= t <= window[1]]
+        assert outside == [], f"{len(outside)} failed requests outside the freeze {window}: {outside[:5]}"
+    for prefix, writes in (("lw", writer), ("lo", old_writer)):
+        on_target = asyncio.run(titles(world.target_db, prefix))
+        missing = [uid for uid in writes.acked if on_target.get(uid) != 1]
+        assert writes.acked and missing == [], f"{prefix}: {len(missing)} missing or duplicated: {missing[:5]}"
+    assert any(host == world.target_url for host in writer.acked.values())
+    validation = json.loads((work / "migration_validation_report.json").read_text())
+    assert validation["ok"] is True, validation
+
+    # rollback: every write the target took is back on the source
+    with Writer(world.current, world.writer_token, "lr") as writer2:
+        time.sleep(1.5)
+        result = world.migrate("rollback", "--force", config=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(1.5)
+    assert world.current.read_text() == world.source.url
+    on_source = asyncio.run(titles(world.source_db, "lw")) | asyncio.run(titles(world.source_db, "lr"))
+    acked = {**writer.acked, **writer2.acked}
+    missing = [uid for uid in acked if on_source.get(uid) != 1]
+    assert missing == [], f"{len(missing)} acknowledged writes missing or duplicated on the source: {missing[:5]}"
+    assert asyncio.run(_replication_leftovers(world)) == (0, 0, 0)
+
+
+async def _replication_leftovers(world: World) -> tuple[int, int, int]:
+    """(subscriptions on the target, publications, replication slots on the source) of the migration."""
+    import asyncpg
+
+    target, source = await asyncpg.connect(world.target_db), await asyncpg.connect(world.source_db)
+    try:
+        subs = await target.fetchval("SELECT count(*) FROM pg_subscription WHERE subname = 'timetodo_migrate'")
+        pubs = await source.fetchval("SELECT count(*) FROM pg_publication WHERE pubname = 'timetodo_migrate'")
+        slots = await source.fetchval(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'timetodo_migrate' "
+            "OR slot_name LIKE 'pg\\_%\\_sync\\_%'"
+        )
+        return int(subs), int(pubs), int(slots)
+    finally:
+        await target.close()
+        await source.close()
+
+
 def _run_killed_and_resumed(
     world: World, strategy: str, work: str, prefix: str, kill_points: list[Any]
 ) -> tuple[Writer, dict[str, Any], Path]:
@@ -362,3 +455,43 @@ def test_unknown_target_host_key_is_refused_before_anything_happens(world: World
     result = _plan(world, text.replace(f'known_hosts = "{known}"', f'known_hosts = "{empty}"'))
     assert result.returncode == 4, result.stderr
     assert "host key" in result.stderr.lower() and "--accept-new-host-key" in result.stderr
+
+
+def test_logical_falls_back_to_delta_when_the_source_does_not_qualify(world: World) -> None:
+    """A source role without REPLICATION that owns none of the tables: preflight says why (each reason) and the
+    migration uses delta, recorded in the state; with a qualifying role the plan subscribes."""
+    import asyncpg
+
+    role = "ttd_no_replication"
+    base = world.source_db.rpartition("@")[2]
+
+    async def make_role() -> None:
+        conn = await asyncpg.connect(world.source_db)
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+            await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-no-repl'")
+        finally:
+            await conn.close()
+
+    asyncio.run(make_role())
+    text = world.config.read_text().replace('app_name = "timetodo"', 'app_name = "timetodo"\nstrategy = "logical"')
+    config = world.base / "plan-logical.toml"
+    config.write_text(text.replace('work_dir = "work"', 'work_dir = "work-plan-logical"'))
+    weak = {"MIG_SOURCE_DB": f"postgresql://{role}:pw-no-repl@{base}"}
+    result = world.migrate("plan", config=config, env=weak)  # the plan is printed first, then preflight runs
+    assert result.returncode == 0, result.stderr
+    out = " ".join((result.stdout + result.stderr).split())
+    assert "logical replication │ warning" in out and "pw-no-repl" not in out, out
+    state_file = world.base / "work-plan-logical" / "state.json"
+    facts = json.loads(state_file.read_text())["facts"]
+    reason = facts["logical"]["reason"]
+    assert facts["logical"]["fallback"] == "delta", facts["logical"]
+    assert f"role {role} has neither REPLICATION nor superuser" in reason and "does not own" in reason
+    result = world.migrate("plan", config=config, env=weak)  # the recorded fallback: the delta plan
+    out = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0 and "hashes" in out and "SUBSCRIPTION" not in out, out
+    # the suite's role qualifies: preflight decides again (until sync has run) and the migration replicates
+    result = world.migrate("plan", config=config)
+    assert result.returncode == 0, result.stderr
+    logical = json.loads(state_file.read_text())["facts"]["logical"]
+    assert logical["usable"] is True and "fallback" not in logical, logical

@@ -169,6 +169,9 @@ def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: A
     from timetodo.ops.migrate.switch import end_forwarding
 
     async def body(ctx: Context) -> int:
+        from timetodo.ops.migrate.logical import cleanup_quietly
+
+        await cleanup_quietly(ctx)  # strategy logical: nothing of the replication left on either side
         if await end_forwarding(ctx):
             console.print("[bold]finished[/]: the source no longer forwards; it stays in maintenance mode")
         else:

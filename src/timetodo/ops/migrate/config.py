@@ -78,6 +78,9 @@ class Source(_Model):
     admin_password_env: EnvName | None = None
     admin_token_env: EnvName | None = None
     database_url_env: EnvName
+    # strategy "logical": the source database's URL as the *target's* PostgreSQL server reaches it (the subscription
+    # runs there); default: the URL of database_url_env
+    replication_url_env: EnvName | None = None
     redis_url_env: EnvName | None = None
     uploads: Uploads | None = None
 
@@ -181,8 +184,10 @@ class Validate(_Model):
 class MigrationConfig(_Model):
     app_name: Annotated[str, Field(pattern=APP_NAME.pattern)] = "timetodo"
     # "delta": full copy before the freeze, then only the differing chunks/keys/files inside it (the default);
-    # "dump": the whole database and Redis dumped and restored again inside the freeze
-    strategy: Literal["delta", "dump"] = "delta"
+    # "dump": the whole database and Redis dumped and restored again inside the freeze;
+    # "logical": native logical replication (publication on the source, subscription on the target) where the
+    # source allows it (preflight checks; otherwise "delta"), the freeze only waits for the stream to catch up
+    strategy: Literal["delta", "dump", "logical"] = "delta"
     downtime_budget_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 30
     work_dir: Path = Path("migration")
     parallel_jobs: Annotated[int, Field(ge=1, le=64)] = 2
@@ -246,6 +251,7 @@ class Secrets:
     target_redis_url: str | None
     telegram_token: str | None
     webhook_secret: str | None
+    source_replication_url: str | None = None
 
     def all(self) -> list[str]:
         """Every secret value, for masking logs and reports."""
@@ -256,7 +262,7 @@ class Secrets:
             self.source_redis_url,
             self.target_database_url,
         ]
-        values += [self.target_redis_url, self.telegram_token, self.webhook_secret]
+        values += [self.target_redis_url, self.telegram_token, self.webhook_secret, self.source_replication_url]
         found: list[str] = []
         for value in values:
             if not value:
@@ -329,6 +335,11 @@ def load_secrets(config: MigrationConfig, environ: dict[str, str] | None = None)
         )
     if bool(redis) != bool(target_redis):
         raise ConfigError("target.redis_url_env", "set a Redis URL on both sides or on neither")
+    replication = None
+    if s.replication_url_env:
+        replication = _url(
+            _need(s.replication_url_env, "source.replication_url_env", env), "source.replication_url_env", pg_schemes
+        )
     token = webhook_secret = None
     if config.telegram:
         token = _need(config.telegram.bot_token_env, "telegram.bot_token_env", env)
@@ -345,4 +356,5 @@ def load_secrets(config: MigrationConfig, environ: dict[str, str] | None = None)
         target_redis_url=target_redis,
         telegram_token=token,
         webhook_secret=webhook_secret,
+        source_replication_url=replication,
     )

@@ -57,8 +57,12 @@ NAME = "cutover"
 
 
 async def plan(ctx: Context) -> list[PlanLine]:
+    from timetodo.ops.migrate import logical
+
     dns = ctx.config.dns
-    if ctx.config.strategy == "delta":
+    if logical.active(ctx):
+        copy = logical.plan_cutover(ctx)
+    elif ctx.config.strategy == "delta":
         copy = [
             (ctx.target_ssh().describe(), "maintenance on in the target's database; the app running (held)"),
             ("local", "pre-pass (source live): chunks whose hashes differ, changed Redis keys, rsync delta"),
@@ -82,6 +86,7 @@ async def plan(ctx: Context) -> list[PlanLine]:
         *copy,
         ("api.telegram.org", "setWebhook (pending updates kept); getWebhookInfo"),
         ("local", "DNS: " + (str(dns.hook) if dns.hook else "print the record to change")),
+        *(logical.plan_after_switch(ctx) if logical.active(ctx) else []),
     ]
 
 
@@ -323,6 +328,10 @@ async def _plant_canary(ctx: Context) -> None:
 async def run(ctx: Context) -> dict[str, Any]:
     """Freeze writes on the source, final copy, quick verification, switch. Aborts (source writable again) when
     anything fails before the switch or the downtime budget would be exceeded."""
+    from timetodo.ops.migrate import logical
+
+    if logical.active(ctx):
+        return await logical.cutover(ctx)
     await _plant_canary(ctx)
     if ctx.config.strategy == "delta" and ctx.state.facts.freeze_started_at is None:
         # outside the freeze: nobody uses the target yet; then the changes since sync, the source still live

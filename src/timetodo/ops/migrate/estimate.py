@@ -19,6 +19,11 @@ def estimate_downtime(ctx: Context, db_bytes: int, keys: int, files_bytes: int) 
     else from reference throughput."""
     measured = ctx.state.result("sync")
     chunk_map = (measured or {}).get("chunk_map") or {}
+    if ctx.config.strategy == "logical":
+        # inside the freeze: the stream catching up (sync left it caught up) and the Redis keys / uploads changed
+        # since the pre-pass; bounded by what a full Redis pass takes — not by the database's size
+        redis_seconds = (measured or {}).get("redis", {}).get("seconds", keys / REFERENCE_KEYS_PER_S)
+        return {"seconds": float(redis_seconds) + 1.0 + FIXED_OVERHEAD_S, "basis": "logical: the stream catches up"}
     if ctx.config.strategy == "delta" and "hash_seconds" in chunk_map:
         # inside the freeze: one hashing pass of both sides (sync timed it) and a second SCAN of Redis comparing
         # every key (about what its copy took); the rows, keys and files that changed in the last seconds aside

@@ -196,7 +196,9 @@ def _target_redis_image(ctx: Context, checks: Checks, src_engine: str, src_versi
 
 async def run(ctx: Context) -> dict[str, Any]:
     checks = Checks()
-    for check in (_source_api, _source_database, _source_redis, _source_uploads, _target_host, _target_redis):
+    from timetodo.ops.migrate.logical import preflight_check as _logical
+
+    for check in (_source_api, _source_database, _logical, _source_redis, _source_uploads, _target_host, _target_redis):
         await check(ctx, checks)
     facts = checks.facts
     estimate = estimate_downtime(ctx, facts.get("db_bytes", 0), facts.get("keys", 0), facts.get("files_bytes", 0))

@@ -43,6 +43,9 @@ def load_context(config_path: Path, console: Console, accept_new_host_key: bool 
     config = load_config(config_path)
     secrets = load_secrets(config)
     state = MigrationState.load(config.work_dir)
+    from timetodo.ops.migrate.logical import effective_config
+
+    config = effective_config(config, state.facts)  # `logical` that fell back runs as `delta`
     return Context(config, secrets, config.work_dir, state, console, accept_new_host_key=accept_new_host_key)
 
 

@@ -64,6 +64,9 @@ class Facts(BaseModel):
     tables_without_pk: list[str] | None = None
     source_redis: str | None = None
     target_redis_image: str | None = None
+    # strategy "logical": preflight's verdict on the source, the fallback to delta and why, the names replication
+    # uses and what cleanup removed (ops/migrate/logical.py)
+    logical: dict[str, Any] | None = None
     # cutover, before the freeze: the canary account (ops/migrate/canary.py) and the source under the load mix
     canary: dict[str, Any] | None = None
     keys: int | None = None

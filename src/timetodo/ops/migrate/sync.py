@@ -26,6 +26,10 @@ NAME = "sync"
 
 
 async def plan(ctx: Context) -> list[PlanLine]:
+    from timetodo.ops.migrate import logical
+
+    if logical.active(ctx):
+        return logical.plan_sync(ctx)
     target, jobs = ctx.target_ssh().describe(), ctx.config.parallel_jobs
     return [
         (target, "stop the app"),
@@ -91,6 +95,10 @@ async def copy_everything(ctx: Context, dump_dir: Path | None, label: str, *, li
 
 
 async def run(ctx: Context) -> dict[str, Any]:
+    from timetodo.ops.migrate import logical
+
+    if logical.active(ctx) and (replicated := await logical.sync(ctx)) is not None:
+        return replicated  # None: the target cannot subscribe to the source, the migration fell back to delta
     runtime = await ctx.runtime()
     await runtime.stop()
     result = await copy_everything(ctx, None, "sync", live=True)

@@ -192,6 +192,9 @@ def copied(result: dict[str, Any] | None) -> list[Transfer]:
         if db.get("abandoned"):
             what = "database delta (abandoned: the in-freeze pass copies it)"
         out.append(Transfer(what=what, amount=_num(db.get("rows")), unit="rows", seconds=_sec(db.get("seconds"))))
+    elif isinstance(db, dict) and db.get("strategy") == "logical":
+        what = f"database (logical replication: schema, then the subscription's copy of {_num(db.get('tables')) or 0} tables)"
+        out.append(Transfer(what=what, bytes=_num(db.get("bytes")), seconds=_sec(db.get("seconds"))))
     elif isinstance(db, dict) and db.get("method") == "stream":
         out.append(
             Transfer(what="database (streamed COPY)", bytes=_num(db.get("bytes")), seconds=_sec(db.get("seconds")))

@@ -115,6 +115,9 @@ async def run(ctx: Context) -> dict[str, Any]:
     # first: a source still forwarding would proxy its clients to a target that is about to stop
     result: dict[str, Any] = {"forwarding_ended": await end_forwarding(ctx)}
     await (await ctx.runtime()).stop()
+    from timetodo.ops.migrate.logical import cleanup_quietly
+
+    result["logical"] = await cleanup_quietly(ctx)  # strategy logical: no subscription, publication or slot left
     if ctx.state.facts.switched_at is not None:
         result.update(await _carry_back(ctx))
         result.update(await switch_back(ctx))

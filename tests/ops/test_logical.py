@@ -1,0 +1,222 @@
+"""The `logical` strategy's replication (issue 13, item 2) between two real PostgreSQL servers (the suite's, and a
+second one started by scripts/postgres.sh, both with wal_level = logical): the source's qualification and its
+reasons, publication + subscription with the initial copy, the fence (the slot's confirmed LSN), sequences with a
+gap, and a cleanup that leaves no publication, subscription or replication slot behind — also when one side is
+gone, and when run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support import ROOT, Services, create_database, free_port, run_script
+from timetodo.ops.adapters.postgres import replication as repl
+
+pytestmark = pytest.mark.slow
+
+SCHEMA = """
+CREATE TABLE items (id bigserial PRIMARY KEY, v text NOT NULL, n numeric);
+CREATE TABLE kv (k varchar(40) PRIMARY KEY, v int);
+CREATE TABLE app_state (id int PRIMARY KEY, maintenance boolean);
+CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO items (v, n) SELECT 'item ' || g, g * 1.5 FROM generate_series(1, 2000) g;
+INSERT INTO kv SELECT 'key-' || g, g FROM generate_series(1, 300) g;
+INSERT INTO app_state VALUES (1, false);
+INSERT INTO alembic_version VALUES ('abc');
+"""
+TARGET_SCHEMA = """
+CREATE TABLE items (id bigserial PRIMARY KEY, v text NOT NULL, n numeric);
+CREATE TABLE kv (k varchar(40) PRIMARY KEY, v int);
+CREATE TABLE app_state (id int PRIMARY KEY, maintenance boolean);
+CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO app_state VALUES (1, true);
+"""
+EXCLUDE = ("app_state", "alembic_version")
+
+
+def plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second PostgreSQL server (the target's): a subscription cannot create its slot on its own server."""
+    directory: Path = tmp_path_factory.mktemp("pg-target")
+    url = run_script("scripts/postgres.sh", "start", str(directory / "pg"), str(free_port()))
+    yield url
+    subprocess.run(["bash", "scripts/postgres.sh", "stop", str(directory / "pg")], cwd=ROOT, timeout=60, check=False)
+
+
+@pytest.fixture
+async def pair(services: Services, second_server: str) -> AsyncIterator[tuple[str, str, str]]:
+    source = plain(await create_database(services.postgres_url))
+    target = plain(await create_database(second_server))
+    name = f"t_{secrets.token_hex(4)}"
+    for url, sql in ((source, SCHEMA), (target, TARGET_SCHEMA)):
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    yield source, target, name
+    # whatever a failed test left: never a slot on the suite's server
+    t = await asyncpg.connect(target)
+    try:
+        await repl.drop_subscription(t, name)
+    finally:
+        await t.close()
+    s = await asyncpg.connect(source)
+    try:
+        await repl.drop_publication(s, name)
+    finally:
+        await s.close()
+
+
+async def rows(url: str, table: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [r[0] for r in await conn.fetch(f"SELECT t::text FROM {table} AS t ORDER BY 1")]
+    finally:
+        await conn.close()
+
+
+async def test_a_superuser_source_qualifies_and_a_plain_role_is_told_why_not(pair: tuple[str, str, str]) -> None:
+    source, _target, _name = pair
+    conn = await asyncpg.connect(source)
+    role = f"plain_{secrets.token_hex(3)}"
+    try:
+        verdict = await repl.source_qualifies(conn, source, EXCLUDE)
+        assert verdict.ok, verdict.reasons
+        assert verdict.details["wal_level"] == "logical" and verdict.details["free_slots"] >= 1
+        await conn.execute("CREATE TABLE loose (x int)")  # no primary key, no replica identity
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        await conn.execute(f"REVOKE CREATE ON DATABASE {source.rsplit('/', 1)[1]} FROM PUBLIC")
+        await conn.execute(f"SET ROLE {role}")
+        # a Render host name: the reason says a plan and a support ticket are needed there
+        verdict = await repl.source_qualifies(
+            conn, "postgresql://u@dpg-abc123-a.oregon-postgres.render.com/db", EXCLUDE
+        )
+        await conn.execute("RESET ROLE")
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.close()
+    text = " | ".join(verdict.reasons)
+    assert not verdict.ok
+    assert f"role {role} has neither REPLICATION nor superuser" in text and "support ticket" in text
+    assert "may not create a publication" in text
+    assert "does not own" in text and "items" in text
+    assert "without a primary key or replica identity: loose" in text
+    conn = await asyncpg.connect(source)
+    try:
+        await conn.execute("ALTER TABLE loose REPLICA IDENTITY FULL")
+        assert (await repl.source_qualifies(conn, source, EXCLUDE)).ok
+    finally:
+        await conn.close()
+
+
+async def test_subscription_copies_follows_fences_and_cleans_up_without_leftovers(pair: tuple[str, str, str]) -> None:
+    source, target, name = pair
+    src, tgt = await asyncpg.connect(source), await asyncpg.connect(target)
+    try:
+        assert await repl.publish(src, name, EXCLUDE) == ["items", "kv"]
+        assert await repl.subscribe(tgt, name, source) is True
+        assert await repl.subscribe(tgt, name, source) is False  # idempotent
+        seen: list[tuple[int, int]] = []
+        ready = await repl.wait_ready(src, tgt, name, progress=lambda done, total: seen.append((done, total)))
+        assert ready["tables"] == 2 and seen[-1] == (2, 2)
+        assert await repl.table_states(tgt, name) == {"items": "r", "kv": "r"}
+        # writes on the live source, then the fence: everything committed before it is on the target
+        await src.execute("INSERT INTO items (v) SELECT 'late ' || g FROM generate_series(1, 500) g")
+        await src.execute("UPDATE kv SET v = -v WHERE v % 3 = 0; DELETE FROM items WHERE id % 10 = 0")
+        await src.execute("UPDATE app_state SET maintenance = true")  # deployment state: never replicated
+        fence = await repl.current_lsn(src)
+        waited = await repl.wait_flushed(src, name, fence)
+        assert waited < 30
+        for table in ("items", "kv"):
+            assert await rows(target, table) == await rows(source, table), table
+        assert await tgt.fetchval("SELECT maintenance FROM app_state") is True  # the target's own (held)
+        assert await tgt.fetchval("SELECT count(*) FROM alembic_version") == 0  # not published
+        # sequences: the source's value plus the gap
+        source_last = int(await src.fetchval("SELECT last_value FROM items_id_seq"))
+        assert source_last == 2500
+        moved = await repl.set_sequences(src, tgt)
+        assert moved == {"public.items_id_seq": source_last + repl.SEQUENCE_GAP}
+        assert int(await tgt.fetchval("SELECT nextval('items_id_seq')")) == source_last + repl.SEQUENCE_GAP + 1
+        # detach: the subscription goes (the data stays), then the publication and every slot on the source
+        oid = await repl.subscription_oid(tgt, name)
+        assert (await repl.drop_subscription(tgt, name))["subscription"] == "dropped"
+        assert await repl.drop_subscription(tgt, name) == {"subscription": "absent"}
+        await repl.drop_publication(src, name, oid)
+        await repl.drop_publication(src, name, oid)  # idempotent
+        assert await repl.leftovers(src, name) == {"publication": False, "slots": []}
+        assert not await src.fetchval(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2", name, f"pg_{oid}_%"
+        )
+        # independent now: a write on the source no longer reaches the target, whose rows stay
+        await src.execute("INSERT INTO kv VALUES ('after', 1)")
+        await asyncio.sleep(0.5)
+        assert await tgt.fetchval("SELECT count(*) FROM kv WHERE k = 'after'") == 0
+        assert await tgt.fetchval("SELECT count(*) FROM items") == 2250
+    finally:
+        await src.close()
+        await tgt.close()
+
+
+async def test_cleanup_from_the_source_alone_ends_the_stream_and_drops_the_slot(pair: tuple[str, str, str]) -> None:
+    """The target is gone (or unreachable): the source's side alone removes the active slot (its WAL sender ended
+    first); the target's subscription, should it come back, is then dropped without its slot."""
+    source, target, name = pair
+    src, tgt = await asyncpg.connect(source), await asyncpg.connect(target)
+    try:
+        await repl.publish(src, name, EXCLUDE)
+        await repl.subscribe(tgt, name, source)
+        await repl.wait_ready(src, tgt, name)
+        assert await src.fetchval("SELECT active FROM pg_replication_slots WHERE slot_name = $1", name) is True
+        result = await repl.drop_publication(src, name, await repl.subscription_oid(tgt, name))
+        assert name in result["slots_dropped"]
+        assert await repl.leftovers(src, name) == {"publication": False, "slots": []}
+        dropped = await repl.drop_subscription(tgt, name)
+        assert dropped["subscription"] == "dropped" and "left on the source" in dropped["slot"]
+        assert not await tgt.fetchval("SELECT count(*) FROM pg_subscription WHERE subname = $1", name)
+        assert not await src.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", name)
+    finally:
+        await src.close()
+        await tgt.close()
+
+
+async def test_a_target_that_cannot_reach_the_source_is_refused_with_the_reason(pair: tuple[str, str, str]) -> None:
+    source, target, name = pair
+    src, tgt = await asyncpg.connect(source), await asyncpg.connect(target)
+    unreachable = f"postgresql://timetodo:secret-pw@127.0.0.1:{free_port()}/nowhere"
+    try:
+        await repl.publish(src, name, EXCLUDE)
+        with pytest.raises(repl.ReplicationError) as caught:
+            await repl.subscribe(tgt, name, unreachable)
+        assert "cannot subscribe" in str(caught.value) and "secret-pw" not in str(caught.value)
+        assert not await tgt.fetchval("SELECT count(*) FROM pg_subscription WHERE subname = $1", name)
+    finally:
+        await src.close()
+        await tgt.close()
+
+
+def test_render_hosts_and_lsns() -> None:
+    assert repl.is_render("postgresql://u@dpg-cabc-a.frankfurt-postgres.render.com/app")
+    assert not repl.is_render("postgresql://u@127.0.0.1/app")
+    assert repl.lsn_int("0/10") == 16 and repl.lsn_int("1/0") == 1 << 32
+    with pytest.raises(ValueError):
+        repl.check_name("bad-name; DROP")
+
+
+def test_the_report_names_the_logical_copy() -> None:
+    from timetodo.ops.migrate.report.model import copied
+
+    moved = copied({"db": {"strategy": "logical", "tables": 3, "bytes": 4096, "seconds": 1.5}, "redis": {}})
+    assert len(moved) == 1 and "logical replication" in moved[0].what and "3 tables" in moved[0].what
+    assert moved[0].bytes == 4096 and moved[0].seconds == 1.5
