@@ -295,6 +295,8 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
     missing = [uid for uid in acked if on_source.get(uid) != 1]
     assert missing == [], f"{len(missing)} acknowledged writes missing or duplicated on the source: {missing[:5]}"
     assert asyncio.run(_replication_leftovers(world)) == (0, 0, 0)
+    carried = json.loads((world.base / "work-logical" / "migration_rollback_report.json").read_text())
+    assert carried["database"]["compared_in_full"] == [], carried["database"]  # found by the target's xid horizon
 
 
 async def _replication_leftovers(world: World) -> tuple[int, int, int]:

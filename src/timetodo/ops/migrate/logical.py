@@ -335,6 +335,7 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
     and its processes' cached maintenance flag left to expire; (b) the Redis keys and uploads changed since the
     pre-pass, then their counts. Then the switch."""
     from timetodo.ops.migrate.cutover import _phase, quick_verify
+    from timetodo.ops.migrate.rollback.since import xid_horizon
     from timetodo.ops.migrate.switch import switch
 
     phases = ctx.state.facts.cutover_phases
@@ -352,6 +353,10 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
                 "nothing was switched; the source is writable again",
                 EXIT_VERIFICATION,
             )
+        if ctx.state.facts.target_xid_horizon is None:
+            # before the target takes a write (the stream has caught up; anything it still applies is compared too):
+            # a rollback finds every row written after this by its xmin
+            ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
         opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
         # no process of the target may still answer 503 from a maintenance flag it cached before the opening
         wait = opened.ended_at + _cache_seconds(ctx) - time.time()
