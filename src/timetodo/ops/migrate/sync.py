@@ -33,7 +33,11 @@ async def plan(ctx: Context) -> list[PlanLine]:
     target, jobs = ctx.target_ssh().describe(), ctx.config.parallel_jobs
     return [
         (target, "stop the app"),
-        ("local", f"schema, then COPY source → target in {jobs} streams, indexes after (SSH tunnel)"),
+        (
+            "local",
+            f"pg_dump --schema-only; COPY source → target in {jobs} streams; "
+            f"pg_restore --section=post-data -j{jobs} (SSH tunnel)",
+        ),
         (target, "timetodo db upgrade"),
         ("local", "Redis copy (ABSTTL REPLACE)"),
         ("local", "rsync source → staging → target"),
