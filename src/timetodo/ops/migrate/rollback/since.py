@@ -28,14 +28,13 @@ result says which tables took that path.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from timetodo.ops.adapters.postgres import PgTarget, list_tables, mask_url
+from timetodo.ops.adapters.postgres import PgTarget
 from timetodo.ops.adapters.postgres.chunks import (
     MAX_RANGE_FILTERS,
     ROWS_PER_CHUNK,
@@ -43,7 +42,7 @@ from timetodo.ops.adapters.postgres.chunks import (
     chunk_filter,
     plan_table,
 )
-from timetodo.ops.migrate.rollback.compute import diff_table
+from timetodo.ops.migrate.rollback.compute import compute_delta, diff_table
 from timetodo.ops.migrate.rollback.delta import (
     CURSOR_BATCH,
     DEFAULT_EXCLUDE,
@@ -51,15 +50,11 @@ from timetodo.ops.migrate.rollback.delta import (
     Delta,
     DeltaError,
     Key,
-    NoPrimaryKey,
     TableDelta,
     TableInfo,
-    check_shapes,
     chunks,
     key_arrays,
     record_key,
-    scrub,
-    table_infos,
     text_connection,
 )
 
@@ -308,47 +303,16 @@ async def compute_delta_since(
 ) -> tuple[Delta, list[str]]:
     """`compute_delta(current_url, snapshot_url)` through the horizon (see the module's docstring); also the tables
     that had to be compared the full way. Same errors as `compute_delta`."""
-    if batch < 1:
-        raise ValueError("batch must be at least 1")
-    started = time.monotonic()
-    cur_t, snap_t = PgTarget.from_url(current_url), PgTarget.from_url(snapshot_url)
-    step = "reading the catalogs"
     full: list[str] = []
-    try:
-        async with (
-            text_connection(cur_t) as current,
-            text_connection(snap_t) as snapshot,
-            current.transaction(isolation="repeatable_read", readonly=True),
-            snapshot.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            cur_info, snap_info = await table_infos(current), await table_infos(snapshot)
-            skip = set(exclude)
-            names = [name for name in await list_tables(current) if name not in skip]
-            only_there = sorted(set(snap_info) - set(cur_info) - skip)
-            if only_there:
-                raise DeltaError(
-                    f"tables only in the snapshot: {', '.join(only_there)} (dropped on the current side?); "
-                    "the schemas differ"
-                )
-            without_key = [name for name in names if not cur_info[name].key]
-            if without_key:
-                raise NoPrimaryKey(without_key)
-            check_shapes(names, cur_info, snap_info, "snapshot")
-            mismatched = [n for n in names if cur_info[n].key != snap_info[n].key]
-            if mismatched:
-                raise DeltaError(f"primary keys differ on the snapshot for: {', '.join(mismatched)}")
-            delta = Delta()
-            for name in names:
-                step = f"comparing {name}"
-                found = await _table_since(current, snapshot, cur_info[name], horizon, batch)
-                if found is None:
-                    full.append(name)
-                    found = await diff_table(current, snapshot, cur_info[name], batch)
-                delta.tables[name] = found
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        raise DeltaError(
-            f"computing the delta of {mask_url(cur_t.url)} against {mask_url(snap_t.url)} failed while {step}: "
-            f"{scrub((cur_t, snap_t), str(exc))}"
-        ) from None
-    delta.elapsed = time.monotonic() - started
+
+    async def compare(
+        current: asyncpg.Connection, snapshot: asyncpg.Connection, info: TableInfo, batch: int
+    ) -> TableDelta:
+        found = await _table_since(current, snapshot, info, horizon, batch)
+        if found is None:
+            full.append(info.name)
+            found = await diff_table(current, snapshot, info, batch)
+        return found
+
+    delta = await compute_delta(current_url, snapshot_url, exclude=exclude, batch=batch, compare=compare)
     return delta, full
