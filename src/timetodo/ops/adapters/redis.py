@@ -387,7 +387,35 @@ def _same_expiry(a: int, b: int) -> bool:
     return (a == 0) == (b == 0) and abs(a - b) <= TTL_TOLERANCE_MS
 
 
-class _DeltaCopier(_Copier):
+class _ComparingCopier(_Copier):
+    """What the two comparing passes share: their tally and the deletion of keys the source no longer has."""
+
+    delta: RedisDelta
+
+    def tally(self, keys: int, new: int, changed: int, skipped: int, moved_bytes: int) -> None:
+        """Count one batch (under the lock) and report progress."""
+        self.delta.scanned += keys
+        self.delta.new += new
+        self.delta.changed += changed
+        self.delta.skipped += skipped
+        self.delta.bytes += moved_bytes
+        if self.progress is not None:
+            self.progress(self.delta.scanned, self.total)
+
+    def remove(self, keys: list[bytes]) -> None:
+        """Delete on the target those of `keys` the source does not have."""
+        src, dst = self.pair()
+        pipe = src.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        gone = [key for key, present in zip(keys, pipe.execute(), strict=True) if not present]
+        if gone:
+            deleted = int(dst.delete(*gone))
+            with self.lock:
+                self.delta.deleted += deleted
+
+
+class _DeltaCopier(_ComparingCopier):
     """A second pass after `copy_redis`: every source key's DUMP and expiry compared with the target's (pipelined,
     `connections` threads), the new and changed ones restored (ABSTTL REPLACE), then the target's keys the source
     no longer has deleted."""
@@ -444,25 +472,7 @@ class _DeltaCopier(_Copier):
         with self.lock:
             if record is not None and self.record is not None:
                 self.record.update(record)
-            self.delta.scanned += len(keys)
-            self.delta.new += new
-            self.delta.changed += changed
-            self.delta.skipped += skipped
-            self.delta.bytes += moved_bytes
-            if self.progress is not None:
-                self.progress(self.delta.scanned, self.total)
-
-    def remove(self, keys: list[bytes]) -> None:
-        """Delete on the target those of `keys` the source does not have."""
-        src, dst = self.pair()
-        pipe = src.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        gone = [key for key, present in zip(keys, pipe.execute(), strict=True) if not present]
-        if gone:
-            deleted = int(dst.delete(*gone))
-            with self.lock:
-                self.delta.deleted += deleted
+            self.tally(len(keys), new, changed, skipped, moved_bytes)
 
     def run_delta(self, connections: int, batch: int) -> None:
         self.run(connections, batch, flush_target=False)
@@ -563,7 +573,7 @@ def _server_ms(reply: Any) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-class _ChangesCopier(_Copier):
+class _ChangesCopier(_ComparingCopier):
     """`copy_redis_changes`: the source's keys compared with recorded digests (a Lua script per SCAN batch, or DUMP
     and a local sha1 where scripts are refused), the new and changed ones copied, the vanished ones deleted."""
 
@@ -643,25 +653,7 @@ class _ChangesCopier(_Copier):
             self.remove(gone)
         with self.lock:
             self.unseen.difference_update(keys)
-            self.delta.scanned += len(keys)
-            self.delta.new += new
-            self.delta.changed += len(copy) - new
-            self.delta.skipped += skipped
-            self.delta.bytes += moved_bytes
-            if self.progress is not None:
-                self.progress(self.delta.scanned, self.total)
-
-    def remove(self, keys: list[bytes]) -> None:
-        """Delete on the target those of `keys` the source does not have."""
-        src, dst = self.pair()
-        pipe = src.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        absent = [key for key, present in zip(keys, pipe.execute(), strict=True) if not present]
-        if absent:
-            deleted = int(dst.delete(*absent))
-            with self.lock:
-                self.delta.deleted += deleted
+            self.tally(len(keys), new, len(copy) - new, skipped, moved_bytes)
 
     def run_changes(self, connections: int, batch: int) -> None:
         self.script = self.client(self.source_url).register_script(_CHANGES_SCRIPT)
