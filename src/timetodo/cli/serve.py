@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -54,44 +54,29 @@ def serve(
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     err_console.print(f"Time to DO {__version__}: API docs at http://{shown}:{port}/docs", highlight=False)
-    config = uvicorn.Config(
-        "timetodo.main:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
-        timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.FORWARDED_ALLOW_IPS,
+        "timeout_graceful_shutdown": settings.GRACEFUL_SHUTDOWN_SECONDS,
         # a worker answers the supervisor's pings only once the app is imported (≈ 1 s idle, > 5 s — uvicorn's
         # default — on a busy 2-core host, where every worker was then killed and restarted forever)
-        timeout_worker_healthcheck=60,
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+        "timeout_worker_healthcheck": 60,
+        "access_log": False,
+        "log_config": None,
+        "server_header": False,
+    }
+    app = "timetodo.main:create_app_from_env"
     if workers > 1 and reuse_port and reuseport.available():
         try:
-            supervisor = reuseport.ReusePortMultiprocess(config)
+            supervisor = reuseport.ReusePortMultiprocess(uvicorn.Config(app, **options))
         except OSError as exc:
             fail(f"cannot listen on {host}:{port}: {exc}")
         supervisor.run()
         return
-    uvicorn.run(
-        config.app,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
-        timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
-        timeout_worker_healthcheck=60,
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
+    uvicorn.run(app, **options)
