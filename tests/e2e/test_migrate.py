@@ -203,7 +203,22 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
         )
 
 
-def _kill_when(proc: subprocess.Popen[str], state_file: Path, condition: Any, timeout: float = 300) -> bool:
+def _run_until_killed(world: World, config: Path, state_file: Path, condition: Any, output: Path) -> None:
+    """`run --yes --resume` SIGKILLed as soon as `condition(state)` holds (its output in `output`)."""
+    with output.open("w") as log:
+        proc = subprocess.Popen(
+            [TIMETODO, "migrate", "run", "--yes", "--resume", "--config", str(config)],
+            env={**os.environ, **world.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=world.base,
+            start_new_session=True,
+        )
+        killed = _kill_when(proc, state_file, condition)
+    assert killed, f"the run ended before its kill point:\n{output.read_text()[-3000:]}"
+
+
+def _kill_when(proc: subprocess.Popen[Any], state_file: Path, condition: Any, timeout: float = 300) -> bool:
     """SIGKILL the run (and everything it started) as soon as `condition(state)` holds; False if it ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -243,19 +258,7 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
         Writer(old_address, world.writer_token, "lo") as old_writer,
     ):
         time.sleep(0.5)
-        for n, condition in enumerate([phase("open_target")]):
-            output = world.base / f"logical-killed-{n}.log"
-            with output.open("w") as log:
-                proc = subprocess.Popen(
-                    [TIMETODO, "migrate", "run", "--yes", "--resume", "--config", str(config)],
-                    env={**os.environ, **world.env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=world.base,
-                    start_new_session=True,
-                )
-                killed = _kill_when(proc, state_file, condition)
-            assert killed, f"run {n} ended before its kill point:\n{output.read_text()[-3000:]}"
+        _run_until_killed(world, config, state_file, phase("open_target"), world.base / "logical-killed-0.log")
         result = world.migrate("run", "--yes", "--resume", config=config)
         assert result.returncode == 0, result.stdout + result.stderr
         time.sleep(1.5)
@@ -328,18 +331,7 @@ def _run_killed_and_resumed(
     state_file = world.base / work / "state.json"
     with Writer(world.current, world.writer_token, prefix) as writer:
         for n, condition in enumerate(kill_points):
-            output = world.base / f"killed-{work}-{n}.log"
-            with output.open("w") as log:
-                proc = subprocess.Popen(
-                    [TIMETODO, "migrate", "run", "--yes", "--resume", "--config", str(config)],
-                    env={**os.environ, **world.env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=world.base,
-                    start_new_session=True,
-                )
-                killed = _kill_when(proc, state_file, condition)
-            assert killed, f"run {n} ended before its kill point:\n{output.read_text()[-3000:]}"
+            _run_until_killed(world, config, state_file, condition, world.base / f"killed-{work}-{n}.log")
         frozen = world.migrate("status", config=config)
         assert "cutover" in frozen.stdout and "running" in frozen.stdout, frozen.stdout
         result = world.migrate("run", "--yes", "--resume", config=config)
