@@ -112,6 +112,23 @@ class Baseline:
     target_horizon: int
     source_oids: dict[str, int]
     target_oids: dict[str, int]
+    source_snapshot: str = ""
+    target_snapshot: str = ""
+    """Each side's snapshot identity (`chunks.snapshot_identity`): unchanged later means nothing to scan."""
+
+    @classmethod
+    def of(cls, specs: str, source: chunks.Hashed, target: chunks.Hashed) -> Baseline:
+        return cls(
+            specs,
+            source.hashes,
+            source.horizon,
+            target.hashes,
+            target.horizon,
+            source.oids,
+            target.oids,
+            source.snapshot,
+            target.snapshot,
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +141,8 @@ class Baseline:
             "target_horizon": self.target_horizon,
             "source_oids": self.source_oids,
             "target_oids": self.target_oids,
+            "source_snapshot": self.source_snapshot,
+            "target_snapshot": self.target_snapshot,
         }
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
@@ -141,6 +160,8 @@ class Baseline:
                 target_horizon=int(data["target_horizon"]),
                 source_oids={str(k): int(v) for k, v in data["source_oids"].items()},
                 target_oids={str(k): int(v) for k, v in data["target_oids"].items()},
+                source_snapshot=str(data.get("source_snapshot", "")),
+                target_snapshot=str(data.get("target_snapshot", "")),
             )
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
@@ -220,24 +241,37 @@ async def delta_pass(
     wanted = [specs[name] for name in names]
     digest = specs_digest(specs)
     rehashed: dict[str, int] | None = None
+    scanned: dict[str, bool] = {}
     if baseline is not None and baseline.specs == digest:
-        (ours, src_n), (theirs, dst_n) = await asyncio.gather(
+        src_hashed, dst_hashed = await asyncio.gather(
             chunks.rehash_changed(
-                src_t, wanted, baseline.source, baseline.source_horizon, jobs, oids=baseline.source_oids
+                src_t,
+                wanted,
+                baseline.source,
+                baseline.source_horizon,
+                jobs,
+                oids=baseline.source_oids,
+                snapshot=baseline.source_snapshot,
             ),
             chunks.rehash_changed(
-                dst_t, wanted, baseline.target, baseline.target_horizon, jobs, oids=baseline.target_oids
+                dst_t,
+                wanted,
+                baseline.target,
+                baseline.target_horizon,
+                jobs,
+                oids=baseline.target_oids,
+                snapshot=baseline.target_snapshot,
             ),
         )
-        rehashed = {"source": src_n, "target": dst_n}
+        rehashed = {"source": src_hashed.rehashed, "target": dst_hashed.rehashed}
+        scanned = {"source": src_hashed.scanned, "target": dst_hashed.scanned}
     else:
-        async with text_connection(src_t) as src, text_connection(dst_t) as dst:
-            src_oids, dst_oids = await chunks.table_oids(src), await chunks.table_oids(dst)
-        (ours, src_h), (theirs, dst_h) = await asyncio.gather(
+        src_hashed, dst_hashed = await asyncio.gather(
             chunks.hash_tables_at(src_t, wanted, jobs), chunks.hash_tables_at(dst_t, wanted, jobs)
         )
-        if record is not None:
-            record(Baseline(digest, ours, src_h, theirs, dst_h, src_oids, dst_oids))
+    ours, theirs = src_hashed.hashes, dst_hashed.hashes
+    if record is not None:
+        record(Baseline.of(digest, src_hashed, dst_hashed))
     hashed = time.monotonic()
     differing = {name: chunks.differing(ours[name], theirs[name]) for name in names}
     differing = {name: found for name, found in differing.items() if found}
@@ -267,6 +301,21 @@ async def delta_pass(
                     whole_rows[name] = await chunks.copy_table(src, dst, name)
                 sequences = await chunks.copy_sequences(src, dst)
             problems: list[str] = []
+            if record is not None and differing:
+                # the target as this pass left it, recorded for the next pass: only the chunks it wrote (and any
+                # other write since) are hashed again — outside the freeze — so that when nothing writes to the
+                # target afterwards, the next pass finds its snapshot unchanged and scans nothing there
+                step = "hashing the target again"
+                after = await chunks.rehash_changed(
+                    dst_t,
+                    wanted,
+                    theirs,
+                    dst_hashed.horizon,
+                    jobs,
+                    oids=dst_hashed.oids,
+                    snapshot=dst_hashed.snapshot,
+                )
+                record(Baseline.of(digest, src_hashed, after))
             if verify:
                 step = "verifying the copied chunks"
                 for name, found in differing.items():
@@ -293,6 +342,7 @@ async def delta_pass(
         "chunks_by_table": {name: len(found) for name, found in sorted(differing.items())},
         "hashing": "changed chunks only (xmin + row counts)" if rehashed is not None else "every chunk",
         **({"chunks_rehashed": rehashed} if rehashed is not None else {}),
+        **({"scanned": scanned} if scanned else {}),
         "hash_seconds": round(hashed - started, 3),
         "compare_seconds": round(compared - hashed, 3),
         "apply_seconds": round(ended - compared, 3),
@@ -302,8 +352,7 @@ async def delta_pass(
 
 
 async def hash_both(source_url: str, target_url: str, specs: dict[str, chunks.ChunkSpec], jobs: int) -> dict[str, Any]:
-    """One hashing pass of both sides (the chunk map after the first copy): how long it takes is what the freeze
-    will cost, and how many chunks already differ."""
+    """One hashing pass of both sides (the chunk map after a copy that did not hash the source itself)."""
     started = time.monotonic()
     ours, theirs = await asyncio.gather(
         chunks.hash_tables(PgTarget.from_url(source_url), specs.values(), jobs),
@@ -315,6 +364,54 @@ async def hash_both(source_url: str, target_url: str, specs: dict[str, chunks.Ch
         "chunks_differing": sum(len(chunks.differing(ours[n], theirs[n])) for n in specs),
         "hash_seconds": round(time.monotonic() - started, 3),
     }
+
+
+async def verify_copy(
+    target_url: str, specs: dict[str, chunks.ChunkSpec], source: chunks.Hashed, jobs: int
+) -> dict[str, Any]:
+    """The streamed copy checked in full: every chunk of the target hashed (`jobs` connections, one snapshot) and
+    compared with the source's hashes the stream computed from the rows it sent (`adapters.postgres.stream`) —
+    the same definition of a chunk's hash on both sides, every row's content included."""
+    started = time.monotonic()
+    wanted = {name: spec for name, spec in specs.items() if name not in EXCLUDE}
+    target = await chunks.hash_tables_at(PgTarget.from_url(target_url), wanted.values(), jobs)
+    differing = {n: chunks.differing(source.hashes.get(n, {}), target.hashes[n]) for n in wanted}
+    return {
+        "tables": len(wanted),
+        "chunks": sum(spec.chunks for spec in wanted.values()),
+        "chunks_differing": sum(len(found) for found in differing.values()),
+        "tables_differing": sorted(n for n, found in differing.items() if found),
+        "hash_seconds": round(time.monotonic() - started, 3),
+        "hashed": "target only (the source's hashes came with the stream)",
+    }
+
+
+def stream_hashes_path(ctx: Context) -> Path:
+    """The source's chunk hashes the sync stream computed, with the chunk map they belong to."""
+    return ctx.work_dir / "delta" / "stream-source.json"
+
+
+def save_stream_hashes(ctx: Context, specs: dict[str, chunks.ChunkSpec], source: chunks.Hashed) -> None:
+    """What the stream of sync found on the source, kept for `chunk_map` (which runs after the target's upgrade)."""
+    specs = {name: spec for name, spec in specs.items() if name not in EXCLUDE}
+    save_specs(map_path(ctx), specs)
+    path = stream_hashes_path(ctx)
+    tmp = path.with_suffix(".tmp")
+    data = {"specs": specs_digest(specs), "hashes": _hashes_to_json(source.hashes), "horizon": source.horizon}
+    tmp.write_text(json.dumps({**data, "snapshot": source.snapshot, "oids": source.oids}))
+    tmp.replace(path)
+
+
+def load_stream_hashes(ctx: Context) -> tuple[dict[str, chunks.ChunkSpec], chunks.Hashed] | None:
+    specs = load_specs(map_path(ctx))
+    try:
+        data = json.loads(stream_hashes_path(ctx).read_text())
+        if specs is None or data["specs"] != specs_digest(specs):
+            return None
+        found = _hashes_from_json(data["hashes"])
+        return specs, chunks.Hashed(found, int(data["horizon"]), str(data["snapshot"]), dict(data["oids"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
@@ -386,7 +483,16 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
 
 
 async def chunk_map(ctx: Context) -> dict[str, Any]:
-    """After the first copy (sync): plan the chunks from the source, save them, hash both sides once."""
+    """After the first copy (sync): the copy verified in full — the target hashed and compared with the source's
+    hashes its stream computed (`verify_copy`); without them (a copy by dump), the chunks planned from the source
+    and both sides hashed."""
+    streamed = load_stream_hashes(ctx)
+    if streamed is not None:
+        async with ctx.activity("sync: chunk map (hash the target, compare with the stream's hashes)"):
+            found = await verify_copy(await ctx.target_db_url(), *streamed, ctx.config.parallel_jobs)
+        if found["chunks_differing"]:
+            log.warning(f"sync: {found['chunks_differing']} chunks differ after the copy (the cutover copies them)")
+        return found
     async with ctx.activity("sync: chunk map (hash both sides)"):
         specs = await plan_specs(ctx.secrets.source_database_url)
         save_specs(map_path(ctx), specs)
