@@ -98,6 +98,13 @@ async def test_chunk_boundaries_and_hashes(pair: tuple[str, str]) -> None:
         assert pairs.column == "a" and len(set(pairs.bounds)) == len(pairs.bounds)  # first key column, deduplicated
         assert (await chunks.plan_table(conn, "nopk")).column is None
         assert (await chunks.plan_table(conn, "empty")).bounds == ()
+        # planned from min/max and the row estimate (integer keys), or by reading the key (others)
+        await conn.execute("ANALYZE")
+        quick = await chunks.plan_table_quickly(conn, "items", rows_per_chunk=100)
+        assert quick.bounds[:2] == ("101", "201") and quick.chunks == 10
+        assert (await chunks.plan_table_quickly(conn, "kv", rows_per_chunk=64)).bounds == kv.bounds
+        assert (await chunks.plan_table_quickly(conn, "empty")).bounds == ()
+        assert await chunks.hash_table(conn, quick) == hashes  # same boundaries, same hashes
     finally:
         await conn.close()
     specs = await plan_specs(source)

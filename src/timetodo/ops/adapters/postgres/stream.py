@@ -2,8 +2,8 @@
 no dump files, no compression, the data flowing from the source's COPY straight into the target's.
 
 Order: (1) the schema's pre-data part (types, functions, tables, sequences) with `pg_dump --schema-only` restored
-into an emptied `public` schema, while the chunk map is planned (`chunks.plan_table`: primary-key ranges of about
-`ROWS_PER_CHUNK` rows); (2) every table's rows, chunk by chunk — `COPY (SELECT … key range ORDER BY key) TO STDOUT`
+into an emptied `public` schema, while the chunk map is planned (`chunks.plan_table_quickly`: primary-key ranges of
+about `ROWS_PER_CHUNK` rows); (2) every table's rows, chunk by chunk — `COPY (SELECT … key range ORDER BY key) TO STDOUT`
 on the source piped into `COPY … FROM STDIN` on the target (one target COPY per stream), `jobs` streams at a time,
 large tables split into groups of chunks so one big table also uses every stream; (3) the post-data part (indexes,
 constraints, triggers) with `pg_restore -j jobs`, built once over all the rows (faster than maintaining them row by
@@ -45,7 +45,7 @@ from timetodo.ops.adapters.postgres.chunks import (
     Hashed,
     TableHashes,
     copy_sequences,
-    plan_table,
+    plan_table_quickly,
     snapshot_horizon,
     snapshot_identity,
     table_oids,
@@ -156,7 +156,9 @@ async def stream_database(
                 await _restore(target, schema, "pre-data", 1)
 
             async def plan() -> dict[str, ChunkSpec]:  # the chunk map, in the snapshot, while the schema is copied
-                return {name: await plan_table(holder, name, rows_per_chunk) for name in await list_tables(holder)}
+                return {
+                    name: await plan_table_quickly(holder, name, rows_per_chunk) for name in await list_tables(holder)
+                }
 
             _, specs = await asyncio.gather(schema_copy(), plan())
             timings["schema_seconds"] = round(time.monotonic() - started, 3)
