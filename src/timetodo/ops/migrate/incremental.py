@@ -15,11 +15,18 @@ Guarantees:
   makes it stop with nothing of its transaction committed, or copy a state the next pass corrects; the in-freeze
   pass is what makes the target exact.
 - **Only what can have changed is hashed again.** The pre-pass records a `Baseline`: the chunk hashes of both sides
-  and each snapshot's xmin horizon. The in-freeze pass then re-hashes, on each side, only the chunks holding a row
-  version written since its horizon or whose row count changed (`chunks.rehash_changed`, which proves it never
-  misses a change), and takes the baseline's hashes for the others: the freeze costs a scan without row text on
-  each side, not a hashing pass. The target is checked the same way (its app is kept from writing, but the pass
-  does not rely on it). Without a baseline matching the chunk specs, both sides are hashed whole.
+  and each snapshot's xmin horizon and identity — the target's taken again after the pre-pass has written to it
+  (re-hashing just the chunks it wrote, before the freeze). The in-freeze pass then re-hashes, on each side, only
+  the chunks holding a row version written since its horizon or whose row count changed (`chunks.rehash_changed`,
+  which proves it never misses a change; a large table's scan split by heap block ranges over `parallel_jobs`
+  connections), and takes the baseline's hashes for the others: the freeze costs a scan without row text on the
+  source, not a hashing pass. The target is checked the same way — its app is kept from writing, but the pass does
+  not rely on it: its scan is skipped only when its snapshot has the baseline's identity, which proves nothing was
+  written to it since (`chunks.snapshot_identity`). Without a baseline matching the chunk specs, both sides are
+  hashed whole.
+- **The first copy is verified in full** (`verify_copy`, after sync's stream): every chunk of the target hashed
+  and compared with the source's hashes the stream computed from the rows it sent — one definition of a chunk's
+  hash (`chunks.ChunkHasher`) for the stream, the passes and their verification.
 - **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
   every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
   that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
@@ -199,7 +206,7 @@ async def _row_delta(
     source: asyncpg.Connection, target: asyncpg.Connection, info: TableInfo, spec: chunks.ChunkSpec, wanted: list[int]
 ) -> TableDelta:
     """The rows of chunks `wanted` the target must insert, update and delete to equal the source's."""
-    ours, theirs = await _rows_of(source, info, spec, wanted), await _rows_of(target, info, spec, wanted)
+    ours, theirs = await asyncio.gather(_rows_of(source, info, spec, wanted), _rows_of(target, info, spec, wanted))
     delta = TableDelta(key_columns=[c.name for c in info.key], rows_current=len(ours), rows_snapshot=len(theirs))
     for key in sorted(ours, key=repr):
         if key not in theirs:

@@ -1,4 +1,4 @@
-"""Chunk maps: a table's rows split into primary-key ranges, with a content hash per range, computed on the server.
+"""Chunk maps: a table's rows split into primary-key ranges, with a content hash per range (of the rows' COPY text).
 
 Used by the `delta` strategy of `timetodo migrate`: both sides are hashed chunk by chunk, only the chunks whose hashes
 differ are compared row by row and copied.
@@ -12,24 +12,41 @@ Guarantees:
   chunk numbers on both sides compares the whole table. A table empty when planned has no boundary: one chunk.
 - **Same order on both servers.** Collatable key columns (text, varchar) are compared under `COLLATE "C"` (byte
   order) in the bucketing and in the range filters, so servers with different default collations agree.
-- **A chunk's hash is `(rows, sum of the first 64 bits of md5(row text))`**, the row text printed under
-  `FIXED_TEXT_OUTPUT` (the session settings pg_dump's COPY uses): equal rows give equal hashes on any server; a
-  changed, added or removed row changes the hash except with a probability of about 2⁻⁶⁴. The sum does not depend
-  on the order rows are read in, so one sequential scan with a hash aggregate hashes every chunk of a table.
+- **A chunk's hash is `(rows, first 128 bits of SHA-256 of its COPY text)`** (`ChunkHasher`): the bytes
+  `COPY (SELECT <columns> FROM table WHERE <chunk's key range> ORDER BY <primary key>) TO STDOUT` prints under
+  `FIXED_TEXT_OUTPUT` (the session settings pg_dump's COPY uses), the columns those of the spec (the source's
+  non-generated columns, named, so the target's column order does not matter). Equal rows give equal bytes on any
+  server, in whatever physical order they are stored; a changed, added or removed row changes the hash except with
+  a probability of about 2⁻¹²⁸. It is the one definition everywhere: the streaming copy hashes the source's chunks
+  from the very bytes it pipes to the target (`adapters.postgres.stream`), `hash_table` reads a chunk with COPY
+  and hashes it in this process (the server only prints rows; no per-row hashing in SQL), the in-freeze re-hash
+  and the verification of copied chunks call `hash_table`. A table without a primary key (one chunk, no order) is
+  hashed as the sum of its lines' SHA-256 instead, which does not depend on the order.
 - **One snapshot per side.** `hash_tables` reads a database in one REPEATABLE READ READ ONLY transaction; its
   parallel connections share that transaction's exported snapshot (`pg_export_snapshot`), so the hashes of all
   tables describe one instant.
 - Tables without a primary key are one chunk (number 0) each: when their hash differs they are copied whole.
 - **Re-hashing only what can have changed** (`rehash_changed`): `hash_tables_at` also returns the snapshot's xmin
   horizon h (every transaction id below h had ended when the snapshot was taken). Later, in one snapshot, a cheap
-  scan (no row text, no md5) counts each chunk's rows and looks for a row version whose `xmin` is h or newer; only
-  those chunks, and chunks whose row count changed, are hashed again — the others keep the hashes taken at h. This
-  never misses a change: a row version visible now but not then was written by a transaction not ended at the first
-  snapshot, so its xid is ≥ h; inserts and updates therefore show such a row in their chunk, and a chunk that only
-  lost rows has fewer of them. "≥ h" is decided by `age()` (modulo-2³² distance to the current xid, the way
+  scan (no row text, no hashing) counts each chunk's rows and looks for a row version whose `xmin` is h or newer;
+  only those chunks, and chunks whose row count changed, are hashed again — the others keep the hashes taken at h.
+  This never misses a change: a row version visible now but not then was written by a transaction not ended at the
+  first snapshot, so its xid is ≥ h; inserts and updates therefore show such a row in their chunk, and a chunk that
+  only lost rows has fewer of them. "≥ h" is decided by `age()` (modulo-2³² distance to the current xid, the way
   PostgreSQL itself orders xids), exact while fewer than 2³¹ xids pass between the two snapshots (PostgreSQL stops
   long before that); the `xmin` column shows the raw xid even for frozen rows (checked by the tests), and an old
   frozen row whose raw xid looks new after a wraparound only costs a useless re-hash.
+- **A large table's scan is split, not shortened.** Above `SCAN_SPLIT_BYTES` the scan runs as heap block ranges
+  (TID range scans, PostgreSQL ≥ 14), one per connection of the snapshot; the last range is open-ended, so pages
+  added after the size was read are scanned too. The per-chunk counts of the ranges are summed and their "written
+  since" flags ORed: the same result as one scan of every row visible to the snapshot.
+- **No scan at all when nothing was written** (`snapshot_identity`): a baseline also records its snapshot
+  (`xmin:xmax:in-progress xids`) and the server's start time. A later snapshot with the same identity sees exactly
+  the same committed transactions — a row can only change through a transaction that takes an xid, and such a
+  transaction, once ended, either moves xmax or leaves the in-progress list; a restart (which empties unlogged
+  tables without a transaction) changes the start time. So equal identities mean equal contents, and the
+  baseline's hashes are taken as they are. Any xid taken on that server since (another database, autovacuum's
+  ANALYZE) only makes the scan run.
 """
 
 from __future__ import annotations
@@ -51,7 +68,7 @@ from timetodo.ops.adapters.postgres.target import PgTarget, connect, quote_ident
 
 ROWS_PER_CHUNK = 2000
 """Rows per chunk when planned: small enough that a changed chunk is compared and copied in milliseconds, large
-enough that a table of millions of rows has a few thousand chunks (one hash aggregate per table stays cheap)."""
+enough that a table of millions of rows has a few thousand chunks (hashed whole: one COPY per chunk)."""
 
 MAX_RANGE_FILTERS = 64
 """Above this many chunks of one table, `chunk_filter` tests the bucket of every row rather than ORing key ranges."""
