@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -110,6 +112,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         pre = await delta_pass(source, target, specs, jobs=args.jobs, record=recorded.append)
         pre_s = time.monotonic() - started
         baseline = recorded[-1]
+        baseline_at = time.strftime("%H:%M:%S", time.gmtime())
         print(f"{args.writes} writes on the source …", file=sys.stderr)
         writes = await target_writes(source, args.writes)
         wanted = list(specs.values())
@@ -127,6 +130,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         freeze = await delta_pass(source, target, specs, jobs=args.jobs, verify=True, baseline=baseline)
         freeze_s = time.monotonic() - started
         after = await hash_both(source, target, specs, args.jobs)
+        conn = await asyncpg.connect(target)
+        try:  # what took an xid on the target's server since the baseline (the snapshot identity then differs)
+            vacuum = await conn.fetchrow(
+                "SELECT last_autovacuum::text, last_autoanalyze::text, last_analyze::text FROM pg_stat_user_tables "
+                "WHERE relname = 'tasks'"
+            )
+        finally:
+            await conn.close()
         med = {k: statistics.median(v) for k, v in times.items()}
         return {
             "database_bytes": size,
@@ -159,6 +170,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             },
             "freeze_pass_wall_seconds": round(freeze_s, 2),
             "equal_after": after["chunks_differing"] == 0,
+            "target_tasks_vacuum": dict(vacuum) if vacuum else {},
+            "baseline_at": baseline_at,
         }
     finally:
         for server_dir in ("a", "b"):

@@ -133,7 +133,12 @@ async def test_chunk_boundaries_and_hashes(pair: tuple[str, str]) -> None:
     assert chunks.differing({0: (1, 5), 1: (0, 0)}, {0: (1, 6)}) == [0]
 
 
-async def test_delta_pass_copies_only_differing_chunks_and_makes_the_target_equal(pair: tuple[str, str]) -> None:
+@pytest.mark.parametrize("batch", [64, 2], ids=["one-query", "key-range-batches"])
+async def test_delta_pass_copies_only_differing_chunks_and_makes_the_target_equal(
+    pair: tuple[str, str], batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """…also when the rows of the differing chunks are read a few key ranges at a time (`key-range-batches`)."""
+    monkeypatch.setattr(chunks, "MAX_RANGE_FILTERS", batch)
     source, target = pair
     conn = await asyncpg.connect(source)
     try:
