@@ -428,24 +428,21 @@ Counts = dict[int, tuple[int, bool]]
 """Per chunk: (rows now, whether a row version is newer than the horizon)."""
 
 
-async def _cutoff(conn: asyncpg.Connection, horizon: int) -> int:
-    return int(await conn.fetchval("SELECT age($1::text::xid)", str(horizon % (1 << 32))))
-
-
 async def _count_chunks(
-    conn: asyncpg.Connection, spec: ChunkSpec, cutoff: int, blocks: tuple[int, int | None] = (0, None)
+    conn: asyncpg.Connection, spec: ChunkSpec, horizon: int, blocks: tuple[int, int | None] = (0, None)
 ) -> Counts:
     """One scan without row text of the table (or of its heap blocks `blocks`: first, end or None for the rest):
-    rows per chunk and whether one of them was written by a transaction ≥ the horizon (`age(xmin) <= cutoff`)."""
+    rows per chunk and whether one of them was written by a transaction ≥ the horizon (`age(xmin) <= age(h)`, both
+    in one statement: `age()` counts from a latest xid fixed per transaction, so the two must share it)."""
     args: list[Any] = [list(spec.bounds)] if spec.column is not None else []
-    args.append(cutoff)
+    args.append(str(horizon % (1 << 32)))
     where = []
     if blocks[0] > 0:
         where.append(f"t.ctid >= '({blocks[0]},0)'::tid")
     if blocks[1] is not None:
         where.append(f"t.ctid < '({blocks[1]},0)'::tid")
     sql = (
-        f"SELECT {spec.bucket()} AS chunk, count(*) AS n, bool_or(age(t.xmin) <= ${len(args)}) AS fresh "  # noqa: S608
+        f"SELECT {spec.bucket()} AS chunk, count(*) AS n, bool_or(age(t.xmin) <= age(${len(args)}::text::xid)) AS fresh "  # noqa: S608
         f"FROM {spec.qname} AS t WHERE {' AND '.join(where) or 'true'} GROUP BY 1"
     )
     return {int(r["chunk"]): (int(r["n"]), bool(r["fresh"])) for r in await conn.fetch(sql, *args)}
@@ -461,7 +458,7 @@ async def changed_chunks(conn: asyncpg.Connection, spec: ChunkSpec, known: Table
     """The chunks of one table that can differ from `known` (hashes taken in a snapshot of xmin `horizon`): a row
     version written by a transaction ≥ the horizon, or another row count (see the module). One scan without row
     text; the connection's snapshot decides what "now" is."""
-    return _changed(await _count_chunks(conn, spec, await _cutoff(conn, horizon)), known)
+    return _changed(await _count_chunks(conn, spec, horizon), known)
 
 
 async def _block_ranges(conn: asyncpg.Connection, spec: ChunkSpec, parts: int) -> list[tuple[int, int | None]]:
@@ -509,7 +506,6 @@ async def rehash_changed(
 
         if snapshot and identity == snapshot and all(kept(spec) for spec in todo):
             return Hashed({s.table: dict(known[s.table]) for s in todo}, new_horizon, identity, current, 0, False)
-        cutoff = await _cutoff(first, horizon)
         scans: list[tuple[ChunkSpec, tuple[int, int | None]]] = []
         for spec in todo:
             if kept(spec):
@@ -520,7 +516,7 @@ async def rehash_changed(
         async def scan(conn: asyncpg.Connection) -> None:
             while scans:
                 spec, blocks = scans.pop(0)
-                for n, (rows, fresh) in (await _count_chunks(conn, spec, cutoff, blocks)).items():
+                for n, (rows, fresh) in (await _count_chunks(conn, spec, horizon, blocks)).items():
                     had, was = counts[spec.table].get(n, (0, False))
                     counts[spec.table][n] = (had + rows, was or fresh)
 
