@@ -430,3 +430,24 @@ def test_redis_changes_against_recorded_digests_read_only_the_source(services: S
         dst.flushdb()
         src.close()
         dst.close()
+
+
+async def test_a_pre_pass_that_wrote_to_the_target_records_its_hashes_again(pair: tuple[str, str]) -> None:
+    """The pre-pass records the target's hashes again after writing to it: the next pass re-hashes nothing there
+    (the chunks it wrote are already in the baseline), and the baseline still proves the target equal."""
+    source, target = pair
+    conn = await asyncpg.connect(source)
+    try:
+        specs = {t: await chunks.plan_table(conn, t, rows_per_chunk=100) for t in ("items", "kv")}
+        await conn.execute("UPDATE items SET v = 'before the pre-pass' WHERE id IN (5, 505); DELETE FROM kv")
+    finally:
+        await conn.close()
+    recorded: list[Baseline] = []
+    pre = await delta_pass(source, target, specs, jobs=2, record=recorded.append)
+    assert pre["chunks_copied"] == 5 and len(recorded) == 2  # items chunks 0 and 5, kv's three
+    before, after = recorded
+    assert before.target != before.source and after.target == after.source
+    assert after.target_horizon > before.target_horizon and after.target_snapshot != before.target_snapshot
+    final = await delta_pass(source, target, specs, jobs=2, verify=True, baseline=after)
+    assert final["chunks_copied"] == 0 and final["problems"] == []
+    assert final["chunks_rehashed"]["target"] == 0, final
