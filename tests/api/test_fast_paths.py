@@ -1,6 +1,6 @@
 """The one-statement PostgreSQL paths of the hot endpoints (list/get/create of tasks): one round trip each, the same
-documents as the session path (built by the database, no per-row Python objects), and no error when the pooled
-connection was killed by the server."""
+documents as the session path (a task built by the database, a list page serialised from plain rows), and no error
+when the pooled connection was killed by the server."""
 
 from __future__ import annotations
 
