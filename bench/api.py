@@ -325,17 +325,10 @@ def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, 
 
 
 def start_bare(port: int, payload: Path, log: Path) -> subprocess.Popen[bytes]:
-    served = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    """The bare endpoint under uvicorn with a listening socket per worker, as `timetodo serve` (with uvicorn's shared
+    socket one worker often held nearly all the connections: the bare figure, hence every ratio, was noise)."""
     return subprocess.Popen(
-        [
-            Path(TIMETODO).with_name("uvicorn"),
-            "bench.bare_app:app",
-            "--port",
-            str(port),
-            "--workers",
-            str(WORKERS),
-            *served,
-        ],
+        [sys.executable, "-m", "bench.bare_app", str(port), str(WORKERS)],
         cwd=ROOT,
         env={**os.environ, "BARE_PAYLOAD": str(payload)},
         stdout=log.open("wb"),
