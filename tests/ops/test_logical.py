@@ -220,3 +220,78 @@ def test_the_report_names_the_logical_copy() -> None:
     moved = copied({"db": {"strategy": "logical", "tables": 3, "bytes": 4096, "seconds": 1.5}, "redis": {}})
     assert len(moved) == 1 and "logical replication" in moved[0].what and "3 tables" in moved[0].what
     assert moved[0].bytes == 4096 and moved[0].seconds == 1.5
+
+
+async def test_reverse_stream_carries_every_target_write_back_and_leaves_no_slot(
+    pair: tuple[str, str, str],
+) -> None:
+    """The switch as the `logical` strategy does it: the target in sync through the subscription, the fence, the
+    reverse slot created on the target *before* its first write, the subscription dropped; then the target writes
+    (inserts, updates — one changing a key, one of a TOASTed column left unchanged —, deletes, a text key) and the
+    rollback reads only the slot: the source ends up equal to the target, the rows written before the slot are not
+    in the stream, and neither side keeps a slot or a publication."""
+    from timetodo.ops.adapters.postgres import reverse as rev
+    from timetodo.ops.migrate.rollback.reverse import carry_back_stream, stream_delta
+
+    source, target, name = pair
+    src, tgt = await asyncpg.connect(source), await asyncpg.connect(target)
+    try:
+        await src.execute("ALTER TABLE items ADD COLUMN big text")
+        await tgt.execute("ALTER TABLE items ADD COLUMN big text")
+        await src.execute("UPDATE items SET big = repeat('x', 200000) WHERE id = 7")  # TOASTed
+        await repl.publish(src, name, EXCLUDE)
+        await repl.subscribe(tgt, name, source)
+        await repl.wait_ready(src, tgt, name)
+        await repl.wait_flushed(src, name, await repl.current_lsn(src))
+        await repl.set_sequences(src, tgt)
+        assert await rev.reverse_qualifies(tgt) == []
+        started = await rev.start(tgt, name, ["items", "kv"])
+        assert started["slot"] == rev.slot_name(name)
+        await repl.drop_subscription(tgt, name)
+        await repl.drop_publication(src, name)
+        # the target serves: its writes after the slot
+        await tgt.execute("INSERT INTO items (v) SELECT 'target ' || g FROM generate_series(1, 50) g")
+        await tgt.execute("UPDATE items SET v = 'changed', n = 2 WHERE id IN (3, 5)")
+        await tgt.execute("UPDATE items SET n = 42 WHERE id = 7")  # the TOASTed column is not in the stream
+        await tgt.execute("UPDATE items SET id = 100000 WHERE id = 9")  # a key change: 9 gone, 100000 new
+        await tgt.execute("DELETE FROM items WHERE id BETWEEN 20 AND 29")
+        await tgt.execute("UPDATE items SET v = 'same' WHERE id = 11; UPDATE items SET v = 'item 11' WHERE id = 11")
+        await tgt.execute("INSERT INTO kv VALUES ('it''s new', 1); DELETE FROM kv WHERE k = 'key-5'")
+        await tgt.execute("UPDATE kv SET v = 0 WHERE k = 'key-6'")
+        await tgt.execute("UPDATE app_state SET maintenance = false")  # not published: never carried
+        delta, changes = await stream_delta(target, source, name, EXCLUDE)
+        assert set(changes.tables) == {"items", "kv"}
+        items = delta.tables["items"]
+        assert len(items.inserted) == 51 and (100000,) in items.inserted
+        assert sorted(items.updated) == [(3,), (5,), (7,)]  # 11 was changed back: equal, not carried
+        assert sorted(items.deleted) == [(9,), *((i,) for i in range(20, 30))]
+        assert delta.tables["kv"].inserted == [("it's new",)] and delta.tables["kv"].deleted == [("key-5",)]
+        assert delta.tables["kv"].updated == [("key-6",)]
+        carried = await carry_back_stream(target, source, name, snapshot_url=None, exclude=EXCLUDE)
+        assert carried["via"] == "reverse stream" and carried["applied"]["totals"]["inserted"] == 52
+        for table in ("items", "kv"):
+            assert await rows(source, table) == await rows(target, table), table
+        assert await src.fetchval("SELECT length(big) FROM items WHERE id = 7") == 200000
+        assert await src.fetchval("SELECT maintenance FROM app_state") is False  # the source's own, untouched
+        # new ids on the source do not collide with the target's
+        assert int(await src.fetchval("SELECT nextval('items_id_seq')")) > int(
+            await tgt.fetchval("SELECT max(id) FROM items WHERE id < 100000")
+        )
+        # a TRUNCATE cannot be carried key by key: the stream says so (the rollback then uses the row delta)
+        await tgt.execute("TRUNCATE kv")
+        with pytest.raises(rev.StreamUnusable, match="truncated"):
+            await stream_delta(target, source, name, EXCLUDE)
+        assert (await rev.drop(tgt, name))["slot_dropped"] is True
+        assert (await rev.drop(tgt, name))["slot_dropped"] is False  # idempotent
+        assert await rev.leftovers(tgt, name) == {
+            "slot": None,
+            "publication": False,
+            "retained_bytes": 0,
+            "wal_status": None,
+        }
+        with pytest.raises(rev.StreamUnusable, match="does not exist"):
+            await stream_delta(target, source, name, EXCLUDE)
+        assert not await src.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1", f"{name}%")
+    finally:
+        await src.close()
+        await tgt.close()

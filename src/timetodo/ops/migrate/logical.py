@@ -42,6 +42,7 @@ from timetodo.core.maintenance import switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import replication as repl
+from timetodo.ops.adapters.postgres import reverse as rev
 from timetodo.ops.adapters.postgres.dump import _run_tool
 from timetodo.ops.errors import EXIT_VERIFICATION, OpsError, StepError
 from timetodo.ops.migrate.data import connect, copy_files
@@ -182,7 +183,7 @@ async def sync(ctx: Context) -> dict[str, Any] | None:
     name = name_of(ctx)
     target_url = await ctx.target_db_url()
     started = time.monotonic()
-    await cleanup(ctx)  # a sync run again starts over
+    await cleanup(ctx, reverse=True)  # a sync run again starts over
     async with ctx.activity("sync: schema (pg_dump -s → pg_restore)"):
         schema = await _copy_schema(ctx, target_url)
     await switch_maintenance(target_url, True, HOLD_REASON)  # held: its app takes no write until the cutover opens it
@@ -281,9 +282,44 @@ async def _replicating(ctx: Context) -> dict[str, Any]:
         await target.close()
 
 
+async def _reverse_check(ctx: Context) -> list[str]:
+    """Before the freeze: why the target's server cannot hold the reverse stream's slot (empty: it can)."""
+    target = await connect(await ctx.target_db_url())
+    try:
+        return await rev.reverse_qualifies(target)
+    finally:
+        await target.close()
+
+
 async def _pre_pass(ctx: Context) -> dict[str, Any]:
-    ready, moved = await asyncio.gather(_replicating(ctx), _keys_and_files(ctx, "pre-pass", live=True))
-    return {"db": {"strategy": "logical", **ready}, **moved}
+    ready, moved, reasons = await asyncio.gather(
+        _replicating(ctx), _keys_and_files(ctx, "pre-pass", live=True), _reverse_check(ctx)
+    )
+    return {"db": {"strategy": "logical", **ready}, **moved, "reverse": {"usable": not reasons, "reasons": reasons}}
+
+
+async def _start_reverse(ctx: Context) -> dict[str, Any]:
+    """In the freeze, before the target takes a write: the reverse stream's publication and slot on the target
+    (every transaction the target commits afterwards is decoded). Recorded in `facts.logical["reverse"]`; a target
+    that cannot hold it is recorded with the reason (a rollback then uses the row delta) — the cutover goes on."""
+    pre = ctx.state.facts.cutover_phases.get("pre_pass")
+    reasons = list(((pre.result or {}).get("reverse") or {}).get("reasons", [])) if pre is not None else []
+    info: dict[str, Any]
+    if reasons:
+        info = {"usable": False, "reason": "; ".join(reasons)}
+    else:
+        target = await connect(await ctx.target_db_url())
+        try:
+            tables = [t for t in await pg.list_tables(target) if t not in EXCLUDE]
+            info = {"usable": True, **await rev.start(target, name_of(ctx), tables)}
+        except asyncpg.PostgresError as exc:
+            info = {"usable": False, "reason": f"the reverse slot could not be created on the target: {exc}"}
+        finally:
+            await target.close()
+    if not info["usable"]:
+        log.warning(f"no reverse replication, a rollback will use the row delta: {info['reason']}")
+    ctx.state.remember(logical={**(ctx.state.facts.logical or {}), "reverse": info})
+    return info
 
 
 async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Connection) -> dict[str, Any]:
@@ -355,7 +391,8 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
             )
         if ctx.state.facts.target_xid_horizon is None:
             # before the target takes a write (the stream has caught up; anything it still applies is compared too):
-            # a rollback finds every row written after this by its xmin
+            # the reverse stream starts, and a rollback without it finds every row written after this by its xmin
+            await _start_reverse(ctx)
             ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
         opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
         # no process of the target may still answer 503 from a maintenance flag it cached before the opening
@@ -442,9 +479,10 @@ async def _snapshot(ctx: Context) -> dict[str, Any]:
 
 
 # cleanup -------------------------------------------------------------------------------------------------------------
-async def cleanup(ctx: Context) -> dict[str, Any]:
-    """Our subscription off the target (its data kept), our publication and replication slots off the source.
-    Idempotent; each side is cleaned even when the other does not answer. Raises when the source could not be
+async def cleanup(ctx: Context, *, reverse: bool = False) -> dict[str, Any]:
+    """Our subscription off the target (its data kept), our publication and replication slots off the source; with
+    `reverse`, the reverse stream's slot and publication off the target too (not at the switch: a rollback reads
+    it). Idempotent; each side is cleaned even when the other does not answer. Raises when the source could not be
     cleaned (a slot might remain there): the caller must not pretend it is gone."""
     if not requested(ctx):
         return {}
@@ -456,6 +494,8 @@ async def cleanup(ctx: Context) -> dict[str, Any]:
         try:
             oid = await repl.subscription_oid(target, name) or oid
             result["target"] = await repl.drop_subscription(target, name)
+            if reverse:
+                result["reverse"] = await _drop_reverse_on(ctx, target)
         finally:
             await target.close()
     except (OpsError, OSError) as exc:
@@ -475,10 +515,59 @@ async def cleanup(ctx: Context) -> dict[str, Any]:
     return result
 
 
-async def cleanup_quietly(ctx: Context) -> dict[str, Any]:
+async def _drop_reverse_on(ctx: Context, target: asyncpg.Connection) -> dict[str, Any]:
+    dropped = await rev.drop(target, name_of(ctx))
+    info = dict(ctx.state.facts.logical or {})
+    if "reverse" in info:
+        info["reverse"] = {**info["reverse"], "dropped_at": time.time()}
+        ctx.state.remember(logical=info)
+    return dropped
+
+
+async def drop_reverse(ctx: Context) -> dict[str, Any]:
+    """The reverse stream's slot and publication off the target (after a rollback carried it, or when the
+    migration is finished). Idempotent."""
+    if not requested(ctx):
+        return {}
+    target = await connect(await ctx.target_db_url())
+    try:
+        return await _drop_reverse_on(ctx, target)
+    finally:
+        await target.close()
+
+
+def reverse_pending(ctx: Context) -> dict[str, Any] | None:
+    """The reverse stream recorded at the switch and not dropped yet (its slot retains the target's WAL)."""
+    info = (ctx.state.facts.logical or {}).get("reverse") or {}
+    return info if info.get("usable") and not info.get("dropped_at") else None
+
+
+async def carry_back(ctx: Context, snapshot_url: str | None, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """Rollback of a logical migration: the target's writes since the switch back on the source, from the reverse
+    stream. Raises `StreamUnusable` (with the reason) when there is none or it cannot tell: the caller then uses the
+    row delta."""
+    from timetodo.ops.migrate.rollback.reverse import carry_back_stream
+
+    info = (ctx.state.facts.logical or {}).get("reverse") or {}
+    if not info:
+        raise rev.StreamUnusable("no reverse stream was started at the switch")
+    if not info.get("usable"):
+        raise rev.StreamUnusable(str(info.get("reason") or "the reverse stream was not usable at the switch"))
+    if info.get("dropped_at"):
+        raise rev.StreamUnusable("the reverse stream was dropped already")
+    return await carry_back_stream(
+        await ctx.target_db_url(),
+        ctx.secrets.source_database_url,
+        name_of(ctx),
+        snapshot_url=snapshot_url,
+        exclude=exclude,
+    )
+
+
+async def cleanup_quietly(ctx: Context, *, reverse: bool = False) -> dict[str, Any]:
     """`cleanup` for rollback and finish: a failure is reported, never fatal to the caller."""
     try:
-        return await cleanup(ctx)
+        return await cleanup(ctx, reverse=reverse)
     except Exception as exc:
         log.error(f"logical replication cleanup failed: {exc}")
         ctx.console.print(f"[red]logical replication cleanup failed[/]: {exc} — drop the slot on the source by hand")
@@ -488,14 +577,17 @@ async def cleanup_quietly(ctx: Context) -> dict[str, Any]:
 __all__ = [
     "EXCLUDE",
     "active",
+    "carry_back",
     "cleanup",
     "cleanup_quietly",
     "cutover",
+    "drop_reverse",
     "effective_config",
     "name_of",
     "plan_cutover",
     "plan_sync",
     "preflight_check",
     "requested",
+    "reverse_pending",
     "sync",
 ]

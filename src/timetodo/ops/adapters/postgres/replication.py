@@ -6,6 +6,9 @@
   idempotently; `wait_ready` waits until every table is `r` in pg_subscription_rel and the lag is small.
 - `wait_flushed` is the fence: every transaction the source committed before an LSN is applied on the target once
   the subscription's slot has confirmed that LSN (an idle, caught-up apply worker reports its received position).
+  The subscription commits with `synchronous_commit = on` on the target: with the default (off) an applied
+  transaction counts as flushed only once the target's WAL writer has flushed it, and the apply worker reports that
+  on its next wake-up (up to 1 s later) — which made the fence take a second under load.
 - `set_sequences` sets every sequence of the target to the source's value plus a safety gap.
 - `drop_subscription` / `drop_publication` are idempotent and never leave a replication slot on the source: a slot
   left behind retains WAL until the source's disk is full.
@@ -172,7 +175,7 @@ async def subscribe(conn: asyncpg.Connection, name: str, source_url: str, *, cop
     try:
         await conn.execute(
             f"CREATE SUBSCRIPTION {quote_ident(name)} CONNECTION {_conninfo(source_url)} "
-            f"PUBLICATION {quote_ident(name)} WITH (slot_name = {quote_ident(name)}, "
+            f"PUBLICATION {quote_ident(name)} WITH (slot_name = {quote_ident(name)}, synchronous_commit = 'on', "
             f"copy_data = {'true' if copy_data else 'false'})"
         )
     except asyncpg.PostgresError as exc:
