@@ -20,11 +20,20 @@ only waits for the stream to catch up — about the same at 100 MB or 100 GB.
   from a cached maintenance flag (`MAINTENANCE_CACHE_SECONDS` of the target) the switch runs (forwarding on the
   source, DNS, webhook). Then, outside the freeze: the subscription is dropped (the data stays: the target is on
   its own) and the publication and every slot of ours on the source are removed; then the cutover snapshot.
+- **reverse stream** (`_start_reverse`, `carry_back`): in the freeze, after the fence and before the target is
+  opened (at the point its xid horizon is recorded), a publication and a `pgoutput` slot on the *target*
+  (`adapters.postgres.reverse`): every transaction the target commits from then on is decoded. It needs nothing of
+  the source but a normal role (a subscription on the source would need superuser or `pg_create_subscription`,
+  which Render does not grant); the target's server needs wal_level = logical (the compose bundle sets it; the
+  pre-pass checks it — a target without it is recorded with the reason and the rollback uses the row delta). A
+  rollback stops the target (its freeze), reads the slot, carries the named rows' final state to the source in one
+  transaction with the sequences moved up, then drops the slot; the row delta is its fallback when the stream
+  cannot tell (a TRUNCATE, a slot that lost its WAL), with the reason in the report.
 - **cleanup** (`cleanup`): the subscription, publication and replication slots removed, idempotently, from
   whichever side answers — run by a new sync, the detach after the switch, `migrate rollback` and `migrate
-  finish`. A slot left on a production source keeps its WAL until the disk is full.
-
-A rollback uses the row delta of the target against the cutover snapshot (as for the other strategies).
+  finish` (rollback, finish and a new sync with `reverse=True`: the reverse slot too; the detach leaves it). A slot
+  left on a server keeps its WAL until the disk is full (the compose bundle bounds the target's with
+  max_slot_wal_keep_size).
 """
 
 from __future__ import annotations
@@ -104,6 +113,13 @@ async def preflight_check(ctx: Context, checks: Checks) -> None:
     if not requested(ctx):
         return
     recorded = ctx.state.facts.logical or {}
+    if (pending := reverse_pending(ctx)) is not None and ctx.state.facts.switched_at is not None:
+        checks.add(
+            "reverse replication slot",
+            "warning",
+            f"{pending['slot']} on the target keeps its WAL (for a rollback)",
+            "`timetodo migrate finish` drops it once the migration is over",
+        )
     if ctx.state.is_done("sync") and recorded:
         # sync chose already: the strategy does not change in the middle of a migration
         status = "ok" if not recorded.get("fallback") else "warning"
@@ -244,7 +260,10 @@ def plan_cutover(ctx: Context) -> list[PlanLine]:
 
 def plan_after_switch(ctx: Context) -> list[PlanLine]:
     name = name_of(ctx)
-    return [("local", f"DROP SUBSCRIPTION {name} (target); DROP PUBLICATION {name} + its slots (source)")]
+    return [
+        ("local", f"DROP SUBSCRIPTION {name} (target); DROP PUBLICATION {name} + its slots (source)"),
+        ("local", f"kept until `migrate finish` / rollback: slot + publication {rev.slot_name(name)} (target)"),
+    ]
 
 
 async def _keys_and_files(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
@@ -456,6 +475,11 @@ async def cutover(ctx: Context) -> dict[str, Any]:
     detached = await _phase(ctx, "detach", lambda: cleanup(ctx))
     await _phase(ctx, "snapshot", lambda: _snapshot(ctx))
     ctx.console.print(f"[bold green]switched[/]: writes frozen for {downtime:.2f} s (logical replication)")
+    if (pending := reverse_pending(ctx)) is not None:
+        ctx.console.print(
+            f"reverse replication: slot {pending['slot']} on the target records its writes for a rollback; it keeps "
+            "the target's WAL until `timetodo migrate finish` or `timetodo migrate rollback` drops it"
+        )
     return {
         "write_downtime_seconds": round(downtime, 3),
         "strategy": "logical",

@@ -4,8 +4,9 @@ Nothing stops before the source is known to be ready: reachable, its database an
 switch (`check_source`). Then the target app stops; every write it accepted after the switch is carried back to the
 source (`compute`: the row-level delta of the target against the cutover snapshot; `apply`: that delta applied to
 the source in one transaction, refused when the source changed meanwhile — `delta` holds the types and the
-guarantees); Redis and the uploads are copied back; the webhook and DNS point at the source again; the source
-leaves maintenance last.
+guarantees; strategy `logical`: the keys come from the reverse stream instead, `reverse`, and the row delta is the
+fallback when the stream cannot tell — the report says why); Redis and the uploads are copied back; the webhook and
+DNS point at the source again; the source leaves maintenance last; no replication slot is left on the target.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ async def plan(ctx: Context) -> list[PlanLine]:
         (ctx.config.source.api_url, "check: reachable, still in maintenance (after a switch); database answers"),
         (ctx.config.source.api_url, "DELETE /api/v1/admin/forwarding (when the switch started it)"),
         (ctx.target_ssh().describe(), "stop the app"),
-        ("local", "row delta target vs cutover snapshot → applied to the source in one transaction"),
+        (
+            "local",
+            "strategy logical: the keys the target wrote, from its reverse replication slot; otherwise (or when the "
+            "slot cannot tell) the row delta target vs cutover snapshot → applied to the source in one transaction",
+        ),
+        (ctx.target_ssh().describe(), "the reverse replication slot and publication dropped (strategy logical)"),
         ("local", "Redis and uploads back; webhook and DNS back; source maintenance off"),
     ]
 
