@@ -136,7 +136,7 @@ async def test_subscription_copies_follows_fences_and_cleans_up_without_leftover
         await src.execute("INSERT INTO items (v) SELECT 'late ' || g FROM generate_series(1, 500) g")
         await src.execute("UPDATE kv SET v = -v WHERE v % 3 = 0; DELETE FROM items WHERE id % 10 = 0")
         await src.execute("UPDATE app_state SET maintenance = true")  # deployment state: never replicated
-        fence = await repl.current_lsn(src)
+        fence = await repl.fence_lsn(src)
         waited = await repl.wait_flushed(src, name, fence)
         assert waited < 30
         for table in ("items", "kv"):
@@ -242,7 +242,7 @@ async def test_reverse_stream_carries_every_target_write_back_and_leaves_no_slot
         await repl.publish(src, name, EXCLUDE)
         await repl.subscribe(tgt, name, source)
         await repl.wait_ready(src, tgt, name)
-        await repl.wait_flushed(src, name, await repl.current_lsn(src))
+        await repl.wait_flushed(src, name, await repl.fence_lsn(src))
         await repl.set_sequences(src, tgt)
         assert await rev.reverse_qualifies(tgt) == []
         started = await rev.start(tgt, name, ["items", "kv"])

@@ -346,7 +346,7 @@ async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Co
     opened before the freeze)."""
     name = name_of(ctx)
     started = time.monotonic()
-    fence = await repl.current_lsn(source)
+    fence = await repl.fence_lsn(source)
     waited = await repl.wait_flushed(source, name, fence)
     states = await repl.table_states(target, name)
     sequences = await repl.set_sequences(source, target)

@@ -199,6 +199,24 @@ async def current_lsn(conn: asyncpg.Connection) -> str:
     return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
 
 
+async def fence_lsn(conn: asyncpg.Connection) -> str:
+    """The source's WAL position past every transaction committed so far, flushed to disk.
+
+    The *insert* position, not `pg_current_wal_lsn()` (the write position): with `synchronous_commit = off` a
+    transaction is visible once its commit record is inserted, before the WAL writer writes it. And a walsender
+    sends only flushed WAL, which with asynchronous commits lags by up to three `wal_writer_delay`s: a transaction
+    that writes a logical decoding message (skipped by pgoutput; allowed to a REPLICATION role) and commits
+    synchronously flushes everything before it at once. Without that right the fence just waits for the WAL writer.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute("SELECT pg_logical_emit_message(true, 'timetodo-migrate', 'fence')")
+    except asyncpg.PostgresError:
+        pass
+    return str(await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
+
+
 async def confirmed_lsn(conn: asyncpg.Connection, slot: str) -> str | None:
     value = await conn.fetchval("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot)
     return None if value is None else str(value)
@@ -386,6 +404,7 @@ __all__ = [
     "current_lsn",
     "drop_publication",
     "drop_subscription",
+    "fence_lsn",
     "is_render",
     "lag_bytes",
     "leftovers",

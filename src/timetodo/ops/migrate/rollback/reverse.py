@@ -12,6 +12,7 @@ of the slot plus a lookup per changed key, whatever the size of the database.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,7 @@ from timetodo.ops.adapters.postgres import reverse as rev
 from timetodo.ops.migrate.rollback.apply import _row_hashes, apply_delta
 from timetodo.ops.migrate.rollback.delta import INT_TYPES, Delta, Key, TableDelta, chunks, table_infos, text_connection
 
-BATCH = 500
+BATCH = 2000
 
 
 async def stream_delta(
@@ -45,8 +46,9 @@ async def stream_delta(
                 td = TableDelta(key_columns=[c.name for c in info.key])
                 ordered: list[Key] = sorted(keys, key=lambda k: tuple(str(v) for v in k))
                 for chunk in chunks(ordered, BATCH):
-                    here = await _row_hashes(target, info, chunk)
-                    there = await _row_hashes(source, info, chunk)
+                    here, there = await asyncio.gather(
+                        _row_hashes(target, info, chunk), _row_hashes(source, info, chunk)
+                    )
                     for key in chunk:
                         mine, theirs = here.get(key), there.get(key)
                         if mine is not None and theirs is None:
