@@ -11,6 +11,7 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -295,3 +296,23 @@ async def test_reverse_stream_carries_every_target_write_back_and_leaves_no_slot
     finally:
         await src.close()
         await tgt.close()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "reason"),
+    [
+        ({}, "no reverse stream was started"),
+        ({"reverse": {"usable": False, "reason": "the target's wal_level is replica"}}, "wal_level is replica"),
+        ({"reverse": {"usable": True, "slot": "x_reverse", "dropped_at": 1.0}}, "dropped already"),
+    ],
+)
+async def test_a_rollback_without_a_usable_reverse_stream_is_told_why(recorded: dict, reason: str) -> None:
+    """The rollback then uses the row delta and reports this reason (`database.reverse_stream_unusable`)."""
+    from types import SimpleNamespace
+
+    from timetodo.ops.adapters.postgres.reverse import StreamUnusable
+    from timetodo.ops.migrate import logical
+
+    ctx: Any = SimpleNamespace(state=SimpleNamespace(facts=SimpleNamespace(logical={"requested": True, **recorded})))
+    with pytest.raises(StreamUnusable, match=reason):
+        await logical.carry_back(ctx, None, EXCLUDE)

@@ -68,6 +68,9 @@ EXCLUDE = ("app_state", "alembic_version")
 """Not replicated: `app_state` is each side's own (maintenance, forwarding), `alembic_version` is copied once with
 the schema (the target's release may upgrade it)."""
 HOLD_REASON = "timetodo migrate: this host takes over at the cutover"
+REVERSE_START_TIMEOUT = 10.0
+"""Seconds the reverse slot's creation may wait, in the freeze, for transactions running on the target (beyond it
+the cutover goes on without the reverse stream; a rollback then uses the row delta)."""
 
 
 # which strategy applies ----------------------------------------------------------------------------------------------
@@ -329,6 +332,8 @@ async def _start_reverse(ctx: Context) -> dict[str, Any]:
     else:
         target = await connect(await ctx.target_db_url())
         try:
+            # a logical slot waits for the transactions running on the target: never for long inside the freeze
+            await target.execute(f"SET statement_timeout = '{int(REVERSE_START_TIMEOUT * 1000)}ms'")
             tables = [t for t in await pg.list_tables(target) if t not in EXCLUDE]
             info = {"usable": True, **await rev.start(target, name_of(ctx), tables)}
         except asyncpg.PostgresError as exc:
