@@ -316,3 +316,22 @@ async def test_a_rollback_without_a_usable_reverse_stream_is_told_why(recorded: 
     ctx: Any = SimpleNamespace(state=SimpleNamespace(facts=SimpleNamespace(logical={"requested": True, **recorded})))
     with pytest.raises(StreamUnusable, match=reason):
         await logical.carry_back(ctx, None, EXCLUDE)
+
+
+def test_the_report_says_how_the_rows_came_back() -> None:
+    from timetodo.ops.migrate.report.model import carried_back
+
+    applied = {"totals": {"inserted": 3, "updated": 1, "deleted": 1}, "elapsed_seconds": 0.5}
+    streamed = carried_back({"database": {"via": "reverse stream", "applied": applied}})
+    assert streamed[0].what == "database rows back (reverse stream)" and streamed[0].amount == 5
+    fallback = carried_back(
+        {
+            "database": {
+                "via": "row delta",
+                "reverse_stream_unusable": "the target truncated a table",
+                "applied": applied,
+            }
+        }
+    )
+    assert fallback[0].what == "database rows back (row delta; reverse stream not usable: the target truncated a table)"
+    assert carried_back({"database": {"applied": applied}})[0].what == "database rows back"  # older reports
