@@ -352,8 +352,8 @@ async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Co
     name = name_of(ctx)
     started = time.monotonic()
     fence = await repl.fence_lsn(source)
-    waited = await repl.wait_flushed(source, name, fence)
-    states = await repl.table_states(target, name)
+    # the tables' states (ready since the pre-pass) read on the target while the source's slot is polled
+    waited, states = await asyncio.gather(repl.wait_flushed(source, name, fence), repl.table_states(target, name))
     sequences = await repl.set_sequences(source, target)
     problems = [f"{table}: subscription state {state}, not ready" for table, state in states.items() if state != "r"]
     return {

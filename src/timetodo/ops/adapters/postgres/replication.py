@@ -304,12 +304,16 @@ async def set_sequences(
 ) -> dict[str, int]:
     """Every sequence of schema public on the target: the source's next value plus `gap` (sequences are not
     replicated). Descending sequences move down by `gap`. Returns name → the value set."""
-    theirs = {str(r[0]) for r in await target.fetch(_SEQUENCES_SQL)}
+    mine, source_rows = await asyncio.gather(
+        target.fetch(_SEQUENCES_SQL),
+        source.fetch(
+            "SELECT format('%I.%I', schemaname, sequencename) AS qualified, last_value, increment_by, min_value, "
+            "max_value, start_value FROM pg_sequences WHERE schemaname = 'public'"
+        ),
+    )
+    theirs = {str(r[0]) for r in mine}
     wanted: dict[str, int] = {}
-    for row in await source.fetch(
-        "SELECT format('%I.%I', schemaname, sequencename) AS qualified, last_value, increment_by, min_value, "
-        "max_value, start_value FROM pg_sequences WHERE schemaname = 'public'"
-    ):
+    for row in source_rows:
         name = str(row["qualified"])
         if name not in theirs:
             continue
