@@ -98,18 +98,47 @@ async def test_chunk_boundaries_and_hashes(pair: tuple[str, str]) -> None:
         assert pairs.column == "a" and len(set(pairs.bounds)) == len(pairs.bounds)  # first key column, deduplicated
         assert (await chunks.plan_table(conn, "nopk")).column is None
         assert (await chunks.plan_table(conn, "empty")).bounds == ()
+        # planned from min/max and the row estimate (integer keys), or by reading the key (others)
+        await conn.execute("ANALYZE")
+        quick = await chunks.plan_table_quickly(conn, "items", rows_per_chunk=100)
+        assert quick.bounds[:2] == ("101", "201") and quick.chunks == 10
+        assert (await chunks.plan_table_quickly(conn, "kv", rows_per_chunk=64)).bounds == kv.bounds
+        assert (await chunks.plan_table_quickly(conn, "empty")).bounds == ()
+        assert await chunks.hash_table(conn, quick) == hashes  # same boundaries, same hashes
     finally:
         await conn.close()
     specs = await plan_specs(source)
     assert "app_state" not in specs
+    conn = await asyncpg.connect(target)
+    try:  # the same rows stored in another physical order: an update to the same value moves a row
+        await conn.execute("UPDATE items SET v = v WHERE id % 3 = 0; UPDATE nopk SET y = y WHERE x % 2 = 0")
+        moved = await conn.fetchval("SELECT count(*) FROM items WHERE ctid > (SELECT ctid FROM items WHERE id = 1000)")
+        assert moved > 0
+    finally:
+        await conn.close()
     ours = await chunks.hash_tables(PgTarget.from_url(source), specs.values(), jobs=2)
     theirs = await chunks.hash_tables(PgTarget.from_url(target), specs.values(), jobs=1)
-    assert ours == theirs  # a clone hashes the same, chunk for chunk
+    assert ours == theirs  # a clone hashes the same, chunk for chunk, whatever the order rows are stored in
+    # a chunk map saved without its columns (an older version's) looks them up and hashes the same
+    bare = chunks.ChunkSpec.from_dict({**specs["items"].to_dict(), "columns": [], "order": []})
+    assert (await chunks.hash_tables(PgTarget.from_url(target), [bare]))["items"] == ours["items"]
+    conn = await asyncpg.connect(target)
+    try:  # one value changed: that chunk's hash, and only it
+        await conn.execute("UPDATE items SET n = n + 0.001 WHERE id = 555")
+    finally:
+        await conn.close()
+    changed = await chunks.hash_tables(PgTarget.from_url(target), specs.values(), jobs=2)
+    assert {t: chunks.differing(ours[t], changed[t]) for t in ours if ours[t] != changed[t]} == {"items": [0]}
     assert chunks.differing({0: (1, 5)}, {0: (1, 5), 2: (1, 7)}) == [2]
     assert chunks.differing({0: (1, 5), 1: (0, 0)}, {0: (1, 6)}) == [0]
 
 
-async def test_delta_pass_copies_only_differing_chunks_and_makes_the_target_equal(pair: tuple[str, str]) -> None:
+@pytest.mark.parametrize("batch", [64, 2], ids=["one-query", "key-range-batches"])
+async def test_delta_pass_copies_only_differing_chunks_and_makes_the_target_equal(
+    pair: tuple[str, str], batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """…also when the rows of the differing chunks are read a few key ranges at a time (`key-range-batches`)."""
+    monkeypatch.setattr(chunks, "MAX_RANGE_FILTERS", batch)
     source, target = pair
     conn = await asyncpg.connect(source)
     try:
@@ -238,10 +267,16 @@ def test_the_report_says_what_a_delta_pass_moved() -> None:
 # ======================================================================== the in-freeze pass from a baseline
 
 
-async def test_a_baseline_rehashes_only_chunks_written_since_and_misses_nothing(pair: tuple[str, str]) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one-scan", "block-ranges"])
+async def test_a_baseline_rehashes_only_chunks_written_since_and_misses_nothing(
+    pair: tuple[str, str], split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pre-pass records both sides' hashes and xmin horizons; the next pass re-hashes only chunks holding rows
     written since (or whose row count changed) — on both sides: a stray write on the target is found too — and the
-    target ends equal to the source. Rows frozen by VACUUM FREEZE (old xids) do not hide anything."""
+    target ends equal to the source. Rows frozen by VACUUM FREEZE (old xids) do not hide anything. With
+    `block-ranges`, every table's scan is split into heap block ranges over the pass's connections: the same."""
+    if split:
+        monkeypatch.setattr(chunks, "SCAN_SPLIT_BYTES", 0)
     source, target = pair
     for url in (source, target):
         conn = await asyncpg.connect(url)
@@ -298,6 +333,35 @@ async def test_a_baseline_rehashes_only_chunks_written_since_and_misses_nothing(
     )
     whole = await delta_pass(source, target, specs, jobs=1, baseline=ahead)
     assert whole["chunks_rehashed"]["source"] == total and whole["chunks_copied"] == 0
+
+
+async def test_the_target_is_not_scanned_when_its_snapshot_is_the_baselines(pair: tuple[str, str]) -> None:
+    """A snapshot with the baseline's identity (xmin, xmax, in-progress xids, server start) sees the same rows: the
+    pass reuses the baseline's hashes without a scan. Any write since — here one row on the target — changes the
+    identity: the scan runs and finds the chunk."""
+    _, target = pair
+    conn = await asyncpg.connect(target)
+    try:
+        spec = await chunks.plan_table(conn, "items", rows_per_chunk=100)
+    finally:
+        await conn.close()
+    db = PgTarget.from_url(target)
+    for _ in range(5):  # another database of the server (or autovacuum's ANALYZE) may take an xid meanwhile
+        base = await chunks.hash_tables_at(db, [spec], jobs=2)
+        again = await chunks.rehash_changed(db, [spec], base.hashes, base.horizon, 2, base.oids, base.snapshot)
+        if again.snapshot == base.snapshot:
+            break
+    assert again.snapshot == base.snapshot, "the server never stayed idle for a moment"
+    assert not again.scanned and again.rehashed == 0 and again.hashes == base.hashes
+    conn = await asyncpg.connect(target)
+    try:
+        await conn.execute("UPDATE items SET v = 'written on the target' WHERE id = 250")
+    finally:
+        await conn.close()
+    after = await chunks.rehash_changed(db, [spec], base.hashes, base.horizon, 2, base.oids, base.snapshot)
+    assert after.scanned and after.snapshot != base.snapshot
+    assert chunks.differing(base.hashes["items"], after.hashes["items"]) == [2]
+    assert after.hashes == (await chunks.hash_tables_at(db, [spec])).hashes
 
 
 async def test_a_chunk_that_only_lost_rows_is_found_without_any_new_row(pair: tuple[str, str]) -> None:
@@ -366,3 +430,24 @@ def test_redis_changes_against_recorded_digests_read_only_the_source(services: S
         dst.flushdb()
         src.close()
         dst.close()
+
+
+async def test_a_pre_pass_that_wrote_to_the_target_records_its_hashes_again(pair: tuple[str, str]) -> None:
+    """The pre-pass records the target's hashes again after writing to it: the next pass re-hashes nothing there
+    (the chunks it wrote are already in the baseline), and the baseline still proves the target equal."""
+    source, target = pair
+    conn = await asyncpg.connect(source)
+    try:
+        specs = {t: await chunks.plan_table(conn, t, rows_per_chunk=100) for t in ("items", "kv")}
+        await conn.execute("UPDATE items SET v = 'before the pre-pass' WHERE id IN (5, 505); DELETE FROM kv")
+    finally:
+        await conn.close()
+    recorded: list[Baseline] = []
+    pre = await delta_pass(source, target, specs, jobs=2, record=recorded.append)
+    assert pre["chunks_copied"] == 5 and len(recorded) == 2  # items chunks 0 and 5, kv's three
+    before, after = recorded
+    assert before.target != before.source and after.target == after.source
+    assert after.target_horizon > before.target_horizon and after.target_snapshot != before.target_snapshot
+    final = await delta_pass(source, target, specs, jobs=2, verify=True, baseline=after)
+    assert final["chunks_copied"] == 0 and final["problems"] == []
+    assert final["chunks_rehashed"]["target"] == 0, final

@@ -10,7 +10,9 @@ import pytest
 from tests.ops.test_delta import T0, add_task, add_user, clone_template, connect, populate, snapshot_of
 from tests.support import Services, create_database
 from timetodo.core.schema import upgrade_async
+from timetodo.ops.adapters.postgres import PgTarget, chunks
 from timetodo.ops.adapters.postgres.stream import stream_database
+from timetodo.ops.migrate.incremental import verify_copy
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,11 @@ async def test_stream_copy_makes_the_target_equal_to_the_source(services: Servic
     result = await stream_database(source, target, jobs=2, split_bytes=256 * 1024)
 
     assert result["rows"]["big"] == 20000 and result["rows"]["big_text"] == 20000
+    # the source's chunk hashes, computed from the streamed bytes, are the target's by the same definition
+    specs, streamed = result["specs"], result["source_chunks"]
+    assert specs["big"].chunks > 4 and specs["big_text"].chunks > 4  # split into groups of chunks, side by side
+    assert streamed.hashes == await chunks.hash_tables(PgTarget.from_url(target), specs.values())
+    assert (await verify_copy(target, specs, streamed, 2))["chunks_differing"] == 0
     got, want = await snapshot_of(target), await snapshot_of(source)
     assert got["rows"] == want["rows"] and got["text"] == want["text"]
     assert got["sequences"] == want["sequences"]
@@ -71,5 +78,9 @@ async def test_stream_copy_makes_the_target_equal_to_the_source(services: Servic
         assert await conn.fetchval("SELECT to_regclass('public.leftover')") is None
         with pytest.raises(asyncpg.UniqueViolationError):  # the constraints are there, and enforced
             await conn.execute("INSERT INTO big VALUES (1, 'again', 0)")
+        # the check reads every row: one changed value, one lost row are found
+        await conn.execute("UPDATE big SET n = n + 1 WHERE id = 12345; DELETE FROM big_text WHERE k = 'k777'")
     finally:
         await conn.close()
+    checked = await verify_copy(target, specs, streamed, 2)
+    assert checked["chunks_differing"] == 2 and checked["tables_differing"] == ["big", "big_text"]

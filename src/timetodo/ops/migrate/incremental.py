@@ -15,11 +15,18 @@ Guarantees:
   makes it stop with nothing of its transaction committed, or copy a state the next pass corrects; the in-freeze
   pass is what makes the target exact.
 - **Only what can have changed is hashed again.** The pre-pass records a `Baseline`: the chunk hashes of both sides
-  and each snapshot's xmin horizon. The in-freeze pass then re-hashes, on each side, only the chunks holding a row
-  version written since its horizon or whose row count changed (`chunks.rehash_changed`, which proves it never
-  misses a change), and takes the baseline's hashes for the others: the freeze costs a scan without row text on
-  each side, not a hashing pass. The target is checked the same way (its app is kept from writing, but the pass
-  does not rely on it). Without a baseline matching the chunk specs, both sides are hashed whole.
+  and each snapshot's xmin horizon and identity — the target's taken again after the pre-pass has written to it
+  (re-hashing just the chunks it wrote, before the freeze). The in-freeze pass then re-hashes, on each side, only
+  the chunks holding a row version written since its horizon or whose row count changed (`chunks.rehash_changed`,
+  which proves it never misses a change; a large table's scan split by heap block ranges over `parallel_jobs`
+  connections), and takes the baseline's hashes for the others: the freeze costs a scan without row text on the
+  source, not a hashing pass. The target is checked the same way — its app is kept from writing, but the pass does
+  not rely on it: its scan is skipped only when its snapshot has the baseline's identity, which proves nothing was
+  written to it since (`chunks.snapshot_identity`). Without a baseline matching the chunk specs, both sides are
+  hashed whole.
+- **The first copy is verified in full** (`verify_copy`, after sync's stream): every chunk of the target hashed
+  and compared with the source's hashes the stream computed from the rows it sent — one definition of a chunk's
+  hash (`chunks.ChunkHasher`) for the stream, the passes and their verification.
 - **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
   every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
   that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
@@ -112,6 +119,23 @@ class Baseline:
     target_horizon: int
     source_oids: dict[str, int]
     target_oids: dict[str, int]
+    source_snapshot: str = ""
+    target_snapshot: str = ""
+    """Each side's snapshot identity (`chunks.snapshot_identity`): unchanged later means nothing to scan."""
+
+    @classmethod
+    def of(cls, specs: str, source: chunks.Hashed, target: chunks.Hashed) -> Baseline:
+        return cls(
+            specs,
+            source.hashes,
+            source.horizon,
+            target.hashes,
+            target.horizon,
+            source.oids,
+            target.oids,
+            source.snapshot,
+            target.snapshot,
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +148,8 @@ class Baseline:
             "target_horizon": self.target_horizon,
             "source_oids": self.source_oids,
             "target_oids": self.target_oids,
+            "source_snapshot": self.source_snapshot,
+            "target_snapshot": self.target_snapshot,
         }
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
@@ -141,6 +167,8 @@ class Baseline:
                 target_horizon=int(data["target_horizon"]),
                 source_oids={str(k): int(v) for k, v in data["source_oids"].items()},
                 target_oids={str(k): int(v) for k, v in data["target_oids"].items()},
+                source_snapshot=str(data.get("source_snapshot", "")),
+                target_snapshot=str(data.get("target_snapshot", "")),
             )
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
@@ -168,17 +196,22 @@ async def plan_specs(source_url: str) -> dict[str, chunks.ChunkSpec]:
 async def _rows_of(
     conn: asyncpg.Connection, info: TableInfo, spec: chunks.ChunkSpec, wanted: list[int]
 ) -> dict[Key, str]:
-    where, args = chunks.chunk_filter(spec, wanted)
-    sql = f"SELECT {info.key_select()}, {info.row_hash()} FROM {info.qname} AS t WHERE {where}"  # noqa: S608
+    """Key → row hash of every row of chunks `wanted`, read by key ranges (`chunks.MAX_RANGE_FILTERS` at a time:
+    index range scans, never the whole table)."""
     width = len(info.key)
-    return {record_key(row, width): str(row[width]) for row in await conn.fetch(sql, *args)}
+    found: dict[Key, str] = {}
+    for first in range(0, len(wanted), chunks.MAX_RANGE_FILTERS):
+        where, args = chunks.chunk_filter(spec, wanted[first : first + chunks.MAX_RANGE_FILTERS])
+        sql = f"SELECT {info.key_select()}, {info.row_hash()} FROM {info.qname} AS t WHERE {where}"  # noqa: S608
+        found.update((record_key(row, width), str(row[width])) for row in await conn.fetch(sql, *args))
+    return found
 
 
 async def _row_delta(
     source: asyncpg.Connection, target: asyncpg.Connection, info: TableInfo, spec: chunks.ChunkSpec, wanted: list[int]
 ) -> TableDelta:
     """The rows of chunks `wanted` the target must insert, update and delete to equal the source's."""
-    ours, theirs = await _rows_of(source, info, spec, wanted), await _rows_of(target, info, spec, wanted)
+    ours, theirs = await asyncio.gather(_rows_of(source, info, spec, wanted), _rows_of(target, info, spec, wanted))
     delta = TableDelta(key_columns=[c.name for c in info.key], rows_current=len(ours), rows_snapshot=len(theirs))
     for key in sorted(ours, key=repr):
         if key not in theirs:
@@ -220,24 +253,37 @@ async def delta_pass(
     wanted = [specs[name] for name in names]
     digest = specs_digest(specs)
     rehashed: dict[str, int] | None = None
+    scanned: dict[str, bool] = {}
     if baseline is not None and baseline.specs == digest:
-        (ours, src_n), (theirs, dst_n) = await asyncio.gather(
+        src_hashed, dst_hashed = await asyncio.gather(
             chunks.rehash_changed(
-                src_t, wanted, baseline.source, baseline.source_horizon, jobs, oids=baseline.source_oids
+                src_t,
+                wanted,
+                baseline.source,
+                baseline.source_horizon,
+                jobs,
+                oids=baseline.source_oids,
+                snapshot=baseline.source_snapshot,
             ),
             chunks.rehash_changed(
-                dst_t, wanted, baseline.target, baseline.target_horizon, jobs, oids=baseline.target_oids
+                dst_t,
+                wanted,
+                baseline.target,
+                baseline.target_horizon,
+                jobs,
+                oids=baseline.target_oids,
+                snapshot=baseline.target_snapshot,
             ),
         )
-        rehashed = {"source": src_n, "target": dst_n}
+        rehashed = {"source": src_hashed.rehashed, "target": dst_hashed.rehashed}
+        scanned = {"source": src_hashed.scanned, "target": dst_hashed.scanned}
     else:
-        async with text_connection(src_t) as src, text_connection(dst_t) as dst:
-            src_oids, dst_oids = await chunks.table_oids(src), await chunks.table_oids(dst)
-        (ours, src_h), (theirs, dst_h) = await asyncio.gather(
+        src_hashed, dst_hashed = await asyncio.gather(
             chunks.hash_tables_at(src_t, wanted, jobs), chunks.hash_tables_at(dst_t, wanted, jobs)
         )
-        if record is not None:
-            record(Baseline(digest, ours, src_h, theirs, dst_h, src_oids, dst_oids))
+    ours, theirs = src_hashed.hashes, dst_hashed.hashes
+    if record is not None:
+        record(Baseline.of(digest, src_hashed, dst_hashed))
     hashed = time.monotonic()
     differing = {name: chunks.differing(ours[name], theirs[name]) for name in names}
     differing = {name: found for name, found in differing.items() if found}
@@ -267,6 +313,23 @@ async def delta_pass(
                     whole_rows[name] = await chunks.copy_table(src, dst, name)
                 sequences = await chunks.copy_sequences(src, dst)
             problems: list[str] = []
+            if record is not None and differing:
+                # the target as this pass left it, recorded for the next pass: only the chunks it wrote (and any
+                # other write since) are hashed again — outside the freeze — so that when nothing writes to the
+                # target afterwards, the next pass finds its snapshot unchanged and scans nothing there
+                try:  # not needed for correctness: on failure the baseline recorded above stays (a target scan)
+                    after = await chunks.rehash_changed(
+                        dst_t,
+                        wanted,
+                        theirs,
+                        dst_hashed.horizon,
+                        jobs,
+                        oids=dst_hashed.oids,
+                        snapshot=dst_hashed.snapshot,
+                    )
+                    record(Baseline.of(digest, src_hashed, after))
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                    log.warning(f"the target's hashes were not recorded again: {scrub((src_t, dst_t), str(exc))}")
             if verify:
                 step = "verifying the copied chunks"
                 for name, found in differing.items():
@@ -293,6 +356,7 @@ async def delta_pass(
         "chunks_by_table": {name: len(found) for name, found in sorted(differing.items())},
         "hashing": "changed chunks only (xmin + row counts)" if rehashed is not None else "every chunk",
         **({"chunks_rehashed": rehashed} if rehashed is not None else {}),
+        **({"scanned": scanned} if scanned else {}),
         "hash_seconds": round(hashed - started, 3),
         "compare_seconds": round(compared - hashed, 3),
         "apply_seconds": round(ended - compared, 3),
@@ -302,8 +366,7 @@ async def delta_pass(
 
 
 async def hash_both(source_url: str, target_url: str, specs: dict[str, chunks.ChunkSpec], jobs: int) -> dict[str, Any]:
-    """One hashing pass of both sides (the chunk map after the first copy): how long it takes is what the freeze
-    will cost, and how many chunks already differ."""
+    """One hashing pass of both sides (the chunk map after a copy that did not hash the source itself)."""
     started = time.monotonic()
     ours, theirs = await asyncio.gather(
         chunks.hash_tables(PgTarget.from_url(source_url), specs.values(), jobs),
@@ -315,6 +378,54 @@ async def hash_both(source_url: str, target_url: str, specs: dict[str, chunks.Ch
         "chunks_differing": sum(len(chunks.differing(ours[n], theirs[n])) for n in specs),
         "hash_seconds": round(time.monotonic() - started, 3),
     }
+
+
+async def verify_copy(
+    target_url: str, specs: dict[str, chunks.ChunkSpec], source: chunks.Hashed, jobs: int
+) -> dict[str, Any]:
+    """The streamed copy checked in full: every chunk of the target hashed (`jobs` connections, one snapshot) and
+    compared with the source's hashes the stream computed from the rows it sent (`adapters.postgres.stream`) —
+    the same definition of a chunk's hash on both sides, every row's content included."""
+    started = time.monotonic()
+    wanted = {name: spec for name, spec in specs.items() if name not in EXCLUDE}
+    target = await chunks.hash_tables_at(PgTarget.from_url(target_url), wanted.values(), jobs)
+    differing = {n: chunks.differing(source.hashes.get(n, {}), target.hashes[n]) for n in wanted}
+    return {
+        "tables": len(wanted),
+        "chunks": sum(spec.chunks for spec in wanted.values()),
+        "chunks_differing": sum(len(found) for found in differing.values()),
+        "tables_differing": sorted(n for n, found in differing.items() if found),
+        "hash_seconds": round(time.monotonic() - started, 3),
+        "hashed": "target only (the source's hashes came with the stream)",
+    }
+
+
+def stream_hashes_path(ctx: Context) -> Path:
+    """The source's chunk hashes the sync stream computed, with the chunk map they belong to."""
+    return ctx.work_dir / "delta" / "stream-source.json"
+
+
+def save_stream_hashes(ctx: Context, specs: dict[str, chunks.ChunkSpec], source: chunks.Hashed) -> None:
+    """What the stream of sync found on the source, kept for `chunk_map` (which runs after the target's upgrade)."""
+    specs = {name: spec for name, spec in specs.items() if name not in EXCLUDE}
+    save_specs(map_path(ctx), specs)
+    path = stream_hashes_path(ctx)
+    tmp = path.with_suffix(".tmp")
+    data = {"specs": specs_digest(specs), "hashes": _hashes_to_json(source.hashes), "horizon": source.horizon}
+    tmp.write_text(json.dumps({**data, "snapshot": source.snapshot, "oids": source.oids}))
+    tmp.replace(path)
+
+
+def load_stream_hashes(ctx: Context) -> tuple[dict[str, chunks.ChunkSpec], chunks.Hashed] | None:
+    specs = load_specs(map_path(ctx))
+    try:
+        data = json.loads(stream_hashes_path(ctx).read_text())
+        if specs is None or data["specs"] != specs_digest(specs):
+            return None
+        found = _hashes_from_json(data["hashes"])
+        return specs, chunks.Hashed(found, int(data["horizon"]), str(data["snapshot"]), dict(data["oids"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
@@ -386,7 +497,16 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
 
 
 async def chunk_map(ctx: Context) -> dict[str, Any]:
-    """After the first copy (sync): plan the chunks from the source, save them, hash both sides once."""
+    """After the first copy (sync): the copy verified in full — the target hashed and compared with the source's
+    hashes its stream computed (`verify_copy`); without them (a copy by dump), the chunks planned from the source
+    and both sides hashed."""
+    streamed = load_stream_hashes(ctx)
+    if streamed is not None:
+        async with ctx.activity("sync: chunk map (hash the target, compare with the stream's hashes)"):
+            found = await verify_copy(await ctx.target_db_url(), *streamed, ctx.config.parallel_jobs)
+        if found["chunks_differing"]:
+            log.warning(f"sync: {found['chunks_differing']} chunks differ after the copy (the cutover copies them)")
+        return found
     async with ctx.activity("sync: chunk map (hash both sides)"):
         specs = await plan_specs(ctx.secrets.source_database_url)
         save_specs(map_path(ctx), specs)

@@ -72,6 +72,11 @@ async def copy_everything(ctx: Context, dump_dir: Path | None, label: str, *, li
         if dump_dir is None:
             async with ctx.activity(f"{label}: database streamed, COPY source → target ({jobs} streams)"):
                 streamed = await stream_database(ctx.secrets.source_database_url, target_db, jobs, ctx.work_dir)
+            specs, source_chunks = streamed.pop("specs"), streamed.pop("source_chunks")
+            if ctx.config.strategy == "delta":  # the source's chunk hashes, computed by the stream: the copy's check
+                from timetodo.ops.migrate.incremental import save_stream_hashes
+
+                save_stream_hashes(ctx, specs, source_chunks)
             log.info(f"{label}: database streamed", extra={"seconds": streamed["seconds"]})
             await writable(target_db)
             await runtime.migrate_db()
@@ -107,8 +112,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     await runtime.stop()
     result = await copy_everything(ctx, None, "sync", live=True)
     if ctx.config.strategy == "delta":
-        # the chunk map the cutover compares with: boundaries from the source, one hashing pass of both sides
-        # (its duration is what the in-freeze comparison will cost)
+        # the copy checked in full: the target's chunks hashed and compared with the hashes the stream computed
+        # on the source from the rows it sent
         from timetodo.ops.migrate.incremental import chunk_map
 
         result["chunk_map"] = await chunk_map(ctx)
