@@ -9,9 +9,13 @@ Builds the same source/target pair as the end-to-end test (tests/e2e/migrate_wor
 * `timetodo migrate run --yes` (backup, sync, cutover, validate …) once per strategy (`--strategies dump,delta,logical`),
   each under a steady writer (~50 writes/s, the end-to-end test's), each followed by `timetodo migrate rollback`
   so the next one starts from the source again: time per phase, the write freeze and the in-freeze seconds of each
-  cutover phase, side by side.
+  cutover phase, side by side;
+* for `logical`, just before its rollback (after `--target-writes` rows updated on the target): the database part
+  of a rollback found from the reverse stream vs by the row delta (xid horizon) vs by comparing every row, on the
+  same target — read-only, then the rollback itself (from the reverse stream).
 
     uv run python bench/migrate.py [--db-mb 1024] [--keys 1000000] [--files-mb 1024] [--strategies dump,delta,logical]
+                                   [--target-writes 10000]
 """
 
 from __future__ import annotations
@@ -150,7 +154,47 @@ def longest_gap(writer: Writer, start: float, end: float) -> float:
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
-def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_backup: bool) -> dict[str, Any]:
+async def rollback_paths(world: World, work: Path, target_writes: int) -> dict[str, Any]:
+    """Strategy logical, before its rollback: `target_writes` rows updated on the target (one transaction), then the
+    database part of a rollback found three ways on the same target (read-only): the reverse stream's keys looked up
+    on both sides; the row delta by the target's xid horizon; every row compared."""
+    from timetodo.ops.migrate.rollback import compute_delta, compute_delta_since
+    from timetodo.ops.migrate.rollback.reverse import stream_delta
+
+    facts = json.loads((work / "state.json").read_text())["facts"]
+    target = plain(world.target_db)
+    snapshot = target.rsplit("/", 1)[0] + "/" + facts["cutover_phases"]["snapshot"]["result"]["database"]
+    exclude = ("alembic_version", "app_state")
+    if target_writes:
+        conn = await asyncpg.connect(target)
+        try:
+            await conn.execute(
+                "UPDATE tasks SET title = title || ' (target)' WHERE id IN "
+                "(SELECT id FROM tasks ORDER BY random() LIMIT $1)",
+                target_writes,
+            )
+        finally:
+            await conn.close()
+    started = time.monotonic()
+    streamed, changes = await stream_delta(target, plain(world.source_db), "timetodo_migrate", exclude)
+    stream_seconds = time.monotonic() - started
+    started = time.monotonic()
+    since, full = await compute_delta_since(target, snapshot, int(facts["target_xid_horizon"]), exclude=exclude)
+    since_seconds = time.monotonic() - started
+    started = time.monotonic()
+    every = await compute_delta(target, snapshot, exclude=exclude)
+    every_seconds = time.monotonic() - started
+    return {
+        "target_writes": target_writes,
+        "reverse_stream": {"seconds": stream_seconds, "rows": streamed.total, "stream": changes.to_dict()},
+        "xid_horizon": {"seconds": since_seconds, "rows": since.total, "compared_in_full": full},
+        "every_row": {"seconds": every_seconds, "rows": every.total},
+    }
+
+
+def migrate_with(
+    world: World, base: Path, strategy: str, token: str, *, skip_backup: bool, target_writes: int = 0
+) -> dict[str, Any]:
     """One `migrate run` with `strategy` under the steady writer, then a rollback; the final report and timings."""
     config = base / f"migration-{strategy}.toml"
     text = world.config.read_text().replace('work_dir = "work"', f'work_dir = "work-{strategy}"')
@@ -169,6 +213,9 @@ def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_ba
         total = time.monotonic() - started
         if result.returncode != 0:
             raise SystemExit(result.stdout + result.stderr)
+        paths = None
+        if strategy == "logical":
+            paths = asyncio.run(rollback_paths(world, base / f"work-{strategy}", target_writes))
         rollback_started = time.monotonic()
         back = world.migrate("rollback", "--force", config=config, timeout=7200)
         rollback = time.monotonic() - rollback_started
@@ -176,12 +223,15 @@ def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_ba
             raise SystemExit(back.stdout + back.stderr)
     work = base / f"work-{strategy}"
     report = json.loads((work / "migration_final_report.json").read_text())
+    rolled_back = json.loads((work / "migration_rollback_report.json").read_text())
     state = json.loads((work / "state.json").read_text())
     cutover = next(run for run in reversed(state["history"]) if run["step"] == "cutover" and run["status"] == "done")
     return {
         "strategy": strategy,
         "total_seconds": total,
         "rollback_seconds": rollback,
+        "rollback_database": {k: v for k, v in rolled_back.get("database", {}).items() if k != "delta"},
+        "rollback_paths": paths,
         "write_freeze_seconds": cutover["result"]["write_downtime_seconds"],
         "in_freeze_seconds": cutover["result"].get("in_freeze_seconds", {}),
         "final_copy": cutover["result"]["phases"].get("final_copy", {}).get("result"),
@@ -202,6 +252,9 @@ def main() -> None:
     parser.add_argument("--files-mb", type=int, default=1024)
     parser.add_argument("--strategies", default="dump,delta,logical", help="comma-separated, run in this order")
     parser.add_argument("--skip-backup", action="store_true", help="pass --skip-backup to every run")
+    parser.add_argument(
+        "--target-writes", type=int, default=0, help="logical: rows updated on the target before its rollback"
+    )
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "out" / "migrate.json")
     args = parser.parse_args()
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
@@ -232,7 +285,11 @@ def main() -> None:
             with httpx.Client(base_url=world.source.url) as c:
                 login = c.post("/api/v1/auth/login", data={"username": "bench@example.com", "password": PASSWORD})
                 token = login.json()["access_token"]
-            runs.append(migrate_with(world, base, strategy, token, skip_backup=args.skip_backup))
+            runs.append(
+                migrate_with(
+                    world, base, strategy, token, skip_backup=args.skip_backup, target_writes=args.target_writes
+                )
+            )
     finally:
         if world is not None:
             stop_world(world)
@@ -283,6 +340,23 @@ def main() -> None:
                 f"{catch_up.get('sequences')} sequences set (+{catch_up.get('sequence_gap')})"
             )
         print(f"  rollback: {run['rollback_seconds']:.1f} s")
+        database = run.get("rollback_database") or {}
+        if database:
+            unusable = database.get("reverse_stream_unusable")
+            print(
+                f"  rollback database via {database.get('via')}: {float(database.get('seconds') or 0):.2f} s, "
+                f"{(database.get('applied') or {}).get('totals')}"
+                + (f" (reverse stream unusable: {unusable})" if unusable else "")
+            )
+        paths = run.get("rollback_paths")
+        if paths:
+            rs, xh, ev = paths["reverse_stream"], paths["xid_horizon"], paths["every_row"]
+            print(
+                f"  finding the target's writes ({paths['target_writes']} rows updated on it + the writer's): "
+                f"reverse stream {rs['seconds']:.2f} s ({rs['rows']} rows, {rs['stream']['keys']} keys named) vs "
+                f"xid horizon {xh['seconds']:.2f} s ({xh['rows']} rows) = {rs['seconds'] / max(xh['seconds'], 1e-9):.2f}× "
+                f"vs every row {ev['seconds']:.2f} s ({ev['rows']} rows) = {rs['seconds'] / max(ev['seconds'], 1e-9):.2f}×"
+            )
     by = {run["strategy"]: run["write_freeze_seconds"] for run in runs}
     for name in ("delta", "logical"):
         if "dump" in by and name in by:

@@ -8,10 +8,12 @@ transaction horizon as the cutover does, then makes `--writes` single-statement 
     baseline   compute_delta(target, snapshot)               every row of both sides hashed and merge-joined
     fast       compute_delta_since(target, snapshot, horizon) rows written after the horizon by xmin, deletions
                                                              by counts per key range
+    reverse    stream_delta(target, source): the keys the target wrote, read from a logical replication slot
+               created on the target with the horizon (strategy logical's reverse stream), looked up on both sides
     apply      apply_delta(fast delta → source), in one transaction, checked against the snapshot
     check      compute_delta(target, source) must be empty   (the source now equals the target)
 
-Both deltas must be equal (the benchmark exits 1 otherwise). Starts its own PostgreSQL (scripts/postgres.sh).
+The three deltas must be equal (the benchmark exits 1 otherwise). Starts its own PostgreSQL (scripts/postgres.sh).
 
     uv run python bench/rollback.py [--mb 1024] [--writes 10000]
 """
@@ -39,7 +41,10 @@ from tests.support import free_port  # noqa: E402
 
 from bench.migrate import fill_database  # noqa: E402
 from timetodo.core.schema import upgrade_async  # noqa: E402
+from timetodo.ops.adapters.postgres import list_tables  # noqa: E402
+from timetodo.ops.adapters.postgres import reverse as rev  # noqa: E402
 from timetodo.ops.migrate.rollback import apply_delta, compute_delta, compute_delta_since, xid_horizon  # noqa: E402
+from timetodo.ops.migrate.rollback.reverse import stream_delta  # noqa: E402
 
 
 def with_db(server_url: str, name: str) -> str:
@@ -120,15 +125,27 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
     await admin(server_url, "CREATE DATABASE bench_rb_snapshot TEMPLATE bench_rb_source")
     await admin(server_url, "CREATE DATABASE bench_rb_target TEMPLATE bench_rb_source")
     snapshot, target = with_db(server_url, "bench_rb_snapshot"), with_db(server_url, "bench_rb_target")
+    exclude = ("alembic_version", "app_state")
+    conn = await asyncpg.connect(target)
+    try:  # the reverse stream, as the logical cutover starts it: with the horizon, before the target's first write
+        await rev.start(conn, "bench_rb", [t for t in await list_tables(conn) if t not in exclude])
+    finally:
+        await conn.close()
     horizon = await xid_horizon(target)
     print(f"{args.writes} writes on the target …", file=sys.stderr)
     writes, write_s = await timed(target_writes(target, args.writes))
-    exclude = ("alembic_version", "app_state")
     print("full comparison (baseline) …", file=sys.stderr)
     full, full_s = await timed(compute_delta(target, snapshot, exclude=exclude))
     print("since the horizon …", file=sys.stderr)
     (fast, compared_in_full), fast_s = await timed(compute_delta_since(target, snapshot, horizon, exclude=exclude))
-    same = as_sets(full) == as_sets(fast)
+    print("from the reverse stream …", file=sys.stderr)
+    (streamed, changes), stream_s = await timed(stream_delta(target, source, "bench_rb", exclude))
+    same = (
+        as_sets(full)
+        == as_sets(fast)
+        == {n: t for n, t in as_sets(streamed).items() if any(t)}
+        | {n: t for n, t in as_sets(fast).items() if not any(t)}
+    )
     print("apply to the source …", file=sys.stderr)
     applied, apply_s = await timed(apply_delta(fast, target, source, snapshot_url=snapshot))
     left, check_s = await timed(compute_delta(target, source, exclude=exclude))
@@ -140,6 +157,9 @@ async def run(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
         "full_seconds": round(full_s, 2),
         "since_seconds": round(fast_s, 2),
         "ratio": round(fast_s / full_s, 4),
+        "stream_seconds": round(stream_s, 2),
+        "stream_read_seconds": round(changes.seconds, 2),
+        "stream_ratio_to_since": round(stream_s / fast_s, 4),
         "compared_in_full": compared_in_full,
         "apply_seconds": round(apply_s, 2),
         "applied": applied.to_dict().get("totals", {}),
@@ -176,6 +196,10 @@ def main() -> None:
     print(f"  delta: {result['delta']}")
     print(f"  full comparison (baseline)   {result['full_seconds']:8.2f} s")
     print(f"  since the horizon            {result['since_seconds']:8.2f} s   ({result['ratio']:.3f}× of the baseline)")
+    print(
+        f"  from the reverse stream      {result['stream_seconds']:8.2f} s   ({result['stream_ratio_to_since']:.3f}× of "
+        f"since the horizon; the slot read {result['stream_read_seconds']:.2f} s)"
+    )
     print(f"  apply to the source          {result['apply_seconds']:8.2f} s")
     print(f"  check: source == target      {result['check_seconds']:8.2f} s   {result['source_equals_target']}")
     print(json.dumps(result))

@@ -364,6 +364,9 @@ def test_compose_topology(compose_config: tuple[dict[str, Any], dict[str, str]])
     assert redis_command[redis_command.index("--requirepass") + 1] == env["REDIS_PASSWORD"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert services["postgres"]["image"].startswith("postgres:15")
+    # the logical strategy's reverse stream keeps a slot on the target's server: logical WAL, its retention bounded
+    pg_command = services["postgres"]["command"]
+    assert "wal_level=logical" in pg_command and "max_slot_wal_keep_size=4GB" in pg_command, pg_command
     assert services["redis"]["image"].startswith("redis:7")
     assert services["nginx"]["image"].startswith("nginx:")
 

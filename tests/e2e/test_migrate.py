@@ -272,6 +272,10 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
     # nothing of the replication is left: no subscription on the target, no publication or slot on the source
     assert cutover["detached"]["source"]["publication"] == "dropped"
     assert asyncio.run(_replication_leftovers(world)) == (0, 0, 0)
+    # the reverse stream: its slot on the target from before the target's first write until the rollback
+    reverse = facts["logical"]["reverse"]
+    assert reverse["usable"] is True and reverse["slot"] == "timetodo_migrate_reverse", reverse
+    assert asyncio.run(_reverse_leftovers(world)) == (1, 1)
     assert world.current.read_text() == world.target_url
     window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
     # (the run killed inside the freeze left the source frozen until --resume: inside the window too)
@@ -298,8 +302,15 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
     missing = [uid for uid in acked if on_source.get(uid) != 1]
     assert missing == [], f"{len(missing)} acknowledged writes missing or duplicated on the source: {missing[:5]}"
     assert asyncio.run(_replication_leftovers(world)) == (0, 0, 0)
+    assert asyncio.run(_reverse_leftovers(world)) == (0, 0)  # no slot retaining the target's WAL
     carried = json.loads((world.base / "work-logical" / "migration_rollback_report.json").read_text())
-    assert carried["database"]["compared_in_full"] == [], carried["database"]  # found by the target's xid horizon
+    database = carried["database"]
+    # carried from the reverse stream: it named every key the target wrote (the titles checked above)
+    assert database["via"] == "reverse stream" and "reverse_stream_unusable" not in database, database
+    on_target = sum(1 for host in acked.values() if host == world.target_url)
+    assert database["stream"]["keys"] >= on_target > 0, database["stream"]
+    assert database["applied"]["totals"]["inserted"] >= on_target, database["applied"]
+    print(f"logical rollback: {carried['seconds']:.2f} s, database from the reverse stream {database['seconds']:.2f} s")
 
 
 async def _replication_leftovers(world: World) -> tuple[int, int, int]:
@@ -318,6 +329,21 @@ async def _replication_leftovers(world: World) -> tuple[int, int, int]:
     finally:
         await target.close()
         await source.close()
+
+
+async def _reverse_leftovers(world: World) -> tuple[int, int]:
+    """(the reverse stream's replication slots, its publications) on the target's server."""
+    import asyncpg
+
+    target = await asyncpg.connect(world.target_db)
+    try:
+        slots = await target.fetchval(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'timetodo_migrate_reverse'"
+        )
+        pubs = await target.fetchval("SELECT count(*) FROM pg_publication WHERE pubname = 'timetodo_migrate_reverse'")
+        return int(slots), int(pubs)
+    finally:
+        await target.close()
 
 
 def _run_killed_and_resumed(

@@ -11,6 +11,7 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -136,7 +137,7 @@ async def test_subscription_copies_follows_fences_and_cleans_up_without_leftover
         await src.execute("INSERT INTO items (v) SELECT 'late ' || g FROM generate_series(1, 500) g")
         await src.execute("UPDATE kv SET v = -v WHERE v % 3 = 0; DELETE FROM items WHERE id % 10 = 0")
         await src.execute("UPDATE app_state SET maintenance = true")  # deployment state: never replicated
-        fence = await repl.current_lsn(src)
+        fence = await repl.fence_lsn(src)
         waited = await repl.wait_flushed(src, name, fence)
         assert waited < 30
         for table in ("items", "kv"):
@@ -220,3 +221,117 @@ def test_the_report_names_the_logical_copy() -> None:
     moved = copied({"db": {"strategy": "logical", "tables": 3, "bytes": 4096, "seconds": 1.5}, "redis": {}})
     assert len(moved) == 1 and "logical replication" in moved[0].what and "3 tables" in moved[0].what
     assert moved[0].bytes == 4096 and moved[0].seconds == 1.5
+
+
+async def test_reverse_stream_carries_every_target_write_back_and_leaves_no_slot(
+    pair: tuple[str, str, str],
+) -> None:
+    """The switch as the `logical` strategy does it: the target in sync through the subscription, the fence, the
+    reverse slot created on the target *before* its first write, the subscription dropped; then the target writes
+    (inserts, updates — one changing a key, one of a TOASTed column left unchanged —, deletes, a text key) and the
+    rollback reads only the slot: the source ends up equal to the target, the rows written before the slot are not
+    in the stream, and neither side keeps a slot or a publication."""
+    from timetodo.ops.adapters.postgres import reverse as rev
+    from timetodo.ops.migrate.rollback.reverse import carry_back_stream, stream_delta
+
+    source, target, name = pair
+    src, tgt = await asyncpg.connect(source), await asyncpg.connect(target)
+    try:
+        await src.execute("ALTER TABLE items ADD COLUMN big text")
+        await tgt.execute("ALTER TABLE items ADD COLUMN big text")
+        await src.execute("UPDATE items SET big = repeat('x', 200000) WHERE id = 7")  # TOASTed
+        await repl.publish(src, name, EXCLUDE)
+        await repl.subscribe(tgt, name, source)
+        await repl.wait_ready(src, tgt, name)
+        await repl.wait_flushed(src, name, await repl.fence_lsn(src))
+        await repl.set_sequences(src, tgt)
+        assert await rev.reverse_qualifies(tgt) == []
+        started = await rev.start(tgt, name, ["items", "kv"])
+        assert started["slot"] == rev.slot_name(name)
+        await repl.drop_subscription(tgt, name)
+        await repl.drop_publication(src, name)
+        # the target serves: its writes after the slot
+        await tgt.execute("INSERT INTO items (v) SELECT 'target ' || g FROM generate_series(1, 50) g")
+        await tgt.execute("UPDATE items SET v = 'changed', n = 2 WHERE id IN (3, 5)")
+        await tgt.execute("UPDATE items SET n = 42 WHERE id = 7")  # the TOASTed column is not in the stream
+        await tgt.execute("UPDATE items SET id = 100000 WHERE id = 9")  # a key change: 9 gone, 100000 new
+        await tgt.execute("DELETE FROM items WHERE id BETWEEN 20 AND 29")
+        await tgt.execute("UPDATE items SET v = 'same' WHERE id = 11; UPDATE items SET v = 'item 11' WHERE id = 11")
+        await tgt.execute("INSERT INTO kv VALUES ('it''s new', 1); DELETE FROM kv WHERE k = 'key-5'")
+        await tgt.execute("UPDATE kv SET v = 0 WHERE k = 'key-6'")
+        await tgt.execute("UPDATE app_state SET maintenance = false")  # not published: never carried
+        delta, changes = await stream_delta(target, source, name, EXCLUDE)
+        assert set(changes.tables) == {"items", "kv"}
+        items = delta.tables["items"]
+        assert len(items.inserted) == 51 and (100000,) in items.inserted
+        assert sorted(items.updated) == [(3,), (5,), (7,)]  # 11 was changed back: equal, not carried
+        assert sorted(items.deleted) == [(9,), *((i,) for i in range(20, 30))]
+        assert delta.tables["kv"].inserted == [("it's new",)] and delta.tables["kv"].deleted == [("key-5",)]
+        assert delta.tables["kv"].updated == [("key-6",)]
+        carried = await carry_back_stream(target, source, name, snapshot_url=None, exclude=EXCLUDE)
+        assert carried["via"] == "reverse stream" and carried["applied"]["totals"]["inserted"] == 52
+        for table in ("items", "kv"):
+            assert await rows(source, table) == await rows(target, table), table
+        assert await src.fetchval("SELECT length(big) FROM items WHERE id = 7") == 200000
+        assert await src.fetchval("SELECT maintenance FROM app_state") is False  # the source's own, untouched
+        # new ids on the source do not collide with the target's
+        assert int(await src.fetchval("SELECT nextval('items_id_seq')")) > int(
+            await tgt.fetchval("SELECT max(id) FROM items WHERE id < 100000")
+        )
+        # a TRUNCATE cannot be carried key by key: the stream says so (the rollback then uses the row delta)
+        await tgt.execute("TRUNCATE kv")
+        with pytest.raises(rev.StreamUnusable, match="truncated"):
+            await stream_delta(target, source, name, EXCLUDE)
+        assert (await rev.drop(tgt, name))["slot_dropped"] is True
+        assert (await rev.drop(tgt, name))["slot_dropped"] is False  # idempotent
+        assert await rev.leftovers(tgt, name) == {
+            "slot": None,
+            "publication": False,
+            "retained_bytes": 0,
+            "wal_status": None,
+        }
+        with pytest.raises(rev.StreamUnusable, match="does not exist"):
+            await stream_delta(target, source, name, EXCLUDE)
+        assert not await src.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1", f"{name}%")
+    finally:
+        await src.close()
+        await tgt.close()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "reason"),
+    [
+        ({}, "no reverse stream was started"),
+        ({"reverse": {"usable": False, "reason": "the target's wal_level is replica"}}, "wal_level is replica"),
+        ({"reverse": {"usable": True, "slot": "x_reverse", "dropped_at": 1.0}}, "dropped already"),
+    ],
+)
+async def test_a_rollback_without_a_usable_reverse_stream_is_told_why(recorded: dict, reason: str) -> None:
+    """The rollback then uses the row delta and reports this reason (`database.reverse_stream_unusable`)."""
+    from types import SimpleNamespace
+
+    from timetodo.ops.adapters.postgres.reverse import StreamUnusable
+    from timetodo.ops.migrate import logical
+
+    ctx: Any = SimpleNamespace(state=SimpleNamespace(facts=SimpleNamespace(logical={"requested": True, **recorded})))
+    with pytest.raises(StreamUnusable, match=reason):
+        await logical.carry_back(ctx, None, EXCLUDE)
+
+
+def test_the_report_says_how_the_rows_came_back() -> None:
+    from timetodo.ops.migrate.report.model import carried_back
+
+    applied = {"totals": {"inserted": 3, "updated": 1, "deleted": 1}, "elapsed_seconds": 0.5}
+    streamed = carried_back({"database": {"via": "reverse stream", "applied": applied}})
+    assert streamed[0].what == "database rows back (reverse stream)" and streamed[0].amount == 5
+    fallback = carried_back(
+        {
+            "database": {
+                "via": "row delta",
+                "reverse_stream_unusable": "the target truncated a table",
+                "applied": applied,
+            }
+        }
+    )
+    assert fallback[0].what == "database rows back (row delta; reverse stream not usable: the target truncated a table)"
+    assert carried_back({"database": {"applied": applied}})[0].what == "database rows back"  # older reports

@@ -162,7 +162,7 @@ def rollback(
 @app.command("finish")
 def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: AcceptOption = False) -> None:
     """End the migration once DNS has moved every client: the source stops forwarding its API to the target (it
-    stays frozen, so a rollback is still possible).
+    stays frozen, so a rollback is still possible — by the row delta: the reverse stream's slot is dropped here).
 
     Example: timetodo migrate finish -c migration.toml
     """
@@ -171,7 +171,10 @@ def finish(config: ConfigOption = Path("migration.toml"), accept_new_host_key: A
     async def body(ctx: Context) -> int:
         from timetodo.ops.migrate.logical import cleanup_quietly
 
-        await cleanup_quietly(ctx)  # strategy logical: nothing of the replication left on either side
+        # strategy logical: nothing of the replication left on either side (the reverse slot retains the target's WAL)
+        cleaned = await cleanup_quietly(ctx, reverse=True)
+        if (cleaned.get("reverse") or {}).get("slot_dropped"):
+            console.print(f"reverse replication slot {cleaned['reverse']['slot']} dropped on the target")
         if await end_forwarding(ctx):
             console.print("[bold]finished[/]: the source no longer forwards; it stays in maintenance mode")
         else:

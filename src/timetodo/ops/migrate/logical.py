@@ -20,11 +20,20 @@ only waits for the stream to catch up — about the same at 100 MB or 100 GB.
   from a cached maintenance flag (`MAINTENANCE_CACHE_SECONDS` of the target) the switch runs (forwarding on the
   source, DNS, webhook). Then, outside the freeze: the subscription is dropped (the data stays: the target is on
   its own) and the publication and every slot of ours on the source are removed; then the cutover snapshot.
+- **reverse stream** (`_start_reverse`, `carry_back`): in the freeze, after the fence and before the target is
+  opened (at the point its xid horizon is recorded), a publication and a `pgoutput` slot on the *target*
+  (`adapters.postgres.reverse`): every transaction the target commits from then on is decoded. It needs nothing of
+  the source but a normal role (a subscription on the source would need superuser or `pg_create_subscription`,
+  which Render does not grant); the target's server needs wal_level = logical (the compose bundle sets it; the
+  pre-pass checks it — a target without it is recorded with the reason and the rollback uses the row delta). A
+  rollback stops the target (its freeze), reads the slot, carries the named rows' final state to the source in one
+  transaction with the sequences moved up, then drops the slot; the row delta is its fallback when the stream
+  cannot tell (a TRUNCATE, a slot that lost its WAL), with the reason in the report.
 - **cleanup** (`cleanup`): the subscription, publication and replication slots removed, idempotently, from
   whichever side answers — run by a new sync, the detach after the switch, `migrate rollback` and `migrate
-  finish`. A slot left on a production source keeps its WAL until the disk is full.
-
-A rollback uses the row delta of the target against the cutover snapshot (as for the other strategies).
+  finish` (rollback, finish and a new sync with `reverse=True`: the reverse slot too; the detach leaves it). A slot
+  left on a server keeps its WAL until the disk is full (the compose bundle bounds the target's with
+  max_slot_wal_keep_size).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from timetodo.core.maintenance import switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import replication as repl
+from timetodo.ops.adapters.postgres import reverse as rev
 from timetodo.ops.adapters.postgres.dump import _run_tool
 from timetodo.ops.errors import EXIT_VERIFICATION, OpsError, StepError
 from timetodo.ops.migrate.data import connect, copy_files
@@ -58,6 +68,9 @@ EXCLUDE = ("app_state", "alembic_version")
 """Not replicated: `app_state` is each side's own (maintenance, forwarding), `alembic_version` is copied once with
 the schema (the target's release may upgrade it)."""
 HOLD_REASON = "timetodo migrate: this host takes over at the cutover"
+REVERSE_START_TIMEOUT = 10.0
+"""Seconds the reverse slot's creation may wait, in the freeze, for transactions running on the target (beyond it
+the cutover goes on without the reverse stream; a rollback then uses the row delta)."""
 
 
 # which strategy applies ----------------------------------------------------------------------------------------------
@@ -103,6 +116,13 @@ async def preflight_check(ctx: Context, checks: Checks) -> None:
     if not requested(ctx):
         return
     recorded = ctx.state.facts.logical or {}
+    if (pending := reverse_pending(ctx)) is not None and ctx.state.facts.switched_at is not None:
+        checks.add(
+            "reverse replication slot",
+            "warning",
+            f"{pending['slot']} on the target keeps its WAL (for a rollback)",
+            "`timetodo migrate finish` drops it once the migration is over",
+        )
     if ctx.state.is_done("sync") and recorded:
         # sync chose already: the strategy does not change in the middle of a migration
         status = "ok" if not recorded.get("fallback") else "warning"
@@ -182,7 +202,7 @@ async def sync(ctx: Context) -> dict[str, Any] | None:
     name = name_of(ctx)
     target_url = await ctx.target_db_url()
     started = time.monotonic()
-    await cleanup(ctx)  # a sync run again starts over
+    await cleanup(ctx, reverse=True)  # a sync run again starts over
     async with ctx.activity("sync: schema (pg_dump -s → pg_restore)"):
         schema = await _copy_schema(ctx, target_url)
     await switch_maintenance(target_url, True, HOLD_REASON)  # held: its app takes no write until the cutover opens it
@@ -243,7 +263,10 @@ def plan_cutover(ctx: Context) -> list[PlanLine]:
 
 def plan_after_switch(ctx: Context) -> list[PlanLine]:
     name = name_of(ctx)
-    return [("local", f"DROP SUBSCRIPTION {name} (target); DROP PUBLICATION {name} + its slots (source)")]
+    return [
+        ("local", f"DROP SUBSCRIPTION {name} (target); DROP PUBLICATION {name} + its slots (source)"),
+        ("local", f"kept until `migrate finish` / rollback: slot + publication {rev.slot_name(name)} (target)"),
+    ]
 
 
 async def _keys_and_files(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
@@ -281,9 +304,46 @@ async def _replicating(ctx: Context) -> dict[str, Any]:
         await target.close()
 
 
+async def _reverse_check(ctx: Context) -> list[str]:
+    """Before the freeze: why the target's server cannot hold the reverse stream's slot (empty: it can)."""
+    target = await connect(await ctx.target_db_url())
+    try:
+        return await rev.reverse_qualifies(target)
+    finally:
+        await target.close()
+
+
 async def _pre_pass(ctx: Context) -> dict[str, Any]:
-    ready, moved = await asyncio.gather(_replicating(ctx), _keys_and_files(ctx, "pre-pass", live=True))
-    return {"db": {"strategy": "logical", **ready}, **moved}
+    ready, moved, reasons = await asyncio.gather(
+        _replicating(ctx), _keys_and_files(ctx, "pre-pass", live=True), _reverse_check(ctx)
+    )
+    return {"db": {"strategy": "logical", **ready}, **moved, "reverse": {"usable": not reasons, "reasons": reasons}}
+
+
+async def _start_reverse(ctx: Context) -> dict[str, Any]:
+    """In the freeze, before the target takes a write: the reverse stream's publication and slot on the target
+    (every transaction the target commits afterwards is decoded). Recorded in `facts.logical["reverse"]`; a target
+    that cannot hold it is recorded with the reason (a rollback then uses the row delta) — the cutover goes on."""
+    pre = ctx.state.facts.cutover_phases.get("pre_pass")
+    reasons = list(((pre.result or {}).get("reverse") or {}).get("reasons", [])) if pre is not None else []
+    info: dict[str, Any]
+    if reasons:
+        info = {"usable": False, "reason": "; ".join(reasons)}
+    else:
+        target = await connect(await ctx.target_db_url())
+        try:
+            # a logical slot waits for the transactions running on the target: never for long inside the freeze
+            await target.execute(f"SET statement_timeout = '{int(REVERSE_START_TIMEOUT * 1000)}ms'")
+            tables = [t for t in await pg.list_tables(target) if t not in EXCLUDE]
+            info = {"usable": True, **await rev.start(target, name_of(ctx), tables)}
+        except asyncpg.PostgresError as exc:
+            info = {"usable": False, "reason": f"the reverse slot could not be created on the target: {exc}"}
+        finally:
+            await target.close()
+    if not info["usable"]:
+        log.warning(f"no reverse replication, a rollback will use the row delta: {info['reason']}")
+    ctx.state.remember(logical={**(ctx.state.facts.logical or {}), "reverse": info})
+    return info
 
 
 async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Connection) -> dict[str, Any]:
@@ -291,9 +351,9 @@ async def _catch_up(ctx: Context, source: asyncpg.Connection, target: asyncpg.Co
     opened before the freeze)."""
     name = name_of(ctx)
     started = time.monotonic()
-    fence = await repl.current_lsn(source)
-    waited = await repl.wait_flushed(source, name, fence)
-    states = await repl.table_states(target, name)
+    fence = await repl.fence_lsn(source)
+    # the tables' states (ready since the pre-pass) read on the target while the source's slot is polled
+    waited, states = await asyncio.gather(repl.wait_flushed(source, name, fence), repl.table_states(target, name))
     sequences = await repl.set_sequences(source, target)
     problems = [f"{table}: subscription state {state}, not ready" for table, state in states.items() if state != "r"]
     return {
@@ -355,7 +415,8 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
             )
         if ctx.state.facts.target_xid_horizon is None:
             # before the target takes a write (the stream has caught up; anything it still applies is compared too):
-            # a rollback finds every row written after this by its xmin
+            # the reverse stream starts, and a rollback without it finds every row written after this by its xmin
+            await _start_reverse(ctx)
             ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
         opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
         # no process of the target may still answer 503 from a maintenance flag it cached before the opening
@@ -419,6 +480,11 @@ async def cutover(ctx: Context) -> dict[str, Any]:
     detached = await _phase(ctx, "detach", lambda: cleanup(ctx))
     await _phase(ctx, "snapshot", lambda: _snapshot(ctx))
     ctx.console.print(f"[bold green]switched[/]: writes frozen for {downtime:.2f} s (logical replication)")
+    if (pending := reverse_pending(ctx)) is not None:
+        ctx.console.print(
+            f"reverse replication: slot {pending['slot']} on the target records its writes for a rollback; it keeps "
+            "the target's WAL until `timetodo migrate finish` or `timetodo migrate rollback` drops it"
+        )
     return {
         "write_downtime_seconds": round(downtime, 3),
         "strategy": "logical",
@@ -442,9 +508,10 @@ async def _snapshot(ctx: Context) -> dict[str, Any]:
 
 
 # cleanup -------------------------------------------------------------------------------------------------------------
-async def cleanup(ctx: Context) -> dict[str, Any]:
-    """Our subscription off the target (its data kept), our publication and replication slots off the source.
-    Idempotent; each side is cleaned even when the other does not answer. Raises when the source could not be
+async def cleanup(ctx: Context, *, reverse: bool = False) -> dict[str, Any]:
+    """Our subscription off the target (its data kept), our publication and replication slots off the source; with
+    `reverse`, the reverse stream's slot and publication off the target too (not at the switch: a rollback reads
+    it). Idempotent; each side is cleaned even when the other does not answer. Raises when the source could not be
     cleaned (a slot might remain there): the caller must not pretend it is gone."""
     if not requested(ctx):
         return {}
@@ -456,6 +523,8 @@ async def cleanup(ctx: Context) -> dict[str, Any]:
         try:
             oid = await repl.subscription_oid(target, name) or oid
             result["target"] = await repl.drop_subscription(target, name)
+            if reverse:
+                result["reverse"] = await _drop_reverse_on(ctx, target)
         finally:
             await target.close()
     except (OpsError, OSError) as exc:
@@ -475,10 +544,59 @@ async def cleanup(ctx: Context) -> dict[str, Any]:
     return result
 
 
-async def cleanup_quietly(ctx: Context) -> dict[str, Any]:
+async def _drop_reverse_on(ctx: Context, target: asyncpg.Connection) -> dict[str, Any]:
+    dropped = await rev.drop(target, name_of(ctx))
+    info = dict(ctx.state.facts.logical or {})
+    if "reverse" in info:
+        info["reverse"] = {**info["reverse"], "dropped_at": time.time()}
+        ctx.state.remember(logical=info)
+    return dropped
+
+
+async def drop_reverse(ctx: Context) -> dict[str, Any]:
+    """The reverse stream's slot and publication off the target (after a rollback carried it, or when the
+    migration is finished). Idempotent."""
+    if not requested(ctx):
+        return {}
+    target = await connect(await ctx.target_db_url())
+    try:
+        return await _drop_reverse_on(ctx, target)
+    finally:
+        await target.close()
+
+
+def reverse_pending(ctx: Context) -> dict[str, Any] | None:
+    """The reverse stream recorded at the switch and not dropped yet (its slot retains the target's WAL)."""
+    info = (ctx.state.facts.logical or {}).get("reverse") or {}
+    return info if info.get("usable") and not info.get("dropped_at") else None
+
+
+async def carry_back(ctx: Context, snapshot_url: str | None, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """Rollback of a logical migration: the target's writes since the switch back on the source, from the reverse
+    stream. Raises `StreamUnusable` (with the reason) when there is none or it cannot tell: the caller then uses the
+    row delta."""
+    from timetodo.ops.migrate.rollback.reverse import carry_back_stream
+
+    info = (ctx.state.facts.logical or {}).get("reverse") or {}
+    if not info:
+        raise rev.StreamUnusable("no reverse stream was started at the switch")
+    if not info.get("usable"):
+        raise rev.StreamUnusable(str(info.get("reason") or "the reverse stream was not usable at the switch"))
+    if info.get("dropped_at"):
+        raise rev.StreamUnusable("the reverse stream was dropped already")
+    return await carry_back_stream(
+        await ctx.target_db_url(),
+        ctx.secrets.source_database_url,
+        name_of(ctx),
+        snapshot_url=snapshot_url,
+        exclude=exclude,
+    )
+
+
+async def cleanup_quietly(ctx: Context, *, reverse: bool = False) -> dict[str, Any]:
     """`cleanup` for rollback and finish: a failure is reported, never fatal to the caller."""
     try:
-        return await cleanup(ctx)
+        return await cleanup(ctx, reverse=reverse)
     except Exception as exc:
         log.error(f"logical replication cleanup failed: {exc}")
         ctx.console.print(f"[red]logical replication cleanup failed[/]: {exc} — drop the slot on the source by hand")
@@ -488,14 +606,17 @@ async def cleanup_quietly(ctx: Context) -> dict[str, Any]:
 __all__ = [
     "EXCLUDE",
     "active",
+    "carry_back",
     "cleanup",
     "cleanup_quietly",
     "cutover",
+    "drop_reverse",
     "effective_config",
     "name_of",
     "plan_cutover",
     "plan_sync",
     "preflight_check",
     "requested",
+    "reverse_pending",
     "sync",
 ]

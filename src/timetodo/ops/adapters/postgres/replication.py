@@ -6,6 +6,9 @@
   idempotently; `wait_ready` waits until every table is `r` in pg_subscription_rel and the lag is small.
 - `wait_flushed` is the fence: every transaction the source committed before an LSN is applied on the target once
   the subscription's slot has confirmed that LSN (an idle, caught-up apply worker reports its received position).
+  The subscription commits with `synchronous_commit = on` on the target: with the default (off) an applied
+  transaction counts as flushed only once the target's WAL writer has flushed it, and the apply worker reports that
+  on its next wake-up (up to 1 s later) — which made the fence take a second under load.
 - `set_sequences` sets every sequence of the target to the source's value plus a safety gap.
 - `drop_subscription` / `drop_publication` are idempotent and never leave a replication slot on the source: a slot
   left behind retains WAL until the source's disk is full.
@@ -172,7 +175,7 @@ async def subscribe(conn: asyncpg.Connection, name: str, source_url: str, *, cop
     try:
         await conn.execute(
             f"CREATE SUBSCRIPTION {quote_ident(name)} CONNECTION {_conninfo(source_url)} "
-            f"PUBLICATION {quote_ident(name)} WITH (slot_name = {quote_ident(name)}, "
+            f"PUBLICATION {quote_ident(name)} WITH (slot_name = {quote_ident(name)}, synchronous_commit = 'on', "
             f"copy_data = {'true' if copy_data else 'false'})"
         )
     except asyncpg.PostgresError as exc:
@@ -194,6 +197,24 @@ async def table_states(conn: asyncpg.Connection, name: str) -> dict[str, str]:
 
 async def current_lsn(conn: asyncpg.Connection) -> str:
     return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+
+
+async def fence_lsn(conn: asyncpg.Connection) -> str:
+    """The source's WAL position past every transaction committed so far, flushed to disk.
+
+    The *insert* position, not `pg_current_wal_lsn()` (the write position): with `synchronous_commit = off` a
+    transaction is visible once its commit record is inserted, before the WAL writer writes it. And a walsender
+    sends only flushed WAL, which with asynchronous commits lags by up to three `wal_writer_delay`s: a transaction
+    that writes a logical decoding message (skipped by pgoutput; allowed to a REPLICATION role) and commits
+    synchronously flushes everything before it at once. Without that right the fence just waits for the WAL writer.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute("SELECT pg_logical_emit_message(true, 'timetodo-migrate', 'fence')")
+    except asyncpg.PostgresError:
+        pass
+    return str(await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text"))
 
 
 async def confirmed_lsn(conn: asyncpg.Connection, slot: str) -> str | None:
@@ -283,12 +304,16 @@ async def set_sequences(
 ) -> dict[str, int]:
     """Every sequence of schema public on the target: the source's next value plus `gap` (sequences are not
     replicated). Descending sequences move down by `gap`. Returns name → the value set."""
-    theirs = {str(r[0]) for r in await target.fetch(_SEQUENCES_SQL)}
+    mine, source_rows = await asyncio.gather(
+        target.fetch(_SEQUENCES_SQL),
+        source.fetch(
+            "SELECT format('%I.%I', schemaname, sequencename) AS qualified, last_value, increment_by, min_value, "
+            "max_value, start_value FROM pg_sequences WHERE schemaname = 'public'"
+        ),
+    )
+    theirs = {str(r[0]) for r in mine}
     wanted: dict[str, int] = {}
-    for row in await source.fetch(
-        "SELECT format('%I.%I', schemaname, sequencename) AS qualified, last_value, increment_by, min_value, "
-        "max_value, start_value FROM pg_sequences WHERE schemaname = 'public'"
-    ):
+    for row in source_rows:
         name = str(row["qualified"])
         if name not in theirs:
             continue
@@ -383,6 +408,7 @@ __all__ = [
     "current_lsn",
     "drop_publication",
     "drop_subscription",
+    "fence_lsn",
     "is_render",
     "lag_bytes",
     "leftovers",

@@ -227,7 +227,11 @@ def carried_back(result: dict[str, Any] | None) -> list[Transfer]:
         seconds = (_sec((database.get("delta") or {}).get("elapsed_seconds")) or 0) + (
             _sec(applied.get("elapsed_seconds")) or 0
         )
-        out.append(Transfer(what="database rows back", amount=rows, unit="rows", seconds=seconds or None))
+        how = str(database.get("via") or "")
+        if database.get("reverse_stream_unusable"):
+            how += f"; reverse stream not usable: {database['reverse_stream_unusable']}"
+        what = f"database rows back ({how})" if how else "database rows back"
+        out.append(Transfer(what=what, amount=rows, unit="rows", seconds=seconds or None))
     redis = result.get("redis")
     if isinstance(redis, dict) and redis:
         out.append(_keys("Redis back", redis))

@@ -4,8 +4,9 @@ Nothing stops before the source is known to be ready: reachable, its database an
 switch (`check_source`). Then the target app stops; every write it accepted after the switch is carried back to the
 source (`compute`: the row-level delta of the target against the cutover snapshot; `apply`: that delta applied to
 the source in one transaction, refused when the source changed meanwhile — `delta` holds the types and the
-guarantees); Redis and the uploads are copied back; the webhook and DNS point at the source again; the source
-leaves maintenance last.
+guarantees; strategy `logical`: the keys come from the reverse stream instead, `reverse`, and the row delta is the
+fallback when the stream cannot tell — the report says why); Redis and the uploads are copied back; the webhook and
+DNS point at the source again; the source leaves maintenance last; no replication slot is left on the target.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ async def plan(ctx: Context) -> list[PlanLine]:
         (ctx.config.source.api_url, "check: reachable, still in maintenance (after a switch); database answers"),
         (ctx.config.source.api_url, "DELETE /api/v1/admin/forwarding (when the switch started it)"),
         (ctx.target_ssh().describe(), "stop the app"),
-        ("local", "row delta target vs cutover snapshot → applied to the source in one transaction"),
+        (
+            "local",
+            "strategy logical: the keys the target wrote, from its reverse replication slot; otherwise (or when the "
+            "slot cannot tell) the row delta target vs cutover snapshot → applied to the source in one transaction",
+        ),
+        (ctx.target_ssh().describe(), "the reverse replication slot and publication dropped (strategy logical)"),
         ("local", "Redis and uploads back; webhook and DNS back; source maintenance off"),
     ]
 
@@ -71,15 +77,11 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
     target_db, snapshot = await ctx.target_db_url(), await ctx.snapshot_db_url()
     # the maintenance flag is the one thing that must not travel back: the source leaves maintenance last
     exclude = ("alembic_version", "app_state")
-    horizon = ctx.state.facts.target_xid_horizon
-    async with ctx.activity("rollback: what the target changed since the switch"):
-        if horizon is None:  # a cutover of an older version: compare every row
-            changes, full = await compute_delta(target_db, snapshot, exclude=exclude), ["*"]
-        else:
-            changes, full = await compute_delta_since(target_db, snapshot, horizon, exclude=exclude)
-    async with ctx.activity(f"rollback: {changes.total} row changes back to the source"):
-        applied = await apply_delta(changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot)
-    result["database"] = {"delta": changes.to_dict(), "applied": applied.to_dict(), "compared_in_full": full}
+    streamed = await _from_reverse_stream(ctx, snapshot, exclude)
+    if streamed.get("via") == "reverse stream":
+        result["database"] = streamed
+    else:
+        result["database"] = {**await _row_delta(ctx, target_db, snapshot, exclude), **streamed}
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
         result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
@@ -89,6 +91,42 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
         pushed = await copy_tree(Place(str(staging_dir(ctx))), src, delete=False)
         result["files"] = {"pulled": pulled, "pushed": pushed}
     return result
+
+
+async def _from_reverse_stream(ctx: Context, snapshot: str, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """Strategy logical: the rows from the reverse stream ({"via": "reverse stream", …}); otherwise, or when the
+    stream cannot tell, {"reverse_stream_unusable": why} and the caller uses the row delta."""
+    from timetodo.ops.adapters.postgres.reverse import StreamUnusable
+    from timetodo.ops.migrate import logical
+
+    if not logical.requested(ctx):
+        return {}
+    try:
+        async with ctx.activity("rollback: the target's writes from the reverse stream"):
+            return await logical.carry_back(ctx, snapshot, exclude)
+    except (StreamUnusable, DeltaError) as exc:
+        ctx.console.print(f"[yellow]reverse stream not usable, using the row delta:[/] {exc}")
+        return {"reverse_stream_unusable": str(exc)}
+
+
+async def _row_delta(ctx: Context, target_db: str, snapshot: str, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """The target's rows changed since the switch, found by its xid horizon (or every row), applied to the source."""
+    started = time.monotonic()
+    horizon = ctx.state.facts.target_xid_horizon
+    async with ctx.activity("rollback: what the target changed since the switch"):
+        if horizon is None:  # a cutover of an older version: compare every row
+            changes, full = await compute_delta(target_db, snapshot, exclude=exclude), ["*"]
+        else:
+            changes, full = await compute_delta_since(target_db, snapshot, horizon, exclude=exclude)
+    async with ctx.activity(f"rollback: {changes.total} row changes back to the source"):
+        applied = await apply_delta(changes, target_db, ctx.secrets.source_database_url, snapshot_url=snapshot)
+    return {
+        "via": "row delta",
+        "delta": changes.to_dict(),
+        "applied": applied.to_dict(),
+        "compared_in_full": full,
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 async def check_source(api: SourceApi, database_url: str, *, switched: bool) -> None:
@@ -121,6 +159,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     if ctx.state.facts.switched_at is not None:
         result.update(await _carry_back(ctx))
         result.update(await switch_back(ctx))
+    # the reverse stream's slot on the target, carried or not: a slot left there retains its WAL
+    result["logical_reverse"] = await cleanup_quietly(ctx, reverse=True)
     await ctx.source_api().maintenance(False)
     ctx.state.data["steps"].pop("cutover", None)
     ctx.state.data["steps"].pop("validate", None)
