@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from timetodo.core.maintenance import switch_maintenance
+from timetodo.core.maintenance import OFF_WITHIN, switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import replication as repl
@@ -359,7 +359,7 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
             ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
         opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
         # no process of the target may still answer 503 from a maintenance flag it cached before the opening
-        wait = opened.ended_at + _cache_seconds(ctx) - time.time()
+        wait = opened.ended_at + min(_cache_seconds(ctx), OFF_WITHIN) - time.time()  # a cached "on" is re-read
         if wait > 0:
             await asyncio.sleep(wait)
 
