@@ -228,6 +228,7 @@ async def test_a_cached_maintenance_on_is_read_again_within_off_within(app: Fast
         async with app.state.sessionmaker() as session:
             await set_maintenance(session, False, None)
 
+
 async def test_maintenance_on_waits_for_inflight_writes(app: FastAPI, settings: Settings, backend: str) -> None:
     """Concurrent writers through the service layer: nothing commits after set_maintenance(True) returns."""
     from timetodo.core.errors import MaintenanceActive

@@ -247,22 +247,10 @@ def plan_after_switch(ctx: Context) -> list[PlanLine]:
 
 
 async def _keys_and_files(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
-    target_redis = await ctx.target_redis_url()
-
-    async def keys() -> dict[str, Any]:
-        if not (ctx.secrets.source_redis_url and target_redis):
-            return {}
-        async with ctx.activity(f"{label}: Redis keys changed since the copy") as progress:
-            moved = await redisops.copy_redis_delta(
-                ctx.secrets.source_redis_url,
-                target_redis,
-                connections=ctx.config.parallel_jobs * 2,
-                progress=progress,
-            )
-        return moved.to_dict()
+    from timetodo.ops.migrate.incremental import copy_keys  # the Redis part is delta's (record, then digests)
 
     started = time.monotonic()
-    redis_result, files = await asyncio.gather(keys(), copy_files(ctx, live=live))
+    redis_result, files = await asyncio.gather(copy_keys(ctx, label, live=live), copy_files(ctx, live=live))
     return {"redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
