@@ -47,7 +47,7 @@ import asyncpg
 
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import PgTarget, chunks, mask_url
-from timetodo.ops.migrate.data import copy_files
+from timetodo.ops.migrate.data import copy_changed_files
 from timetodo.ops.migrate.rollback.apply import apply_delta
 from timetodo.ops.migrate.rollback.delta import (
     Delta,
@@ -360,7 +360,7 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
                 return {"strategy": "delta", "abandoned": str(exc)}
 
     db, redis_result, files = await asyncio.gather(
-        database(), copy_keys(ctx, label, live=live), copy_files(ctx, live=live)
+        database(), copy_keys(ctx, label, live=live), copy_changed_files(ctx, live=live)
     )
     return {"db": db, "redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 

@@ -44,7 +44,7 @@ from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import replication as repl
 from timetodo.ops.adapters.postgres.dump import _run_tool
 from timetodo.ops.errors import EXIT_VERIFICATION, OpsError, StepError
-from timetodo.ops.migrate.data import connect, copy_files
+from timetodo.ops.migrate.data import connect, copy_changed_files, copy_files
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.config import MigrationConfig
@@ -250,7 +250,7 @@ async def _keys_and_files(ctx: Context, label: str, *, live: bool) -> dict[str, 
     from timetodo.ops.migrate.incremental import copy_keys  # the Redis part is delta's (record, then digests)
 
     started = time.monotonic()
-    redis_result, files = await asyncio.gather(copy_keys(ctx, label, live=live), copy_files(ctx, live=live))
+    redis_result, files = await asyncio.gather(copy_keys(ctx, label, live=live), copy_changed_files(ctx, live=live))
     return {"redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
