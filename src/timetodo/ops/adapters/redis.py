@@ -1,7 +1,14 @@
 """Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE);
 copy every key between two servers (`copy_redis`), and afterwards only what changed since (`copy_redis_delta`,
 which compares both sides and can record a digest per key; then `copy_redis_changes`, which compares only the
-source with those digests — on the server, by a read-only Lua script — and moves what changed).
+source with those digests — on the server, by a read-only Lua script — and moves what changed). The cheapest
+pass: `record_keys` digests every key of a database nobody writes (the held target) on its server, and
+`copy_redis_since` later scans only the other side, on its server, eight cursor ranges side by side, with no
+argument per key, and moves what the record does not hold — the in-freeze pass and the rollback.
+
+Between servers, expiries travel as absolute times read with PEXPIRETIME where the reader has it (Redis ≥ 7,
+Valkey): the copy's expiry is the source's to the millisecond (PTTL + this machine's clock drifted by the time a
+loaded pipeline took: seconds, under load).
 
 The stream format is one JSON object per line, binary-safe: `{"k": base64 key, "t": ttl ms (0 = none), "v": base64
 DUMP payload}`. The TTL is the one remaining when the key was dumped; RESTORE gives it back relative to the restore.
@@ -935,6 +942,8 @@ async def record_keys(url: str, *, connections: int = 2, batch: int = 1000) -> K
         return await asyncio.to_thread(_scan_record_sync, url, connections, batch)
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise _unreachable(url, exc) from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
 
 
 @dataclass
@@ -1059,6 +1068,11 @@ async def copy_redis_since(
         )
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(
+            f"Redis refused a command: {mask_secrets(str(exc))}",
+            "the writing Redis must be the same engine and at least the reader's version (RESTORE of DUMP payloads)",
+        ) from None
 
 
 async def redis_version(url: str) -> tuple[str, str]:

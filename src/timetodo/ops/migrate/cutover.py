@@ -7,8 +7,8 @@ running but *held* — maintenance on in the target's own `app_state` (each side
 carry it), so it writes nothing — and runs a pre-pass while the source is still live (the chunks, keys and files
 changed since sync; it records the chunk hashes and Redis key digests both sides then hold). Inside the freeze it
 moves only what changed in the last seconds — the chunks holding rows written since the pre-pass (re-hashed on
-both sides, the rest taken from the pre-pass), the Redis keys whose digest on the source differs from the record,
-the rsync delta of the uploads — verifies the copied chunks by their hashes, and *opens* the target: maintenance
+both sides, the rest taken from the pre-pass), the Redis keys whose digest on the source differs from the record
+of the target, the uploads whose listing differs from the pre-pass's — verifies the copied chunks by their hashes, and *opens* the target: maintenance
 off in its database. The snapshot the validation and a rollback compare with is then made outside the freeze, from
 the source that stays frozen (forwarding) after the switch.
 

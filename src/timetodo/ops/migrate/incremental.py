@@ -1,5 +1,5 @@
 """The `delta` strategy's copy: after a first full copy, make the target equal to the source again by moving only
-what differs — database chunks (see `adapters.postgres.chunks`), Redis keys, uploads (rsync) — side by side.
+what differs — database chunks (see `adapters.postgres.chunks`), Redis keys, uploads — side by side.
 
 Guarantees:
 
@@ -20,11 +20,16 @@ Guarantees:
   misses a change), and takes the baseline's hashes for the others: the freeze costs a scan without row text on
   each side, not a hashing pass. The target is checked the same way (its app is kept from writing, but the pass
   does not rely on it). Without a baseline matching the chunk specs, both sides are hashed whole.
-- **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
-  every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
-  that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
-  app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
-  validation then compares every key of both sides. Without a record (a lost work directory), both sides again.
+- **Redis from the source only** (`copy_keys`, shared with `logical`). The pre-pass compares both sides key by key
+  (`copy_redis_delta`), then digests every key of the target on its server (`record_keys`): the record of what the
+  target holds. The in-freeze pass scans the source alone, on its server, against that record
+  (`copy_redis_since`: no argument per key, cursor ranges side by side) and notes the keys it touched; a rollback
+  compares the target with the record minus those keys. The target's Redis is written by nothing else meanwhile:
+  its app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
+  validation then compares every key of both sides. Without a record (a lost work directory, a Redis refusing the
+  script), or in a second in-freeze pass (a resumed run), the key-by-key comparisons.
+- **Uploads** (`data.copy_changed_files`): one listing of the source in the freeze, compared with the pre-pass's
+  listings of both sides; only changed files travel (one hop).
 - `app_state` (maintenance, forwarding) is deployment state: each side keeps its own.
 - Idempotent: a pass killed at any point is simply run again (it compares; the baseline only says which chunks
   cannot have changed since it was taken, which stays true whatever was written after it).
