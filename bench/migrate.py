@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -143,13 +144,26 @@ def _batches(items: Any, size: int) -> Any:
         yield batch
 
 
+def longest_gap(writer: Writer, start: float, end: float) -> float:
+    """The longest time between two acknowledged writes of `writer` during `migrate run` (not its rollback)."""
+    stamps = sorted(t for t in writer.last_ack if start <= t <= end)
+    return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
+
+
 def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_backup: bool) -> dict[str, Any]:
     """One `migrate run` with `strategy` under the steady writer, then a rollback; the final report and timings."""
     config = base / f"migration-{strategy}.toml"
     text = world.config.read_text().replace('work_dir = "work"', f'work_dir = "work-{strategy}"')
     config.write_text(text.replace('app_name = "timetodo"', f'app_name = "timetodo"\nstrategy = "{strategy}"'))
     flags = ["--skip-backup"] if skip_backup else []
-    with Writer(world.current, token, f"bench-{strategy}") as writer:
+    # a second writer keeps using the old address after the switch (a client whose DNS has not moved yet): what it
+    # sees is the client-visible downtime (forwarding should make it the freeze and nothing more)
+    old_address = base / f"old-address-{strategy}"
+    old_address.write_text(world.current.read_text())
+    with (
+        Writer(world.current, token, f"bench-{strategy}") as writer,
+        Writer(old_address, token, f"old-{strategy}") as stale,
+    ):
         started = time.monotonic()
         result = world.migrate("run", "--yes", *flags, config=config, timeout=7200)
         total = time.monotonic() - started
@@ -178,7 +192,10 @@ def migrate_with(world: World, base: Path, strategy: str, token: str, *, skip_ba
         "final_copy": cutover["result"]["phases"].get("final_copy", {}).get("result"),
         "pre_pass": cutover["result"]["phases"].get("pre_pass", {}).get("result"),
         "catch_up": cutover["result"]["phases"].get("catch_up", {}).get("result"),
-        "writes_acked": len(writer.acked),
+        "writes_acked": len(writer.acked) + len(stale.acked),
+        "longest_gap_seconds": longest_gap(writer, started, started + total),
+        "old_address_longest_gap_seconds": longest_gap(stale, started, started + total),
+        "old_address_failures": stale.failures,
         "validation": validation,
         "report": report,
     }
@@ -250,6 +267,11 @@ def main() -> None:
         )
         freeze = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in run["in_freeze_seconds"].items())
         print(f"  write freeze: {run['write_freeze_seconds']:.2f} s ({freeze})")
+        print(
+            f"  longest wait for an acknowledged write: {run['longest_gap_seconds']:.2f} s following DNS, "
+            f"{run['old_address_longest_gap_seconds']:.2f} s on the old address "
+            f"({run['old_address_failures']} refused or failed attempts there, retried)"
+        )
         copy = run["final_copy"] or {}
         db = copy.get("db") or {}
         if db.get("strategy") == "delta":
@@ -259,7 +281,7 @@ def main() -> None:
                 f"(hash {db['hash_seconds']:.2f} s — {db.get('hashing')}, re-hashed {db.get('chunks_rehashed')}; "
                 f"compare {db['compare_seconds']:.2f} s, apply {db['apply_seconds']:.2f} s, all {db['seconds']:.2f} s); "
                 f"Redis ({keys.get('method')}): {keys.get('keys')} keys of {keys.get('scanned')} "
-                f"({keys.get('seconds')} s); files {(copy.get('files') or {}).get('seconds')} s"
+                f"({float(keys.get('seconds') or 0):.2f} s); files {float((copy.get('files') or {}).get('seconds') or 0):.2f} s"
             )
         catch_up = run.get("catch_up") or {}
         if catch_up.get("strategy") == "logical":

@@ -324,14 +324,20 @@ async def _replication_leftovers(world: World) -> tuple[int, int, int]:
 
 def _run_killed_and_resumed(
     world: World, strategy: str, work: str, prefix: str, kill_points: list[Any]
-) -> tuple[Writer, dict[str, Any], Path]:
+) -> tuple[dict[str, str], dict[str, Any], Path]:
     """`run --resume` SIGKILLed at each kill point in turn (each a condition on the state file), then run to the end
-    under a steady writer; returns the writer, the final state and the config."""
+    under a steady writer following DNS and one staying on the old address; returns the writes both had
+    acknowledged, the final state and the config."""
     config = world.base / f"migration-{work}.toml"
     text = world.config.read_text().replace('work_dir = "work"', f'work_dir = "{work}"')
     config.write_text(text.replace('app_name = "timetodo"', f'app_name = "timetodo"\nstrategy = "{strategy}"'))
     state_file = world.base / work / "state.json"
-    with Writer(world.current, world.writer_token, prefix) as writer:
+    old_address = world.base / f"old-address-{work}"  # a client whose DNS never moves: it keeps using the source
+    old_address.write_text(world.source.url)
+    with (
+        Writer(world.current, world.writer_token, prefix) as writer,
+        Writer(old_address, world.writer_token, f"{prefix}o") as old_writer,
+    ):
         for n, condition in enumerate(kill_points):
             _run_until_killed(world, config, state_file, condition, world.base / f"killed-{work}-{n}.log")
         frozen = world.migrate("status", config=config)
@@ -340,15 +346,21 @@ def _run_killed_and_resumed(
         assert result.returncode == 0, result.stdout + result.stderr
         time.sleep(1.5)
     assert world.current.read_text() == world.target_url
-    on_target = asyncio.run(titles(world.target_db, prefix))
-    missing = [uid for uid in writer.acked if on_target.get(uid) != 1]
-    assert writer.acked and missing == [], missing[:5]
+    state = json.loads(state_file.read_text())
+    # no failed request outside the freeze (a run killed inside it leaves the source frozen until --resume: inside)
+    window = (state["facts"]["freeze_started_at"] - 0.5, state["facts"]["forwarding_started_at"] + 1.5)
+    for writes in (writer, old_writer):
+        outside = [t for t in writes.failure_times if not window[0] <= t <= window[1]]
+        assert outside == [], f"{len(outside)} failed requests outside the freeze {window}: {outside[:5]}"
+    for name, writes in ((prefix, writer), (f"{prefix}o", old_writer)):
+        on_target = asyncio.run(titles(world.target_db, name))
+        missing = [uid for uid in writes.acked if on_target.get(uid) != 1]
+        assert writes.acked and missing == [], f"{name}: {len(missing)} missing or duplicated: {missing[:5]}"
     validation = json.loads((world.base / work / "migration_validation_report.json").read_text())
     assert validation["ok"] is True
-    state = json.loads(state_file.read_text())
     assert all(state["steps"][s]["status"] == "done" for s in ("preflight", "sync", "cutover", "validate"))
     assert state["steps"]["cutover"]["attempts"] >= 2
-    return writer, state, config
+    return {**writer.acked, **old_writer.acked}, state, config
 
 
 def _done(step: str) -> Any:
@@ -365,7 +377,7 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     on the target, validation passes. This run uses the `dump` strategy (the other tests cover the default, delta);
     then a rollback of the resumed cutover brings every target-side write back."""
     kill_points = [_done(step) for step in ("preflight", "backup", "prepare", "deploy", "sync")] + [_frozen]
-    writer, _state, config = _run_killed_and_resumed(world, "dump", "work-resume", "k", kill_points)
+    acked_before, _state, config = _run_killed_and_resumed(world, "dump", "work-resume", "k", kill_points)
     # the final report: every attempt a row, in the order they ran; the killed cutover stays as an interrupted row
     phases = json.loads((world.base / "work-resume" / "migration_final_report.json").read_text())["phases"]
     assert [p["started_at"] for p in phases] == sorted(p["started_at"] for p in phases)
@@ -381,8 +393,10 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     assert world.current.read_text() == world.source.url
     carried = json.loads((world.base / "work-resume" / "migration_rollback_report.json").read_text())
     assert carried["database"]["compared_in_full"] == [], carried["database"]
-    on_source = asyncio.run(titles(world.source_db, "k")) | asyncio.run(titles(world.source_db, "kr"))
-    acked = {**writer.acked, **after.acked}
+    on_source = {
+        name: n for prefix in ("k", "ko", "kr") for name, n in asyncio.run(titles(world.source_db, prefix)).items()
+    }
+    acked = {**acked_before, **after.acked}
     assert acked and [uid for uid in acked if on_source.get(uid) != 1] == []
 
 
@@ -396,7 +410,7 @@ def test_killed_delta_cutover_resumes_to_the_same_end_state(world: World) -> Non
 
     kill_points = [phase("hold_target"), phase("pre_pass"), _frozen, phase("open_target")]
     kill_points.append(lambda s: s.get("facts", {}).get("switched_at") is not None)
-    _writer, state, _config = _run_killed_and_resumed(world, "delta", "work-delta-resume", "d", kill_points)
+    _acked, state, _config = _run_killed_and_resumed(world, "delta", "work-delta-resume", "d", kill_points)
     final_db = state["facts"]["cutover_phases"]["final_copy"]["result"]["db"]
     assert final_db["strategy"] == "delta" and final_db["problems"] == []
     assert state["facts"]["target_xid_horizon"] > 0

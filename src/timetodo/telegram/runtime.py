@@ -158,7 +158,8 @@ class TelegramRuntime:
     async def stop(self) -> None:
         await self.drain(self.settings.GRACEFUL_SHUTDOWN_SECONDS)
         self._stopping.set()
-        self._wake.set()
+        self._wake.set()  # every loop waits on one of these two: each then sees `_stopping` and ends
+        self._deferred_wake.set()
         if self._loops:  # let a run in progress finish (cancelling asyncpg mid-connect leaks a future)
             await asyncio.wait(self._loops, timeout=5)
         for loop in self._loops:
