@@ -211,7 +211,11 @@ def migrate_with(
         started = time.monotonic()
         result = world.migrate("run", "--yes", *flags, config=config, timeout=7200)
         total = time.monotonic() - started
-        if result.returncode != 0:
+        validation = "passed"
+        if result.returncode == 5:  # validation failed: the freeze figures still stand; the run is marked
+            validation = "FAILED: " + (result.stdout + result.stderr).strip()[-600:]
+            print(f"  validation failed ({strategy}); figures kept, marked", flush=True)
+        elif result.returncode != 0:
             raise SystemExit(result.stdout + result.stderr)
         paths = None
         if strategy == "logical":
@@ -222,7 +226,8 @@ def migrate_with(
         if back.returncode != 0:
             raise SystemExit(back.stdout + back.stderr)
     work = base / f"work-{strategy}"
-    report = json.loads((work / "migration_final_report.json").read_text())
+    report_file = work / "migration_final_report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else {"phases": []}
     rolled_back = json.loads((work / "migration_rollback_report.json").read_text())
     state = json.loads((work / "state.json").read_text())
     cutover = next(run for run in reversed(state["history"]) if run["step"] == "cutover" and run["status"] == "done")
@@ -241,6 +246,7 @@ def migrate_with(
         "longest_gap_seconds": longest_gap(writer, started, started + total),
         "old_address_longest_gap_seconds": longest_gap(stale, started, started + total),
         "old_address_failures": stale.failures,
+        "validation": validation,
         "report": report,
     }
 
@@ -305,7 +311,8 @@ def main() -> None:
         for name, phase in phases.items():
             print(f"  {name:<12}{phase['seconds'] or 0:>10.1f}")
         print(f"  {'total':<12}{run['total_seconds']:>10.1f}")
-        sync = phases["sync"]["result"]
+        print(f"  validation: {run['validation']}")
+        sync = phases["sync"]["result"] if "sync" in phases else {"redis": {}, "db": {"seconds": 0}}
         redis_s = float(sync["redis"].get("seconds", 0))
         wall = float(sync.get("wall_seconds", 0))
         db = sync["db"]

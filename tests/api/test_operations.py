@@ -206,6 +206,29 @@ async def test_maintenance_mode(app: FastAPI, client: httpx.AsyncClient, auth: d
     assert (await client.post("/api/v1/tasks", json={"title": "after"}, headers=auth)).status_code == 201
 
 
+async def test_a_cached_maintenance_on_is_read_again_within_off_within(app: FastAPI) -> None:
+    """A migration opens its held target (maintenance off in the database) and sends clients there after
+    `OFF_WITHIN`, not `MAINTENANCE_CACHE_SECONDS`: a process that cached "on" must see "off" by then, however long
+    its cache keeps an "off" (a cached "off" is still kept for the whole ttl: `guard_write` is the real check)."""
+    from timetodo.core.maintenance import OFF_WITHIN, MaintenanceFlagCache
+
+    cache = MaintenanceFlagCache(app.state.sessionmaker, ttl=3600.0)
+    async with app.state.sessionmaker() as session:
+        await set_maintenance(session, True, "test")
+    try:
+        assert await cache.enabled() is True
+        async with app.state.sessionmaker() as session:
+            await set_maintenance(session, False, None)
+        await asyncio.sleep(OFF_WITHIN * 1.5)
+        assert await cache.enabled() is False  # with the 1 h ttl alone this stays True
+        async with app.state.sessionmaker() as session:
+            await set_maintenance(session, True, "test")
+        assert await cache.enabled() is False  # an "off" is kept: early 503s only, the guard refuses the writes
+    finally:
+        async with app.state.sessionmaker() as session:
+            await set_maintenance(session, False, None)
+
+
 async def test_maintenance_on_waits_for_inflight_writes(app: FastAPI, settings: Settings, backend: str) -> None:
     """Concurrent writers through the service layer: nothing commits after set_maintenance(True) returns."""
     from timetodo.core.errors import MaintenanceActive

@@ -106,7 +106,9 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
     assert "open_target" in cutover["in_freeze_seconds"], cutover["in_freeze_seconds"]
     assert not {"stop_target", "start_target"} & set(facts["cutover_phases"]), facts["cutover_phases"].keys()
     assert final_db["hashing"].startswith("changed chunks only"), final_db
-    assert facts["cutover_phases"]["final_copy"]["result"]["redis"]["method"] == "script"
+    final_copy = facts["cutover_phases"]["final_copy"]["result"]
+    assert final_copy["redis"]["method"] == "scan script", final_copy["redis"]
+    assert final_copy["files"]["method"].startswith("listing against the pre-pass"), final_copy["files"]
     # the client on the old address saw errors only inside the write freeze: forwarding took over at the switch
     window = (facts["freeze_started_at"] - 0.5, facts["forwarding_started_at"] + 1.5)
     outside = [t for t in old_writer.failure_times if not window[0] <= t <= window[1]]

@@ -131,8 +131,16 @@ async def switch_maintenance(database_url: str, enabled: bool, reason: str | Non
         return await set_maintenance(session, enabled, reason)
 
 
+OFF_WITHIN = 0.05
+"""Seconds within which every process sees the flag switched *off*: a cached "on" is read again after at most this
+(the early 503s it gives are then never stale by more). A tool that switched maintenance off waits this long, not
+`MAINTENANCE_CACHE_SECONDS`, before sending clients there."""
+
+
 class MaintenanceFlagCache:
-    """A per-process copy of the flag, refreshed at most every `ttl` seconds, for cheap early 503s."""
+    """A per-process copy of the flag for cheap early 503s: a cached "off" is refreshed at most every `ttl` seconds
+    (a write that slips through meets `guard_write`), a cached "on" at most every `OFF_WITHIN` seconds (so no early
+    503 outlives the flag by more), and after a failed read at most every `ttl` seconds again."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession], ttl: float) -> None:
         self._maker = maker
@@ -153,8 +161,10 @@ class MaintenanceFlagCache:
         except DATABASE_UNAVAILABLE as exc:
             # the early answer only: every write's own guard reads the flag in its transaction
             log.warning("maintenance flag not refreshed: database unavailable", extra={"error": repr(exc)})
+            if self._value:  # next try after `ttl`, not at every request while the database is away
+                self._checked = time.monotonic() + self._ttl - min(self._ttl, OFF_WITHIN)
 
     async def enabled(self) -> bool:
-        if time.monotonic() - self._checked >= self._ttl:
+        if time.monotonic() - self._checked >= (min(self._ttl, OFF_WITHIN) if self._value else self._ttl):
             await self.refresh()
         return self._value

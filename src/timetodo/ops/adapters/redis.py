@@ -1,7 +1,14 @@
 """Redis adapters: copy every key of one database out (SCAN + pipelined DUMP/PTTL) and back (pipelined RESTORE);
 copy every key between two servers (`copy_redis`), and afterwards only what changed since (`copy_redis_delta`,
 which compares both sides and can record a digest per key; then `copy_redis_changes`, which compares only the
-source with those digests — on the server, by a read-only Lua script — and moves what changed).
+source with those digests — on the server, by a read-only Lua script — and moves what changed). The cheapest
+pass: `record_keys` digests every key of a database nobody writes (the held target) on its server, and
+`copy_redis_since` later scans only the other side, on its server, eight cursor ranges side by side, with no
+argument per key, and moves what the record does not hold — the in-freeze pass and the rollback.
+
+Between servers, expiries travel as absolute times read with PEXPIRETIME where the reader has it (Redis ≥ 7,
+Valkey): the copy's expiry is the source's to the millisecond (PTTL + this machine's clock drifted by the time a
+loaded pipeline took: seconds, under load).
 
 The stream format is one JSON object per line, binary-safe: `{"k": base64 key, "t": ttl ms (0 = none), "v": base64
 DUMP payload}`. The TTL is the one remaining when the key was dumped; RESTORE gives it back relative to the restore.
@@ -249,6 +256,47 @@ class _Copier:
         self.local = threading.local()
         self.clients: list[sync_redis.Redis] = []
         self.seen: set[bytes] = set()
+        self.exact = False
+        """PEXPIRETIME on the reading side (Redis ≥ 7, Valkey): expiries are read as the server's absolute time,
+        so the copy's is the source's to the millisecond (else PTTL + this machine's clock, a few ms off)."""
+
+    def probe_exact(self, *clients: sync_redis.Redis) -> None:
+        """`exact` when every one of `clients` knows PEXPIRETIME."""
+        try:
+            for client in clients:
+                client.pexpiretime("ttd:probe:pexpiretime")
+            self.exact = True
+        except redis_errors.ResponseError:
+            self.exact = False
+
+    def read(self, client: sync_redis.Redis, keys: list[bytes]) -> list[tuple[bytes | None, int]]:
+        """Per key (DUMP payload or None when gone, absolute expiry in ms or 0 for none), pipelined."""
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.dump(key)
+            if self.exact:
+                pipe.pexpiretime(key)  # type: ignore[arg-type]  # bytes keys work (redis-py's stub says str)
+            else:
+                pipe.pttl(key)
+        values = pipe.execute()
+        now_ms = int(time.time() * 1000)
+        out: list[tuple[bytes | None, int]] = []
+        for payload, when in zip(values[0::2], values[1::2], strict=True):
+            when = int(when)
+            if payload is None or when == -2:
+                out.append((None, 0))
+            elif self.exact:
+                out.append((payload, max(when, 0)))
+            else:
+                out.append((payload, _expiry(when, now_ms)))
+        return out
+
+    @staticmethod
+    def restore(pipe: Any, key: bytes, payload: bytes, expiry: int) -> None:
+        if expiry > 0:
+            pipe.restore(key, expiry, payload, replace=True, absttl=True)
+        else:
+            pipe.restore(key, 0, payload, replace=True)
 
     def client(self, url: str, timeout: float = 60) -> sync_redis.Redis:
         client = sync_redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=timeout)
@@ -263,22 +311,13 @@ class _Copier:
 
     def move(self, keys: list[bytes]) -> None:
         src, dst = self.pair()
-        pipe = src.pipeline(transaction=False)
-        for key in keys:
-            pipe.dump(key)
-            pipe.pttl(key)
-        values = pipe.execute()
-        now_ms = int(time.time() * 1000)
         out = dst.pipeline(transaction=False)
         moved = skipped = 0
-        for key, payload, pttl in zip(keys, values[0::2], values[1::2], strict=True):
-            if payload is None or pttl == -2:
+        for key, (payload, expiry) in zip(keys, self.read(src, keys), strict=True):
+            if payload is None:
                 skipped += 1
-            elif pttl >= 0:
-                out.restore(key, now_ms + max(int(pttl), 1), payload, replace=True, absttl=True)
-                moved += 1
             else:
-                out.restore(key, 0, payload, replace=True)
+                self.restore(out, key, payload, expiry)
                 moved += 1
         if moved:
             out.execute()
@@ -290,6 +329,7 @@ class _Copier:
 
     def run(self, connections: int, batch: int, flush_target: bool) -> None:
         scan_client = self.client(self.source_url)
+        self.probe_exact(scan_client, self.client(self.target_url))
         self.total = int(scan_client.dbsize())
         if flush_target:
             self.client(self.target_url, timeout=300).flushdb()
@@ -429,42 +469,30 @@ class _DeltaCopier(_ComparingCopier):
 
     def move(self, keys: list[bytes]) -> None:
         src, dst = self.pair()
-        pipe = src.pipeline(transaction=False)
-        theirs = dst.pipeline(transaction=False)
-        if self.record is not None:
-            pipe.time()  # recorded expiries are on the source's clock (compared by copy_redis_changes on it)
-        for key in keys:
-            pipe.dump(key)
-            pipe.pttl(key)
-            theirs.dump(key)
-            theirs.pttl(key)
-        ours_values, their_values = pipe.execute(), theirs.execute()
-        now_ms = int(time.time() * 1000)
-        source_ms = 0
-        if self.record is not None:
-            source_ms, ours_values = _server_ms(ours_values[0]), ours_values[1:]
+        source_ms = _server_ms(src.time()) if self.record is not None and not self.exact else 0
+        ours, theirs = self.read(src, keys), self.read(dst, keys)
         out = dst.pipeline(transaction=False)
         new = changed = skipped = moved_bytes = 0
         vanished: list[bytes] = []
         record: KeyDigests | None = {} if self.record is not None else None
-        for i, key in enumerate(keys):
-            payload, pttl = ours_values[2 * i], ours_values[2 * i + 1]
-            other, other_pttl = their_values[2 * i], their_values[2 * i + 1]
-            if payload is None or pttl == -2:
+        for key, (payload, expiry), (other, other_expiry) in zip(keys, ours, theirs, strict=True):
+            if payload is None:
                 skipped += 1  # gone on the source meanwhile (expired, deleted): gone on the target too
                 vanished.append(key)
                 continue
-            expiry = _expiry(int(pttl), now_ms)
-            if record is not None:  # what the target holds after this pass
-                record[key] = (payload_digest(payload), _expiry(int(pttl), source_ms) if pttl >= 0 else 0)
-            if other is not None and other == payload and _same_expiry(expiry, _expiry(int(other_pttl), now_ms)):
+            if record is not None:  # what the target holds after this pass; expiries on the source's clock
+                shift = 0 if self.exact or not expiry else source_ms - int(time.time() * 1000)
+                record[key] = (payload_digest(payload), expiry + shift if expiry else 0)
+            # with PEXPIRETIME both expiries are exact: an expiry a few ms off (an older copy) is corrected
+            same = expiry == other_expiry if self.exact else _same_expiry(expiry, other_expiry)
+            if other is not None and other == payload and same:
                 continue
             if other is None:
                 new += 1
             else:
                 changed += 1
             moved_bytes += len(payload)
-            out.restore(key, expiry, payload, replace=True, absttl=True)
+            self.restore(out, key, payload, expiry)
         if new or changed:
             out.execute()
         if vanished:
@@ -634,20 +662,14 @@ class _ChangesCopier(_ComparingCopier):
         new = sum(1 for _, what in found if what == "new")
         moved_bytes = skipped = 0
         if copy:
-            pipe = src.pipeline(transaction=False)
-            for key in copy:
-                pipe.dump(key)
-                pipe.pttl(key)
-            values = pipe.execute()
-            now_ms = int(time.time() * 1000)
             out = dst.pipeline(transaction=False)
-            for key, payload, pttl in zip(copy, values[0::2], values[1::2], strict=True):
-                if payload is None or pttl == -2:
+            for key, (payload, expiry) in zip(copy, self.read(src, copy), strict=True):
+                if payload is None:
                     skipped += 1
                     gone.append(key)
                     continue
                 moved_bytes += len(payload)
-                out.restore(key, _expiry(int(pttl), now_ms), payload, replace=True, absttl=True)
+                self.restore(out, key, payload, expiry)
             out.execute()
         if gone:
             self.remove(gone)
@@ -720,6 +742,337 @@ def load_digests(path: Any) -> KeyDigests | None:
         return {str(key).encode("latin-1"): (str(v[0]), int(v[1])) for key, v in data.items()}
     except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError, IndexError):
         return None
+
+
+# ------------------------------------------------------- digests by a server-side SCAN: the cheap in-freeze pass
+
+SCAN_DIGEST_HEX = 24
+"""96 bits per key: two keys of a million share a digest with a probability of about 10⁻¹⁷."""
+_GONE = b"-" * SCAN_DIGEST_HEX
+
+_SCAN_SCRIPT = """
+local found = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
+local keys = found[2]
+local out = {}
+for i, key in ipairs(keys) do
+  local payload = redis.call('DUMP', key)
+  if payload then
+    out[i] = string.sub(redis.sha1hex(key .. '\\0' .. string.sub(payload, 1, -11) .. '\\0'
+      .. redis.call('PEXPIRETIME', key)), 1, HEX)
+  else
+    out[i] = GONE
+  end
+end
+return {found[1], keys, table.concat(out)}
+""".replace("HEX", str(SCAN_DIGEST_HEX)).replace("GONE", repr(_GONE.decode()))
+"""Read-only, no per-key argument: ARGV = a SCAN cursor and COUNT. Does that SCAN step on the server and answers
+{next cursor, the keys, one string of a fixed-width digest per key}: the sha1 of the key's name, its DUMP payload
+without the 10-byte footer (RDB version + CRC, so two servers of different minor versions agree) and its absolute
+expiry (PEXPIRETIME, exact to the millisecond, -1 for none: Redis ≥ 7.0 / Valkey). A key gone between SCAN and DUMP
+answers dashes. The client compares the digests with a recorded set in C (set membership): unchanged keys cost no
+Python work beyond slicing."""
+
+
+class ScanScriptRefused(RedisOpError):
+    """The server refused the digest script (scripting not allowed for this user, or no PEXPIRETIME: Redis < 7)."""
+
+
+@dataclass
+class KeyRecord:
+    """Every key of one Redis database and its digest (`_SCAN_SCRIPT`), read while nothing else wrote it: parallel
+    lists, `digests[i]` belongs to `keys[i]`. The set of digests is what a later pass compares with."""
+
+    digests: list[bytes]
+    keys: list[bytes]
+    _set: set[bytes] | None = None
+
+    def digest_set(self) -> set[bytes]:
+        if self._set is None:
+            self._set = set(self.digests)
+        return self._set
+
+    def keys_of(self, digests: set[bytes]) -> list[bytes]:
+        return [key for digest, key in zip(self.digests, self.keys, strict=True) if digest in digests]
+
+    def save(self, path: Any) -> None:
+        """Atomically, binary: a header line (count), the digests back to back, then each key length-prefixed."""
+        tmp = path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            out.write(f"ttd-redis-record 1 {len(self.digests)}\n".encode())
+            out.write(b"".join(self.digests))
+            out.write(b"".join(len(key).to_bytes(4, "big") + key for key in self.keys))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Any) -> KeyRecord | None:
+        """What `save` wrote; None when the file is missing, truncated or not one."""
+        try:
+            data = path.read_bytes()
+            header, _, rest = data.partition(b"\n")
+            magic, version, count_text = header.split(b" ")
+            count = int(count_text)
+            if magic != b"ttd-redis-record" or version != b"1":
+                return None
+            width = SCAN_DIGEST_HEX
+            digests = [rest[i : i + width] for i in range(0, count * width, width)]
+            keys: list[bytes] = []
+            at = count * width
+            for _ in range(count):
+                size = int.from_bytes(rest[at : at + 4], "big")
+                keys.append(rest[at + 4 : at + 4 + size])
+                at += 4 + size
+            if len(digests) != count or len(keys) != count or at != len(rest) or any(len(d) != width for d in digests):
+                return None
+            return cls(digests, keys)
+        except (OSError, ValueError):
+            return None
+
+
+_RECORDS: dict[str, KeyRecord] = {}
+"""Records this process made or loaded, by file path: the in-freeze pass then skips reading the file."""
+
+
+def save_record(path: Any, record: KeyRecord) -> None:
+    record.save(path)
+    _RECORDS[str(path)] = record
+
+
+def forget_record(path: Any) -> None:
+    _RECORDS.pop(str(path), None)
+
+
+def load_record(path: Any) -> KeyRecord | None:
+    found = _RECORDS.get(str(path))
+    if found is None and (found := KeyRecord.load(path)) is not None:
+        _RECORDS[str(path)] = found
+    return found
+
+
+PARTITIONS = 8
+"""SCAN's cursor visits the hash table's buckets in reverse-binary order, so the cursors whose low three bits are
+j (read backwards) start the j-th eighth of every full iteration, whatever the table's size: eight independent
+ranges, run side by side over the connections, ending when the cursor leaves its range (or wraps to 0). A step
+that crosses into the next range returns some of its keys twice (harmless: a digest is compared, a key copied
+again); a database of fewer than `PARTITIONS * 4` batches is one range (a step there would cross several)."""
+
+
+def _reverse_bits(value: int, bits: int) -> int:
+    return int(format(value, f"0{bits}b")[::-1], 2)
+
+
+_PARTITION_BITS = PARTITIONS.bit_length() - 1
+
+
+class _DigestScanner:
+    """Runs `_SCAN_SCRIPT` over the PARTITIONS cursor ranges on `connections` threads, each batch handed to
+    `on_batch(keys, digests)` (from the thread that read it)."""
+
+    def __init__(self, url: str, connections: int, batch: int) -> None:
+        self.url, self.connections, self.batch = url, connections, batch
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.clients: list[sync_redis.Redis] = []
+        self.script: Any = None
+
+    def client(self) -> sync_redis.Redis:
+        if not hasattr(self.local, "client"):
+            client = sync_redis.Redis.from_url(self.url, socket_connect_timeout=10, socket_timeout=60)
+            with self.lock:
+                self.clients.append(client)
+            self.local.client = client
+        return self.local.client  # type: ignore[no-any-return]
+
+    def partition(self, j: int, bits: int, on_batch: Callable[[list[bytes], list[bytes]], None]) -> None:
+        start = _reverse_bits(j, bits) if bits else 0
+        mask = (1 << bits) - 1
+        cursor = start
+        client = self.client()
+        while True:
+            try:
+                next_cursor, keys, blob = self.script(args=[cursor, self.batch], client=client)
+            except redis_errors.NoScriptError:
+                raise
+            except redis_errors.ResponseError as exc:
+                raise ScanScriptRefused(f"the digest script was refused: {mask_secrets(str(exc))}") from None
+            width = SCAN_DIGEST_HEX
+            on_batch(keys, [blob[i : i + width] for i in range(0, len(blob), width)])
+            cursor = int(next_cursor)
+            if cursor == 0 or (cursor & mask) != start:
+                return
+
+    def run(self, on_batch: Callable[[list[bytes], list[bytes]], None]) -> None:
+        first = self.client()
+        try:
+            self.script = first.register_script(_SCAN_SCRIPT)
+        except redis_errors.ResponseError as exc:
+            raise ScanScriptRefused(f"the digest script was refused: {mask_secrets(str(exc))}") from None
+        try:
+            with ThreadPoolExecutor(max_workers=self.connections) as pool:
+                bits = _PARTITION_BITS if int(first.dbsize()) > PARTITIONS * 4 * self.batch else 0
+                for future in [pool.submit(self.partition, j, bits, on_batch) for j in range(1 << bits)]:
+                    future.result()
+        finally:
+            for client in self.clients:
+                client.close()
+
+
+def _scan_record_sync(url: str, connections: int, batch: int) -> KeyRecord:
+    digests: list[bytes] = []
+    keys: list[bytes] = []
+    seen: set[bytes] = set()
+    lock = threading.Lock()
+
+    def on_batch(found: list[bytes], found_digests: list[bytes]) -> None:
+        with lock:
+            for key, digest in zip(found, found_digests, strict=True):
+                if digest != _GONE and key not in seen:  # SCAN may return a key twice
+                    seen.add(key)
+                    keys.append(key)
+                    digests.append(digest)
+
+    _DigestScanner(url, connections, batch).run(on_batch)
+    return KeyRecord(digests, keys)
+
+
+async def record_keys(url: str, *, connections: int = 2, batch: int = 1000) -> KeyRecord:
+    """Every key's digest (`_SCAN_SCRIPT`) of the URL's database, read on the server. Meant for a database nothing
+    else writes meanwhile (the held target after a copy): the record then says exactly what it holds."""
+    try:
+        return await asyncio.to_thread(_scan_record_sync, url, connections, batch)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise _unreachable(url, exc) from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+
+
+@dataclass
+class RecordedChanges(RedisDelta):
+    """`copy_redis_since`'s tally: `changed` counts the keys restored on the writer (new or changed: the record does
+    not say which), `deleted` those the reader lacked; `moved_keys` and `removed_keys` name them."""
+
+    moved_keys: list[bytes] | None = None
+    removed_keys: list[bytes] | None = None
+
+
+class _SinceCopier(_Copier):
+    """`copy_redis_since`: the reader's digests by `_DigestScanner`; the keys whose digest the record lacks copied,
+    the recorded keys not seen deleted (or copied, when the reader has them after all)."""
+
+    def __init__(
+        self, reader: str, writer: str, record: KeyRecord, progress: Progress | None, also: Iterable[bytes] = ()
+    ) -> None:
+        super().__init__(reader, writer, progress)
+        self.record = record
+        self.also = list(also)
+        self.known = record.digest_set()
+        self.seen: set[bytes] = set()
+        self.moved: set[bytes] = set()
+        self.removed: set[bytes] = set()
+        self.delta = RecordedChanges(method="scan script")
+
+    def sync_keys(self, keys: list[bytes]) -> tuple[int, int]:
+        """Make each of `keys` on the writer what it is on the reader now (RESTORE … ABSTTL REPLACE, or DEL when
+        the reader has none): (restored, deleted)."""
+        src, dst = self.pair()
+        out = dst.pipeline(transaction=False)
+        moved: list[bytes] = []
+        gone: list[bytes] = []
+        size = 0
+        for key, (payload, expiry) in zip(keys, self.read(src, keys), strict=True):
+            if payload is None:
+                gone.append(key)
+            else:
+                moved.append(key)
+                size += len(payload)
+                self.restore(out, key, payload, expiry)
+        if moved:
+            out.execute()
+        deleted = int(dst.delete(*gone)) if gone else 0
+        with self.lock:
+            self.delta.bytes += size
+            self.moved.update(moved)
+            self.moved.difference_update(gone)
+            self.removed.update(gone)
+            self.removed.difference_update(moved)
+        return len(moved), deleted
+
+    def on_batch(self, keys: list[bytes], digests: list[bytes]) -> None:
+        known = self.known
+        odd = [i for i, digest in enumerate(digests) if digest not in known]
+        with self.lock:
+            self.seen.update(digests)
+            self.delta.scanned += len(keys)
+            if self.progress is not None:
+                self.progress(self.delta.scanned, self.total)
+        if odd:
+            self.sync_keys([keys[i] for i in odd])
+
+    def run_since(self, connections: int, batch: int) -> None:
+        self.total = len(self.record.digests)
+        self.probe_exact(self.client(self.source_url))
+        _DigestScanner(self.source_url, connections, batch).run(self.on_batch)
+        # recorded digests no pass saw: the key changed (then seen under its new digest and copied already: copying
+        # again is harmless), was deleted or expired, or was gone for part of the scan: made equal to the reader now
+        missing = self.known - self.seen
+        left = self.record.keys_of(missing) if missing else []
+        left += self.also
+        for start in range(0, len(left), batch):
+            self.sync_keys(left[start : start + batch])
+        # a key met more than once (a step crossing ranges, a key changing again) is counted once, as it ended
+        self.delta.moved_keys, self.delta.removed_keys = sorted(self.moved), sorted(self.removed)
+        self.delta.changed, self.delta.deleted = len(self.moved), len(self.removed)
+
+
+def _copy_since_sync(
+    reader: str,
+    writer: str,
+    record: KeyRecord,
+    connections: int,
+    batch: int,
+    progress: Progress | None,
+    also: Iterable[bytes],
+) -> RecordedChanges:
+    started = time.monotonic()
+    copier = _SinceCopier(reader, writer, record, progress, also)
+    try:
+        copier.run_since(connections, batch)
+    finally:
+        copier.close()
+    copier.delta.seconds = time.monotonic() - started
+    return copier.delta
+
+
+async def copy_redis_since(
+    reader_url: str,
+    writer_url: str,
+    record: KeyRecord,
+    *,
+    connections: int = 2,
+    batch: int = 1000,
+    progress: Progress | None = None,
+    also: Iterable[bytes] = (),
+) -> RecordedChanges:
+    """Make the writer's database equal to the reader's, given `record`: what the writer holds (a `record_keys` of
+    it, or of the reader when the two were equal). Only the reader is scanned, on its server (`_SCAN_SCRIPT`, the
+    eight cursor ranges over `connections` threads, no argument per key); every key whose digest the record lacks
+    — new, changed in value or expiry — is copied (RESTORE … ABSTTL REPLACE), every recorded digest the scan did not
+    meet is looked up by its key and made equal (copied, or deleted on the writer when the reader lacks it: deleted
+    or expired). Nothing is missed: a key present for the whole scan is returned by SCAN with its current digest,
+    which either is in the record (the writer holds that value and expiry) or is copied; a recorded key not met is
+    checked one by one, and so is every key of `also`. `ScanScriptRefused` when the reader refuses the script (the
+    caller falls back)."""
+    try:
+        return await asyncio.to_thread(
+            _copy_since_sync, reader_url, writer_url, record, connections, batch, progress, also
+        )
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(
+            f"Redis refused a command: {mask_secrets(str(exc))}",
+            "the writing Redis must be the same engine and at least the reader's version (RESTORE of DUMP payloads)",
+        ) from None
 
 
 async def redis_version(url: str) -> tuple[str, str]:

@@ -7,8 +7,8 @@ running but *held* — maintenance on in the target's own `app_state` (each side
 carry it), so it writes nothing — and runs a pre-pass while the source is still live (the chunks, keys and files
 changed since sync; it records the chunk hashes and Redis key digests both sides then hold). Inside the freeze it
 moves only what changed in the last seconds — the chunks holding rows written since the pre-pass (re-hashed on
-both sides, the rest taken from the pre-pass), the Redis keys whose digest on the source differs from the record,
-the rsync delta of the uploads — verifies the copied chunks by their hashes, and *opens* the target: maintenance
+both sides, the rest taken from the pre-pass), the Redis keys whose digest on the source differs from the record
+of the target, the uploads whose listing differs from the pre-pass's — verifies the copied chunks by their hashes, and *opens* the target: maintenance
 off in its database. The snapshot the validation and a rollback compare with is then made outside the freeze, from
 the source that stays frozen (forwarding) after the switch.
 
@@ -17,8 +17,8 @@ except three caches, each bounded in time by the target's env — the maintenanc
 (`MAINTENANCE_CACHE_SECONDS`), the account states (`AUTH_STATE_CACHE_SECONDS`; a process caches none while it sees
 maintenance on, `core.accounts`). The flip waits until `AUTH_STATE_CACHE_SECONDS + MAINTENANCE_CACHE_SECONDS`
 have passed since the hold (so no account state read before the hold is still cached), and the switch waits
-`MAINTENANCE_CACHE_SECONDS` after the flip (so no process still answers 503 from a cached flag once clients are
-sent there). Forwarding on the target is never set (`app_state` is not copied); Redis-held state (refresh-token
+`core.maintenance.OFF_WITHIN` (50 ms) after the flip: a process that cached the flag *on* reads it again within
+that (so no process still answers 503 from a cached flag once clients are sent there). Forwarding on the target is never set (`app_state` is not copied); Redis-held state (refresh-token
 revocations, rate limits) is read from Redis on every request, and Redis has had its final copy.
 
 Guarantees: nothing is frozen when the credentials are wrong or the estimate exceeds the downtime budget; anything
@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from timetodo.core.maintenance import switch_maintenance
+from timetodo.core.maintenance import OFF_WITHIN, switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.rsync import remote_sizes
@@ -229,8 +229,10 @@ async def _open_target(ctx: Context, ready: asyncio.Task[Any] | None) -> dict[st
     if waited:
         await asyncio.sleep(waited)
     await switch_maintenance(await ctx.target_db_url(), False, None)
-    await asyncio.sleep(flag_ttl)
-    return {"maintenance": False, "waited_seconds": round(waited + flag_ttl, 3)}
+    # every process re-reads a cached "on" within OFF_WITHIN (the app this toolkit deploys): no 1 s cache wait
+    after = min(flag_ttl, OFF_WITHIN)
+    await asyncio.sleep(after)
+    return {"maintenance": False, "waited_seconds": round(waited + after, 3)}
 
 
 def _delta(ctx: Context) -> bool:

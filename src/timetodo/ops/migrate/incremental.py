@@ -1,5 +1,5 @@
 """The `delta` strategy's copy: after a first full copy, make the target equal to the source again by moving only
-what differs — database chunks (see `adapters.postgres.chunks`), Redis keys, uploads (rsync) — side by side.
+what differs — database chunks (see `adapters.postgres.chunks`), Redis keys, uploads — side by side.
 
 Guarantees:
 
@@ -27,11 +27,16 @@ Guarantees:
 - **The first copy is verified in full** (`verify_copy`, after sync's stream): every chunk of the target hashed
   and compared with the source's hashes the stream computed from the rows it sent — one definition of a chunk's
   hash (`chunks.ChunkHasher`) for the stream, the passes and their verification.
-- **Redis from the source only.** The pre-pass compares both sides key by key (`copy_redis_delta`) and records
-  every key's digest and expiry — what the target then holds; the in-freeze pass compares the source alone with
-  that record, on the server (`copy_redis_changes`). The target's Redis is written by nothing else meanwhile: its
-  app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
-  validation then compares every key of both sides. Without a record (a lost work directory), both sides again.
+- **Redis from the source only** (`copy_keys`, shared with `logical`). The pre-pass compares both sides key by key
+  (`copy_redis_delta`), then digests every key of the target on its server (`record_keys`): the record of what the
+  target holds. The in-freeze pass scans the source alone, on its server, against that record
+  (`copy_redis_since`: no argument per key, cursor ranges side by side) and notes the keys it touched; a rollback
+  compares the target with the record minus those keys. The target's Redis is written by nothing else meanwhile:
+  its app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
+  validation then compares every key of both sides. Without a record (a lost work directory, a Redis refusing the
+  script), or in a second in-freeze pass (a resumed run), the key-by-key comparisons.
+- **Uploads** (`data.copy_changed_files`): one listing of the source in the freeze, compared with the pre-pass's
+  listings of both sides; only changed files travel (one hop).
 - `app_state` (maintenance, forwarding) is deployment state: each side keeps its own.
 - Idempotent: a pass killed at any point is simply run again (it compares; the baseline only says which chunks
   cannot have changed since it was taken, which stays true whatever was written after it).
@@ -54,7 +59,7 @@ import asyncpg
 
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import PgTarget, chunks, mask_url
-from timetodo.ops.migrate.data import copy_files
+from timetodo.ops.migrate.data import copy_changed_files
 from timetodo.ops.migrate.rollback.apply import apply_delta
 from timetodo.ops.migrate.rollback.delta import (
     Delta,
@@ -432,7 +437,6 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
     """Database (chunks), Redis (changed keys) and uploads (rsync) from the source onto the target, side by side;
     the target's app is stopped meanwhile. `live`: the source still takes writes (the pre-pass)."""
     target_db = await ctx.target_db_url()
-    target_redis = await ctx.target_redis_url()
     jobs = ctx.config.parallel_jobs
     started = time.monotonic()
     specs = load_specs(map_path(ctx))
@@ -471,28 +475,9 @@ async def copy_delta(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
                 log.warning(f"{label}: database pre-pass abandoned: {exc}")
                 return {"strategy": "delta", "abandoned": str(exc)}
 
-    async def keys() -> dict[str, Any]:
-        if not (ctx.secrets.source_redis_url and target_redis):
-            return {}
-        source_redis, connections = ctx.secrets.source_redis_url, jobs * 2
-        recorded = None if live else await asyncio.to_thread(redisops.load_digests, digests_path(ctx))
-        if recorded is not None:
-            # the pre-pass recorded what the target holds: only the source is read, compared on its server
-            async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:
-                moved = await redisops.copy_redis_changes(
-                    source_redis, target_redis, recorded, connections=connections, progress=p
-                )
-            return moved.to_dict()
-        record: redisops.KeyDigests | None = {} if live else None
-        async with ctx.activity(f"{label}: Redis keys changed since the copy (SCAN + DUMP compare)") as progress:
-            moved = await redisops.copy_redis_delta(
-                source_redis, target_redis, connections=connections, progress=progress, record=record
-            )
-        if record is not None:
-            await asyncio.to_thread(redisops.save_digests, digests_path(ctx), record)
-        return moved.to_dict()
-
-    db, redis_result, files = await asyncio.gather(database(), keys(), copy_files(ctx, live=live))
+    db, redis_result, files = await asyncio.gather(
+        database(), copy_keys(ctx, label, live=live), copy_changed_files(ctx, live=live)
+    )
     return {"db": db, "redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
@@ -515,3 +500,117 @@ async def chunk_map(ctx: Context) -> dict[str, Any]:
                 ctx.secrets.source_database_url, await ctx.target_db_url(), specs, ctx.config.parallel_jobs
             )
     return {"tables": len(specs)}
+
+
+# ------------------------------------------------------------------------------------------------ Redis (delta, logical)
+
+
+def record_path(ctx: Context) -> Path:
+    """The digests of every key the target holds after the pre-pass (`redisops.record_keys` of the target)."""
+    return ctx.work_dir / "delta" / "redis-record.bin"
+
+
+def freeze_started_path(ctx: Context) -> Path:
+    """Written before the in-freeze Redis pass: a second in-freeze pass (a resumed run) does not trust the record."""
+    return ctx.work_dir / "delta" / "redis-freeze-started"
+
+
+def freeze_touched_path(ctx: Context) -> Path:
+    """The keys the in-freeze pass wrote or deleted on the target: the record minus these is what the target held at
+    the switch (what a rollback compares the target with)."""
+    return ctx.work_dir / "delta" / "redis-freeze-touched.bin"
+
+
+def _save_keys(path: Path, keys: list[bytes]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(len(key).to_bytes(4, "big") + key for key in keys))
+    tmp.replace(path)
+
+
+def _load_keys(path: Path) -> set[bytes] | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    keys: set[bytes] = set()
+    at = 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        keys.add(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return keys
+
+
+def cutover_record(ctx: Context) -> tuple[redisops.KeyRecord, list[bytes]] | None:
+    """What the target's Redis held at the switch, digest by digest — the pre-pass record without the keys the
+    in-freeze pass wrote or deleted — and those keys; None when that is not known (no record; the in-freeze pass
+    fell back, or ran more than once)."""
+    record = redisops.load_record(record_path(ctx))
+    touched = _load_keys(freeze_touched_path(ctx))
+    if record is None or touched is None:
+        return None
+    kept = [(d, k) for d, k in zip(record.digests, record.keys, strict=True) if k not in touched]
+    return redisops.KeyRecord([d for d, _ in kept], [k for _, k in kept]), sorted(touched)
+
+
+async def copy_keys(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
+    """The Redis part of the `delta` and `logical` copies.
+
+    `live` (the pre-pass, source still writable): both sides compared key by key (`copy_redis_delta`), then the
+    target — which nothing else writes — is digested on its server (`record_keys`): the record of what it holds.
+    In the freeze: only the source is scanned, on its server, and compared with that record (`copy_redis_since`:
+    no argument per key, eight cursor ranges side by side); the keys it wrote or deleted are noted for a rollback.
+    Falls back to the per-key comparisons (`copy_redis_changes`, then `copy_redis_delta`) where the source refuses
+    the digest script (Redis < 7, scripting not allowed), and to both sides when an in-freeze pass already ran (a
+    resumed run: keys it copied may have changed back since, which the record would not show)."""
+    target_redis = await ctx.target_redis_url()
+    source_redis = ctx.secrets.source_redis_url
+    if not (source_redis and target_redis):
+        return {}
+    connections = ctx.config.parallel_jobs * 2
+    started, touched = freeze_started_path(ctx), freeze_touched_path(ctx)
+    if live:
+        for path in (record_path(ctx), started, touched):
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        redisops.forget_record(record_path(ctx))
+        old: redisops.KeyDigests = {}
+        async with ctx.activity(f"{label}: Redis keys changed since the copy (SCAN + DUMP compare)") as progress:
+            moved = await redisops.copy_redis_delta(
+                source_redis, target_redis, connections=connections, progress=progress, record=old
+            )
+        await asyncio.to_thread(redisops.save_digests, digests_path(ctx), old)
+        result = moved.to_dict()
+        try:
+            async with ctx.activity(f"{label}: Redis digests of the target (what the freeze compares with)"):
+                target_record = await redisops.record_keys(target_redis, connections=connections)
+        except redisops.ScanScriptRefused as exc:
+            log.info(f"{label}: no digest record of the target's Redis ({exc}); the freeze compares key by key")
+            return result
+        await asyncio.to_thread(redisops.save_record, record_path(ctx), target_record)
+        return {**result, "recorded": len(target_record.digests)}
+    resumed = started.exists()
+    await asyncio.to_thread(touched.unlink, missing_ok=True)
+    record = None if resumed else redisops.load_record(record_path(ctx))
+    started.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(started.write_text, str(time.time()))
+    if record is not None:
+        try:
+            async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:
+                since = await redisops.copy_redis_since(
+                    source_redis, target_redis, record, connections=connections, progress=p
+                )
+        except redisops.ScanScriptRefused as exc:
+            log.info(f"{label}: the source refused the digest script ({exc}): key by key")
+        else:
+            await asyncio.to_thread(_save_keys, touched, (since.moved_keys or []) + (since.removed_keys or []))
+            return since.to_dict()
+    recorded = None if resumed else await asyncio.to_thread(redisops.load_digests, digests_path(ctx))
+    if recorded is not None:
+        async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:
+            changes = await redisops.copy_redis_changes(
+                source_redis, target_redis, recorded, connections=connections, progress=p
+            )
+        return changes.to_dict()
+    async with ctx.activity(f"{label}: Redis keys changed since the copy (SCAN + DUMP compare)") as progress:
+        both = await redisops.copy_redis_delta(source_redis, target_redis, connections=connections, progress=progress)
+    return both.to_dict()

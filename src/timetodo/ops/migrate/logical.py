@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from timetodo.core.maintenance import switch_maintenance
+from timetodo.core.maintenance import OFF_WITHIN, switch_maintenance
 from timetodo.ops.adapters import postgres as pg
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.adapters.postgres import replication as repl
 from timetodo.ops.adapters.postgres import reverse as rev
 from timetodo.ops.adapters.postgres.dump import _run_tool
 from timetodo.ops.errors import EXIT_VERIFICATION, OpsError, StepError
-from timetodo.ops.migrate.data import connect, copy_files
+from timetodo.ops.migrate.data import connect, copy_changed_files, copy_files
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.config import MigrationConfig
@@ -270,22 +270,10 @@ def plan_after_switch(ctx: Context) -> list[PlanLine]:
 
 
 async def _keys_and_files(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
-    target_redis = await ctx.target_redis_url()
-
-    async def keys() -> dict[str, Any]:
-        if not (ctx.secrets.source_redis_url and target_redis):
-            return {}
-        async with ctx.activity(f"{label}: Redis keys changed since the copy") as progress:
-            moved = await redisops.copy_redis_delta(
-                ctx.secrets.source_redis_url,
-                target_redis,
-                connections=ctx.config.parallel_jobs * 2,
-                progress=progress,
-            )
-        return moved.to_dict()
+    from timetodo.ops.migrate.incremental import copy_keys  # the Redis part is delta's (record, then digests)
 
     started = time.monotonic()
-    redis_result, files = await asyncio.gather(keys(), copy_files(ctx, live=live))
+    redis_result, files = await asyncio.gather(copy_keys(ctx, label, live=live), copy_changed_files(ctx, live=live))
     return {"redis": redis_result, "files": files, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
@@ -420,7 +408,7 @@ async def _in_freeze(ctx: Context, source: asyncpg.Connection, target: asyncpg.C
             ctx.state.remember(target_xid_horizon=await xid_horizon(await ctx.target_db_url()))
         opened = await _phase(ctx, "open_target", lambda: _open_target(ctx))
         # no process of the target may still answer 503 from a maintenance flag it cached before the opening
-        wait = opened.ended_at + _cache_seconds(ctx) - time.time()
+        wait = opened.ended_at + min(_cache_seconds(ctx), OFF_WITHIN) - time.time()  # a cached "on" is re-read
         if wait > 0:
             await asyncio.sleep(wait)
 

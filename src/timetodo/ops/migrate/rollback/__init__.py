@@ -11,6 +11,8 @@ DNS point at the source again; the source leaves maintenance last; no replicatio
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,9 @@ async def plan(ctx: Context) -> list[PlanLine]:
     ]
 
 
+log = logging.getLogger("timetodo.ops.migrate")
+
+
 async def _carry_back(ctx: Context) -> dict[str, Any]:
     """Every write the target accepted since the switch, back onto the source."""
     result: dict[str, Any] = {}
@@ -84,7 +89,7 @@ async def _carry_back(ctx: Context) -> dict[str, Any]:
         result["database"] = {**await _row_delta(ctx, target_db, snapshot, exclude), **streamed}
     target_redis = await ctx.target_redis_url()
     if ctx.secrets.source_redis_url and target_redis:
-        result["redis"] = (await redisops.copy_redis(target_redis, ctx.secrets.source_redis_url)).to_dict()
+        result["redis"] = await _redis_back(ctx, target_redis, ctx.secrets.source_redis_url)
     src = source_place(ctx)
     if src is not None:
         pulled = await copy_tree(target_place(ctx), Place(str(staging_dir(ctx))), delete=False)
@@ -127,6 +132,30 @@ async def _row_delta(ctx: Context, target_db: str, snapshot: str, exclude: tuple
         "compared_in_full": full,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+async def _redis_back(ctx: Context, target_redis: str, source_redis: str) -> dict[str, Any]:
+    """The target's Redis keys written since the switch back onto the source: with the record of what the target
+    held at the switch (`incremental.cutover_record`), only the keys whose digest changed on the target since —
+    written, expired or deleted — are copied or deleted on the source (`copy_redis_since`, the target scanned on its
+    server); without one (a `dump` cutover, a resumed in-freeze pass, a Redis without scripts), every target key."""
+    from timetodo.ops.migrate.incremental import cutover_record
+
+    found = await asyncio.to_thread(cutover_record, ctx)
+    connections = ctx.config.parallel_jobs * 2
+    if found is not None:
+        record, touched = found
+        try:
+            async with ctx.activity("rollback: Redis keys the target changed since the switch") as progress:
+                since = await redisops.copy_redis_since(
+                    target_redis, source_redis, record, connections=connections, progress=progress, also=touched
+                )
+            return since.to_dict()
+        except redisops.ScanScriptRefused as exc:
+            log.info(f"rollback: the target refused the digest script ({exc}): every key is copied back")
+    async with ctx.activity("rollback: every Redis key of the target back to the source") as progress:
+        copied = await redisops.copy_redis(target_redis, source_redis, connections=connections, progress=progress)
+    return copied.to_dict()
 
 
 async def check_source(api: SourceApi, database_url: str, *, switched: bool) -> None:
