@@ -325,17 +325,10 @@ def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, 
 
 
 def start_bare(port: int, payload: Path, log: Path) -> subprocess.Popen[bytes]:
-    served = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    """The bare endpoint under uvicorn with a listening socket per worker, as `timetodo serve` (with uvicorn's shared
+    socket one worker often held nearly all the connections: the bare figure, hence every ratio, was noise)."""
     return subprocess.Popen(
-        [
-            Path(TIMETODO).with_name("uvicorn"),
-            "bench.bare_app:app",
-            "--port",
-            str(port),
-            "--workers",
-            str(WORKERS),
-            *served,
-        ],
+        [sys.executable, "-m", "bench.bare_app", str(port), str(WORKERS)],
         cwd=ROOT,
         env={**os.environ, "BARE_PAYLOAD": str(payload)},
         stdout=log.open("wb"),
@@ -396,15 +389,19 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     )
     print(
         f"{'run':<20}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs bare':>9}{'non-2xx':>8}"
-        f"  cores: {'wrk':>5}{'app':>6}{'pg':>6}{'redis':>6}{'all':>6}  rounds (req/s)"
+        f"  cores: {'wrk':>5}{'app':>6}{'pg':>6}{'redis':>6}{'all':>6}  CPU ms/req: {'app':>5}{'pg':>6}"
+        "  rounds (req/s)"
     )
     for name, r in medians.items():
         rounds = " / ".join(f"{run['rps']:.0f}" for run in results[name])
         print(
             f"{name:<20}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['rps'] / bare:>9.1%}"
             f"{r['non_2xx']:>8.0f}         {r.get('cpu_wrk', 0):>5.2f}{r.get('cpu_workers', 0):>6.2f}"
-            f"{r.get('cpu_postgres', 0):>6.2f}{r.get('cpu_redis', 0):>6.2f}{r.get('cpu_machine', 0):>6.2f}  {rounds}"
+            f"{r.get('cpu_postgres', 0):>6.2f}{r.get('cpu_redis', 0):>6.2f}{r.get('cpu_machine', 0):>6.2f}"
+            f"             {1000 * r.get('cpu_workers', 0) / r['rps']:>5.2f}{1000 * r.get('cpu_postgres', 0) / r['rps']:>6.2f}"
+            f"  {rounds}"
         )
+    print("(CPU ms/req: the cores used over the requests served — the figure that holds on a shared machine)")
     print("\ntargets: list-50 ≥ 15 % of bare with p99 < 25 ms, create ≥ 8 % of bare with p99 < 50 ms")
     return medians
 
@@ -425,6 +422,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=ROOT / "bench" / "out" / "api.json")
     args = parser.parse_args()
     endpoints = [e for e in args.endpoints.split(",") if e]
+    load = {"start": os.getloadavg()}  # the machine may be shared: say how busy it was
 
     wrk = ensure_tool("wrk", "wrk")
     ensure_tool("ss", "iproute2")
@@ -533,7 +531,11 @@ def main() -> None:
             services.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    load["end"] = os.getloadavg()
     medians = report(results, args)
+    print(
+        "load average (1/5/15 min): " + ", ".join(f"{k} {' / '.join(f'{v:.1f}' for v in vs)}" for k, vs in load.items())
+    )
     for key, profile in profiles.items():
         print(f"\npy-spy, busiest worker under {key}: self% / inclusive%  frame")
         for frame, own, incl in profile:
@@ -546,6 +548,7 @@ def main() -> None:
                 "rounds": results,
                 "medians": medians,
                 "profiles": profiles,
+                "load_average": load,
             },
             indent=2,
         )

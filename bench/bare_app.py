@@ -1,5 +1,6 @@
 """The baseline: a bare Starlette endpoint serving the same 50-task JSON page as the API, served by the same
-Uvicorn setup (uvloop + httptools, the same number of workers). `BARE_PAYLOAD` names a file holding the page (the
+Uvicorn setup as `timetodo serve` (uvloop + httptools, the same number of workers, a listening socket per worker:
+`python -m bench.bare_app PORT WORKERS`). `BARE_PAYLOAD` names a file holding the page (the
 benchmark writes one real `GET /api/v1/tasks?limit=50` answer there); without it, a small placeholder."""
 
 from __future__ import annotations
@@ -21,3 +22,23 @@ async def bare(_request: Request) -> Response:
 
 
 app = Starlette(routes=[Route("/bare", bare)])
+
+
+if __name__ == "__main__":
+    import sys
+
+    import uvicorn
+
+    from timetodo.cli import reuseport
+
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    config = uvicorn.Config(
+        "bench.bare_app:app",
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+    reuseport.ReusePortMultiprocess(config).run()

@@ -48,6 +48,7 @@ from timetodo.core.database import utcnow
 from timetodo.core.errors import DATABASE_UNAVAILABLE, ErrorCode, error_response
 from timetodo.core.maintenance import APP_STATE_ID, AppState, update_app_state
 from timetodo.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from timetodo.core.singleflight import SingleFlight
 
 log = logging.getLogger("timetodo.forwarding")
 
@@ -134,20 +135,25 @@ class ForwardingCache:
         self._ttl = ttl
         self._value = Forwarding(None, None)
         self._checked = float("-inf")
+        # the requests in flight when the copy expires share one read (`timetodo.core.singleflight`)
+        self.refresh = SingleFlight(self._refresh)
 
     def set(self, value: Forwarding) -> None:
         self._value = value
         self._checked = time.monotonic()
 
+    async def _refresh(self) -> None:
+        try:
+            async with self._maker() as session:
+                self.set(await get_forwarding(session))
+        except DATABASE_UNAVAILABLE as exc:
+            # keep the last known setting: the request goes on and gets its own clear answer (503 when the
+            # database is still away), instead of failing here without an error envelope
+            log.warning("forwarding setting not refreshed: database unavailable", extra={"error": repr(exc)})
+
     async def target(self) -> str | None:
         if time.monotonic() - self._checked >= self._ttl:
-            try:
-                async with self._maker() as session:
-                    self.set(await get_forwarding(session))
-            except DATABASE_UNAVAILABLE as exc:
-                # keep the last known setting: the request goes on and gets its own clear answer (503 when the
-                # database is still away), instead of failing here without an error envelope
-                log.warning("forwarding setting not refreshed: database unavailable", extra={"error": repr(exc)})
+            await self.refresh()
         return self._value.target if self._value.active() else None
 
 

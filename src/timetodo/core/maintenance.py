@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from timetodo.core.database import Base, UTCDateTime, utcnow
 from timetodo.core.errors import DATABASE_UNAVAILABLE, MaintenanceActive
+from timetodo.core.singleflight import SingleFlight
 
 log = logging.getLogger("timetodo.maintenance")
 
@@ -138,17 +139,22 @@ class MaintenanceFlagCache:
         self._ttl = ttl
         self._value = False
         self._checked = 0.0
+        # the requests in flight when the copy expires share one read (`timetodo.core.singleflight`)
+        self.refresh = SingleFlight(self._refresh)
 
     def set(self, enabled: bool) -> None:
         self._value = enabled
         self._checked = time.monotonic()
 
+    async def _refresh(self) -> None:
+        try:
+            async with self._maker() as session:
+                self.set((await get_status(session)).enabled)
+        except DATABASE_UNAVAILABLE as exc:
+            # the early answer only: every write's own guard reads the flag in its transaction
+            log.warning("maintenance flag not refreshed: database unavailable", extra={"error": repr(exc)})
+
     async def enabled(self) -> bool:
         if time.monotonic() - self._checked >= self._ttl:
-            try:
-                async with self._maker() as session:
-                    self.set((await get_status(session)).enabled)
-            except DATABASE_UNAVAILABLE as exc:
-                # the early answer only: every write's own guard reads the flag in its transaction
-                log.warning("maintenance flag not refreshed: database unavailable", extra={"error": repr(exc)})
+            await self.refresh()
         return self._value

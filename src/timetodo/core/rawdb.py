@@ -1,6 +1,7 @@
 """One-round-trip statements on PostgreSQL for the hot paths (tasks list/get/create/update/complete, account state).
 
-API: `await fetchrow(engine, sql, *args, write=False)` runs one statement and returns its first row (or None);
+API: `await fetchrow(engine, sql, *args, write=False)` runs one statement and returns its first row (or None),
+`await fetch(engine, sql, *args)` one read statement and all its rows;
 `await close(engine)` closes the engine's statement pool (the app's lifespan does it with the engine's dispose).
 
 Guarantees:
@@ -97,6 +98,15 @@ async def _open(engine: AsyncEngine) -> asyncpg.Pool:
 
 async def fetchrow(engine: AsyncEngine, sql: str, *args: Any, write: bool = False) -> asyncpg.Record | None:
     """Run one statement and return its first row (see the module for the retry rule)."""
+    return await _run(engine, False, sql, args, write)
+
+
+async def fetch(engine: AsyncEngine, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one read statement and return all its rows (retried as `fetchrow` retries a read)."""
+    return await _run(engine, True, sql, args, False)  # type: ignore[no-any-return]
+
+
+async def _run(engine: AsyncEngine, many: bool, sql: str, args: tuple[Any, ...], write: bool) -> Any:
     if has_nul(args):
         raise InvalidInput("text must not contain the NUL character (\\u0000)")
     entry = _pools.get(engine.sync_engine)
@@ -113,7 +123,7 @@ async def fetchrow(engine: AsyncEngine, sql: str, *args: Any, write: bool = Fals
         try:
             for logger in _loggers:
                 logger(sql)
-            return await connection.fetchrow(sql, *args)
+            return await (connection.fetch(sql, *args) if many else connection.fetchrow(sql, *args))
         except BaseException as exc:
             if isinstance(exc, _BROKEN):
                 await pool.expire_connections()

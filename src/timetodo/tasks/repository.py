@@ -1,8 +1,10 @@
 """All queries of projects and tasks. Every query is scoped to the owner; deleted rows are invisible.
 
-The `pg_*` functions are the one-round-trip PostgreSQL paths of the hot endpoints (`timetodo.core.rawdb`): the
-database builds the response JSON (`TASK_JSON`, the same document as `task_to_dict` + orjson), so no Python object is
-made per row and the `labels` column is passed through as JSON text, never decoded."""
+The `pg_*` functions are the one-round-trip PostgreSQL paths of the hot endpoints (`timetodo.core.rawdb`). A single
+task's document is built by the database (`TASK_JSON`, the same document as `task_to_dict` + orjson); a list page
+comes as plain rows (`PAGE_COLUMNS`) that the app serialises with orjson — for 50 rows that costs the app and the
+database together half the CPU of the database building the JSON. Either way the `labels` column is passed through
+as JSON text, never decoded."""
 
 from __future__ import annotations
 
@@ -214,8 +216,10 @@ def pg_task_list(
     overdue_at: tuple[datetime, date, datetime] | None = None,
     today: tuple[date, datetime, datetime] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The statement (and its arguments) answering one page of `task_list_query` as one row: the page's JSON
-    array, the id of its last task, and how many rows there were up to `limit + 1`. Same filters, same order."""
+    """The statement (and its arguments) answering one page of `task_list_query`: up to `limit + 1` rows of
+    `PAGE_COLUMNS` (the extra row says there is a next page). Same filters, same order. Plain rows, serialised by
+    the app (`service.page_json`): PostgreSQL building the page's JSON cost twice the CPU of the app and the
+    database together with plain rows (bench/RESULTS.md, issue 14)."""
     args: list[Any] = [owner_id]
 
     def arg(value: Any) -> str:
@@ -254,14 +258,34 @@ def pg_task_list(
     if after is not None:
         where.append(f"tasks.id > {arg(after)}")
     n = arg(limit)
-    sql = (
-        # only constants and $n placeholders are interpolated: every value is an argument
-        f"SELECT coalesce(json_agg(page.j ORDER BY page.id) FILTER (WHERE page.n <= {n}), '[]')::text, "  # noqa: S608
-        f"max(page.id) FILTER (WHERE page.n <= {n}), count(*) "
-        f"FROM (SELECT tasks.id, row_number() OVER (ORDER BY tasks.id) AS n, {TASK_JSON} AS j FROM tasks "
-        f"WHERE {' AND '.join(where)} ORDER BY tasks.id LIMIT {n}::int + 1) AS page"
-    )
+    # only constants and $n placeholders are interpolated: every value is an argument
+    sql = f"SELECT {PAGE_SELECT} FROM tasks WHERE {' AND '.join(where)} ORDER BY tasks.id LIMIT {n}::int + 1"  # noqa: S608
     return sql, args
+
+
+# the columns of a list page's rows, in order (`service.page_json` reads them by position); `labels` as its JSON text
+PAGE_COLUMNS = (
+    "id",
+    "title",
+    "description",
+    "project_id",
+    "parent_id",
+    "priority",
+    "labels",
+    "position",
+    "estimate_minutes",
+    "due_date",
+    "due_datetime",
+    "due_timezone",
+    "due_string",
+    "recurrence_rule",
+    "recurrence_mode",
+    "done",
+    "done_at",
+    "created_at",
+    "updated_at",
+)
+PAGE_SELECT = ", ".join(f"tasks.{c}::text" if c == "labels" else f"tasks.{c}" for c in PAGE_COLUMNS)
 
 
 PG_GET_TASK = (

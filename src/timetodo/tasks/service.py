@@ -194,8 +194,8 @@ def _page_body(results: bytes, cursor: str | None) -> bytes:
 
 
 async def list_tasks_json(db: Database, owner_id: int, cursor: str | None, limit: int, **filters: Any) -> bytes:
-    """One page of `list_tasks` as the response body. PostgreSQL: one statement that returns the page's JSON
-    (`repository.pg_task_list`); SQLite: the rows through a session, serialised with orjson."""
+    """One page of `list_tasks` as the response body. PostgreSQL: one statement on the raw pool
+    (`repository.pg_task_list`), its rows serialised by `page_json`; SQLite: the rows through a session."""
     if not db.postgres:
         async with db.sessionmaker() as session:
             rows, nxt = await list_tasks(session, owner_id, cursor, limit, **filters)
@@ -206,10 +206,47 @@ async def list_tasks_json(db: Database, owner_id: int, cursor: str | None, limit
         row = await rawdb.fetchrow(db.engine, "SELECT timezone FROM users WHERE id = $1", owner_id)
         _local_day_filters(filters, str((row[0] if row else None) or "UTC"), overdue, today)
     sql, args = repository.pg_task_list(owner_id, after=after, limit=limit, **filters)
-    row = await rawdb.fetchrow(db.engine, sql, *args)
-    assert row is not None
-    page, last_id, count = row
-    return _page_body(page.encode(), encode_cursor(last_id) if count > limit else None)
+    return page_json(await rawdb.fetch(db.engine, sql, *args), limit)
+
+
+def _due_of_row(r: Any) -> dict[str, Any] | None:
+    """`models.due_payload` of a `repository.PAGE_COLUMNS` row."""
+    if r[9] is None and r[10] is None:
+        return None
+    local = r[10]
+    due: dict[str, Any] = {"datetime": local.isoformat(), "timezone": r[11]} if local else {"date": r[9].isoformat()}
+    if r[12]:
+        due["string"] = r[12]
+    if r[13]:
+        due["recurrence"] = {"rule": r[13], "mode": r[14]}
+    return due
+
+
+def page_json(rows: Sequence[Any], limit: int) -> bytes:
+    """The list response body from up to `limit + 1` rows of `repository.PAGE_COLUMNS`: the same documents as
+    `task_to_dict` (one dict per row, read by position; `labels` embedded as the JSON text stored, not decoded)."""
+    page = rows[:limit]
+    docs = [
+        {
+            "id": r[0],
+            "title": r[1],
+            "description": r[2],
+            "project_id": r[3],
+            "parent_id": r[4],
+            "priority": r[5],
+            "labels": orjson.Fragment(r[6]) if r[6] is not None else [],
+            "position": r[7],
+            "estimate_minutes": r[8],
+            "due": _due_of_row(r),
+            "done": r[15],
+            "done_at": r[16],
+            "created_at": r[17],
+            "updated_at": r[18],
+        }
+        for r in page
+    ]
+    cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
+    return orjson.dumps({"results": docs, "next_cursor": cursor}, option=JSON_OPTIONS)
 
 
 async def get_task_json(db: Database, owner_id: int, task_id: int) -> bytes:
