@@ -51,7 +51,9 @@ from bench.initial_copy import fresh, start_server  # noqa: E402
 from bench.rollback import make_source, target_writes  # noqa: E402
 from timetodo.ops.adapters.postgres import PgTarget, chunks  # noqa: E402
 from timetodo.ops.adapters.postgres.stream import stream_database  # noqa: E402
+from timetodo.ops.migrate import incremental  # noqa: E402
 from timetodo.ops.migrate.incremental import EXCLUDE, Baseline, delta_pass, hash_both, verify_copy  # noqa: E402
+from timetodo.ops.migrate.rollback.delta import table_infos, text_connection  # noqa: E402
 
 
 async def hashing_stage(
@@ -93,6 +95,48 @@ async def hashing_stage(
     }
 
 
+async def compare_stage(
+    variant: str, source: str, target: str, specs: dict[str, chunks.ChunkSpec], base: Baseline, jobs: int
+) -> tuple[float, dict[str, Any]]:
+    """The in-freeze row comparison of the chunks that differ now, without applying: `all rows` reads every row of
+    those chunks on both sides (the pass before this change), `since` only the source's rows written since the
+    baseline's horizon plus the keys of chunks that lost rows (what the pass runs now). Seconds and the delta found."""
+    src_t, dst_t = PgTarget.from_url(source), PgTarget.from_url(target)
+    wanted = list(specs.values())
+    a, b = await asyncio.gather(
+        chunks.rehash_changed(src_t, wanted, base.source, base.source_horizon, jobs, base.source_oids),
+        chunks.rehash_changed(dst_t, wanted, base.target, base.target_horizon, jobs, base.target_oids),
+    )
+    started = time.monotonic()
+    found: dict[str, Any] = {}
+    async with text_connection(src_t) as src, text_connection(dst_t) as dst:
+        infos = await table_infos(src)
+        async with (
+            src.transaction(isolation="repeatable_read", readonly=True),
+            dst.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            for name, spec in specs.items():
+                differ = chunks.differing(a.hashes[name], b.hashes[name])
+                if not differ or not infos[name].key:
+                    continue
+                if variant == "all rows":
+                    delta = await incremental._row_delta(src, dst, infos[name], spec, differ)
+                else:
+                    since = incremental._since_baseline(name, differ, base, a, b.hashes)
+                    rows = {n: b.hashes[name].get(n, chunks.EMPTY)[0] for n in since}
+                    delta, full = await incremental._row_delta_since(
+                        src, dst, infos[name], spec, since, base.source_horizon, rows
+                    )
+                    assert not full and len(since) == len(differ), (len(since), len(differ), full)
+                found[name] = {
+                    "chunks": len(differ),
+                    "inserted": sorted(map(repr, delta.inserted)),
+                    "updated": sorted(map(repr, delta.updated)),
+                    "deleted": sorted(map(repr, delta.deleted)),
+                }
+    return time.monotonic() - started, found
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base_dir = Path(tempfile.mkdtemp(prefix="ttd-bench-delta-"))
     try:
@@ -125,6 +169,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 seconds, found = await hashing_stage(variant, source, target, wanted, baseline, args.jobs)
                 times[variant].append(seconds)
                 facts[variant] = found
+        compare_times: dict[str, list[float]] = {"all rows": [], "since": []}
+        deltas: dict[str, Any] = {}
+        for n in range(args.rounds):
+            for variant in ["all rows", "since"] if n % 2 == 0 else ["since", "all rows"]:
+                print(f"round {n + 1}: row comparison, {variant} …", file=sys.stderr)
+                seconds, deltas[variant] = await compare_stage(variant, source, target, specs, baseline, args.jobs)
+                compare_times[variant].append(seconds)
+        if deltas["all rows"] != deltas["since"]:
+            print("the two row comparisons found different deltas", file=sys.stderr)
+            sys.exit(1)
+        compare_med = {k: statistics.median(v) for k, v in compare_times.items()}
+        uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         print("the in-freeze pass …", file=sys.stderr)
         started = time.monotonic()
         freeze = await delta_pass(source, target, specs, jobs=args.jobs, verify=True, baseline=baseline)
@@ -159,6 +215,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     "hash_seconds",
                     "compare_seconds",
                     "apply_seconds",
+                    "after_apply_seconds",
+                    "chunks_compared_since",
+                    "rows_compared_since",
                     "seconds",
                     "chunks_copied",
                     "rows",
@@ -169,6 +228,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if k in freeze
             },
             "freeze_pass_wall_seconds": round(freeze_s, 2),
+            "compare_seconds": {k: round(v, 2) for k, v in compare_med.items()},
+            "compare_all": {k: [round(x, 2) for x in v] for k, v in compare_times.items()},
+            "compare_since_vs_all_rows": round(compare_med["since"] / compare_med["all rows"], 3),
+            "compare_found": {
+                t: {k: (len(v) if isinstance(v, list) else v) for k, v in d.items()} for t, d in deltas["since"].items()
+            },
+            "uptime": uptime,
             "equal_after": after["chunks_differing"] == 0,
             "target_tasks_vacuum": dict(vacuum) if vacuum else {},
             "baseline_at": baseline_at,
@@ -192,6 +258,11 @@ def main() -> None:
     print(f"database {result['database_bytes'] / 1e6:.0f} MB, {result['chunks']} chunks, writes {result['writes']}")
     for k in ("full", "one scan", "split", "freeze"):
         print(f"  {k:10s} {s[k]:7.2f} s   ({r[k]:.3f}× full, {result['vs_one_scan'][k]:.3f}× one scan)")
+    c = result["compare_seconds"]
+    print(
+        f"  row comparison: all rows {c['all rows']:.2f} s, since {c['since']:.2f} s "
+        f"({result['compare_since_vs_all_rows']:.3f}×)"
+    )
     print(f"  in-freeze delta_pass: {result['freeze_pass']}")
     print(json.dumps(result))
     if not result["equal_after"] or result["freeze_pass"].get("problems"):

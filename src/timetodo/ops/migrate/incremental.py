@@ -24,6 +24,13 @@ Guarantees:
   not rely on it: its scan is skipped only when its snapshot has the baseline's identity, which proves nothing was
   written to it since (`chunks.snapshot_identity`). Without a baseline matching the chunk specs, both sides are
   hashed whole.
+- **Only rows that can differ are compared.** In a differing chunk whose hashes were equal on both sides in the
+  baseline and whose target hash is still the baseline's (the target unchanged there), every source row not written
+  since the source's horizon is a baseline row, hence on the target, equal. So only the source's rows written since
+  (`age(xmin)`, exact after VACUUM FREEZE: the row keeps its xid) are read and looked up by key on the target
+  (`rollback.since.hashes_by_key`), and the rows the source lost are found by counts: target rows outside those
+  keys minus source rows outside them; a chunk that lost rows has its keys (no row text) compared
+  (`_row_delta_since`). Any other differing chunk, or one whose counts do not add up, has all its rows compared.
 - **The first copy is verified in full** (`verify_copy`, after sync's stream): every chunk of the target hashed
   and compared with the source's hashes the stream computed from the rows it sent — one definition of a chunk's
   hash (`chunks.ChunkHasher`) for the stream, the passes and their verification.
@@ -73,6 +80,7 @@ from timetodo.ops.migrate.rollback.delta import (
     table_infos,
     text_connection,
 )
+from timetodo.ops.migrate.rollback.since import hashes_by_key
 
 if TYPE_CHECKING:
     from timetodo.ops.migrate.context import Context
@@ -227,6 +235,128 @@ async def _row_delta(
     return delta
 
 
+async def _fresh_rows(
+    conn: asyncpg.Connection, info: TableInfo, spec: chunks.ChunkSpec, wanted: list[int], horizon: int
+) -> dict[Key, tuple[str, int]]:
+    """Key → row hash of the rows of chunks `wanted` written by a transaction ≥ `horizon` (64-bit; `age()` of the row
+    and of the horizon in one statement, as `chunks.rehash_changed` decides it)."""
+    width = len(info.key)
+    found: dict[Key, tuple[str, int]] = {}
+    for first in range(0, len(wanted), chunks.MAX_RANGE_FILTERS):
+        where, args = chunks.chunk_filter(spec, wanted[first : first + chunks.MAX_RANGE_FILTERS], first_param=3)
+        sql = (
+            f"SELECT {info.key_select()}, {info.row_hash()}, {spec.bucket('t', 1)} FROM {info.qname} AS t "  # noqa: S608
+            f"WHERE ({where}) AND age(t.xmin) <= age($2::text::xid)"
+        )
+        rows = await conn.fetch(sql, list(spec.bounds), str(horizon % (1 << 32)), *args)
+        found.update((record_key(row, width), (str(row[width]), int(row[width + 1]))) for row in rows)
+    return found
+
+
+async def _chunk_rows(conn: asyncpg.Connection, spec: chunks.ChunkSpec, wanted: list[int]) -> dict[int, int]:
+    """Rows per chunk of `wanted` (a count by index range, no row text)."""
+    found: dict[int, int] = {}
+    for first in range(0, len(wanted), chunks.MAX_RANGE_FILTERS):
+        where, args = chunks.chunk_filter(spec, wanted[first : first + chunks.MAX_RANGE_FILTERS], first_param=2)
+        sql = f"SELECT {spec.bucket('t', 1)} AS c, count(*) AS n FROM {spec.qname} AS t WHERE {where} GROUP BY 1"  # noqa: S608
+        found.update((int(r["c"]), int(r["n"])) for r in await conn.fetch(sql, list(spec.bounds), *args))
+    return found
+
+
+async def _keys_of(conn: asyncpg.Connection, info: TableInfo, spec: chunks.ChunkSpec, wanted: list[int]) -> set[Key]:
+    width = len(info.key)
+    found: set[Key] = set()
+    for first in range(0, len(wanted), chunks.MAX_RANGE_FILTERS):
+        where, args = chunks.chunk_filter(spec, wanted[first : first + chunks.MAX_RANGE_FILTERS])
+        sql = f"SELECT {info.key_select()} FROM {info.qname} AS t WHERE {where}"  # noqa: S608
+        found.update(record_key(row, width) for row in await conn.fetch(sql, *args))
+    return found
+
+
+async def _row_delta_since(
+    source: asyncpg.Connection,
+    target: asyncpg.Connection,
+    info: TableInfo,
+    spec: chunks.ChunkSpec,
+    wanted: list[int],
+    horizon: int,
+    target_rows: dict[int, int],
+) -> tuple[TableDelta, list[int]]:
+    """The delta of chunks `wanted` whose target content is the source's as of the baseline (the target's chunk hash
+    now = its baseline hash = the source's baseline hash, taken in a snapshot of xmin `horizon`), reading only the rows
+    that can differ: every source row not written since the horizon is a baseline row, so it is on the target too,
+    equal. So the candidates are the source's rows written since (looked up by key on the target: absent → insert,
+    another hash → update) and the target's rows the source lost: per chunk, target rows outside the candidates' keys
+    minus source rows outside them; a chunk that lost rows has its keys (no row text) compared on both sides.
+    Also the chunks that did not add up (a source row older than the horizon the target lacks) — compared in full."""
+    fresh = await _fresh_rows(source, info, spec, wanted, horizon)
+    src_rows = await _chunk_rows(source, spec, wanted)
+    there: dict[Key, str] = {}
+    keys = list(fresh)
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        there.update(await hashes_by_key(target, info, part))
+    delta = TableDelta(key_columns=[c.name for c in info.key])
+    for key in sorted(fresh, key=repr):
+        if key not in there:
+            delta.inserted.append(key)
+        elif there[key] != fresh[key][0]:
+            delta.updated.append(key)
+    in_chunk: dict[int, tuple[int, int]] = {}  # per chunk: (fresh source rows, of their keys on the target)
+    for key, (_, n) in fresh.items():
+        a, b = in_chunk.get(n, (0, 0))
+        in_chunk[n] = (a + 1, b + (key in there))
+    lost: list[int] = []
+    full: list[int] = []
+    for n in wanted:
+        src_fresh, on_target = in_chunk.get(n, (0, 0))
+        missing = (target_rows.get(n, 0) - on_target) - (src_rows.get(n, 0) - src_fresh)
+        if missing > 0:
+            lost.append(n)
+        elif missing < 0:
+            full.append(n)
+    if lost:
+        ours, theirs = await asyncio.gather(_keys_of(source, info, spec, lost), _keys_of(target, info, spec, lost))
+        delta.deleted = sorted(theirs - ours, key=repr)
+    return delta, full
+
+
+def _since_baseline(
+    name: str,
+    found: list[int],
+    baseline: Baseline | None,
+    source: chunks.Hashed,
+    target: dict[str, chunks.TableHashes],
+) -> list[int]:
+    """The chunks of `found` whose rows can be compared by `_row_delta_since`: the source's and the target's hashes
+    were equal in the baseline and the target's is still that one, on the same tables (oids), with a horizon that is
+    a recent past xid of the source."""
+    if baseline is None or not baseline.source_horizon <= source.horizon < baseline.source_horizon + XID_SAFE:
+        return []
+    if baseline.source_oids.get(name) != source.oids.get(name) or name not in baseline.source:
+        return []
+    was_src, was_dst, now_dst = baseline.source[name], baseline.target.get(name, {}), target[name]
+    empty = chunks.EMPTY
+    return [n for n in found if was_src.get(n, empty) == was_dst.get(n, empty) == now_dst.get(n, empty)]
+
+
+XID_SAFE = chunks.XID_SAFE_DISTANCE
+
+
+def _merged(info: TableInfo, parts: list[TableDelta]) -> TableDelta:
+    out = TableDelta(key_columns=[c.name for c in info.key])
+    for part in parts:
+        out.inserted += part.inserted
+        out.updated += part.updated
+        out.deleted += part.deleted
+        out.rows_current += part.rows_current
+        out.rows_snapshot += part.rows_snapshot
+    out.inserted.sort(key=repr)
+    out.updated.sort(key=repr)
+    out.deleted.sort(key=repr)
+    return out
+
+
 async def delta_pass(
     source_url: str,
     target_url: str,
@@ -295,6 +425,7 @@ async def delta_pass(
     delta = Delta()
     whole: list[str] = []
     step = "comparing rows"
+    rows_since = chunks_since = 0
     try:
         async with (
             text_connection(src_t) as src,
@@ -305,11 +436,27 @@ async def delta_pass(
             for name, found in differing.items():
                 if specs[name].column is None or not src_info[name].key:
                     whole.append(name)
-                else:
-                    delta.tables[name] = await _row_delta(src, dst, src_info[name], specs[name], found)
+                    continue
+                info, spec = src_info[name], specs[name]
+                since = _since_baseline(name, found, baseline if rehashed is not None else None, src_hashed, theirs)
+                parts: list[TableDelta] = []
+                if since:
+                    target_rows = {n: theirs[name].get(n, chunks.EMPTY)[0] for n in since}
+                    assert baseline is not None
+                    fast, full = await _row_delta_since(
+                        src, dst, info, spec, since, baseline.source_horizon, target_rows
+                    )
+                    parts.append(fast)
+                    rows_since += fast.total
+                    chunks_since += len(since) - len(full)
+                    found = sorted({*(n for n in found if n not in since), *full})
+                if found:
+                    parts.append(await _row_delta(src, dst, info, spec, found))
+                delta.tables[name] = _merged(info, parts)
         compared = time.monotonic()
         step = "applying the rows"
         applied = await apply_delta(delta, source_url, target_url)
+        apply_ended = time.monotonic()
         step = "copying whole tables and sequences"
         whole_rows: dict[str, int] = {}
         async with text_connection(src_t) as src, text_connection(dst_t) as dst:
@@ -362,9 +509,12 @@ async def delta_pass(
         "hashing": "changed chunks only (xmin + row counts)" if rehashed is not None else "every chunk",
         **({"chunks_rehashed": rehashed} if rehashed is not None else {}),
         **({"scanned": scanned} if scanned else {}),
+        "chunks_compared_since": chunks_since,
+        "rows_compared_since": rows_since,
         "hash_seconds": round(hashed - started, 3),
         "compare_seconds": round(compared - hashed, 3),
-        "apply_seconds": round(ended - compared, 3),
+        "apply_seconds": round(apply_ended - compared, 3),
+        "after_apply_seconds": round(ended - apply_ended, 3),
         "seconds": round(ended - started, 3),
         "problems": problems,
     }

@@ -91,7 +91,7 @@ class _TooMany(Exception):
     pass
 
 
-async def _snapshot_hashes(conn: asyncpg.Connection, info: TableInfo, keys: Sequence[Key]) -> dict[Key, str]:
+async def hashes_by_key(conn: asyncpg.Connection, info: TableInfo, keys: Sequence[Key]) -> dict[Key, str]:
     width = len(info.key)
     sql = (
         f"SELECT {info.key_select()}, {info.row_hash()} FROM {info.qname} AS t "  # noqa: S608
@@ -262,7 +262,7 @@ async def _table_since(
     delta = TableDelta(key_columns=[c.name for c in info.key])
     for start in range(0, len(candidates), batch):
         part = candidates[start : start + batch]
-        there = await _snapshot_hashes(snapshot, info, [key for key, _ in part])
+        there = await hashes_by_key(snapshot, info, [key for key, _ in part])
         for key, digest in part:
             known = there.get(key)
             if known is None:
