@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -98,3 +99,23 @@ async def test_a_refused_kept_token_is_replaced_by_a_new_login(
     finally:
         await again.close()
     assert paths == ["/api/v1/admin/maintenance"]
+
+
+async def test_the_freeze_starts_when_maintenance_is_asked_for_not_when_the_answer_arrives(
+    app_server: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    """The write freeze's recorded start is no later than the moment the source's flag changed (a client's write is
+    refused from then on): a failed write before the recorded start would look like downtime outside the freeze."""
+    from timetodo.ops.migrate.cutover import freeze_source
+
+    app, _ = app_server
+    _paths, api = await admin_session(app.url, tmp_path / ".source-admin-token")
+    try:
+        started = await freeze_source(api)
+        resp = await api.request("GET", "/api/v1/admin/maintenance")
+        changed_at = datetime.fromisoformat(resp.json()["changed_at"]).timestamp()
+        assert resp.json()["enabled"] is True
+        assert started <= changed_at, (started, changed_at)
+    finally:
+        await api.maintenance(False)
+        await api.close()

@@ -177,10 +177,17 @@ async def _freeze(ctx: Context) -> float:
     """Maintenance on at the source (once: a resumed run finds it recorded); refused before freezing anything when
     the credentials are wrong or the estimate exceeds the budget. The freeze's start time."""
     if ctx.state.facts.freeze_started_at is None:
-        api = await _may_freeze(ctx)
-        await api.maintenance(True, "timetodo migrate: moving to a new host")
-        ctx.state.remember(freeze_started_at=time.time())
+        ctx.state.remember(freeze_started_at=await freeze_source(await _may_freeze(ctx)))
     return float(ctx.state.facts.freeze_started_at or 0)
+
+
+async def freeze_source(api: SourceApi) -> float:
+    """Maintenance on at the source; returns when it was asked for. That is where the write freeze starts: the
+    source refuses writes from the moment its flag commits, before its answer gets back here (a slow answer —
+    a loaded source — is part of the freeze, not before it)."""
+    asked = time.time()
+    await api.maintenance(True, "timetodo migrate: moving to a new host")
+    return asked
 
 
 HOLD_REASON = "timetodo migrate: this host takes over at the cutover"
