@@ -73,19 +73,9 @@ def _unlink_all(root: Path, names: list[str]) -> None:
 
 
 def _local_listing(root: Path) -> Listing:
-    listing: Listing = {}
-    for directory, dirs, files in os.walk(root):
-        if Path(directory) == root and INCOMING in dirs:
-            dirs.remove(INCOMING)
-        for name in files:
-            path = Path(directory) / name
-            try:
-                stat = path.lstat()
-            except FileNotFoundError:
-                continue
-            if path.is_file() and not path.is_symlink():
-                listing[str(path.relative_to(root))] = (stat.st_size, int(stat.st_mtime))
-    return listing
+    return {
+        rel: (size, mtime_ns // 1_000_000_000) for rel, (size, mtime_ns, _inode) in _local_full_listing(root).items()
+    }
 
 
 async def _run(args: list[str], stdin: bytes, what: str) -> tuple[bytes, bytes]:
