@@ -119,3 +119,51 @@ async def test_the_freeze_starts_when_maintenance_is_asked_for_not_when_the_answ
     finally:
         await api.maintenance(False)
         await api.close()
+
+
+async def test_a_run_killed_while_asking_for_the_freeze_resumes_with_the_first_start(
+    app_server: tuple[ServerProcess, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the maintenance request left but before its answer: the recorded start is already there (the
+    source may be frozen from that moment), and the resumed run keeps it and asks again (idempotent) rather than
+    recording a later start that would understate the freeze."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from timetodo.ops.migrate import cutover
+    from timetodo.ops.migrate.state import MigrationState
+
+    app, _ = app_server
+    _paths, api = await admin_session(app.url, tmp_path / ".source-admin-token")
+
+    async def may_freeze(ctx: object) -> SourceApi:
+        return api
+
+    monkeypatch.setattr(cutover, "_may_freeze", may_freeze)
+    answer = api.maintenance
+
+    async def slow_answer(*args: object, **kwargs: object) -> None:
+        await answer(*args, **kwargs)  # type: ignore[arg-type]
+        await asyncio.sleep(5)  # the flag is on; the answer has not arrived when the run dies
+
+    try:
+        ctx = SimpleNamespace(state=MigrationState.load(tmp_path), source_api=lambda: api)
+        api.maintenance = slow_answer  # type: ignore[method-assign]
+        before = __import__("time").time()
+        killed = asyncio.create_task(cutover._freeze(ctx))  # type: ignore[arg-type]
+        await asyncio.sleep(1.0)
+        killed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+        recorded = MigrationState.load(tmp_path).facts.freeze_started_at
+        assert recorded is not None and before <= recorded  # on the old code: None, and a later start on resume
+        api.maintenance = answer  # type: ignore[method-assign]
+        await api.maintenance(False)  # as if the first request had not reached the source: the resume asks again
+        resumed = SimpleNamespace(state=MigrationState.load(tmp_path), source_api=lambda: api)
+        assert await cutover._freeze(resumed) == recorded  # type: ignore[arg-type]
+        resp = await api.request("GET", "/api/v1/admin/maintenance")
+        assert resp.json()["enabled"] is True
+    finally:
+        api.maintenance = answer  # type: ignore[method-assign]
+        await api.maintenance(False)
+        await api.close()

@@ -136,21 +136,33 @@ async def quick_verify(ctx: Context, database: dict[str, Any] | None = None) -> 
             if table != "alembic_version" and source_rows.get(table) != target_rows.get(table)
         ]
         rows = sum(source_rows.values())
-    keys: dict[str, int] = {}
     target_redis = await ctx.target_redis_url()
-    if ctx.secrets.source_redis_url and target_redis:
-        keys = {
-            "source": await redisops.key_count(ctx.secrets.source_redis_url),
-            "target": await redisops.key_count(target_redis),
-        }
-        # keys expiring between the two counts make a small difference legitimate
-        if abs(keys["source"] - keys["target"]) > max(5, keys["source"] // 1000):
-            problems.append(f"Redis: source {keys['source']} keys, target {keys['target']}")
-    file_counts: dict[str, int] = {}
-    if source_place(ctx) is not None:
+
+    async def key_counts() -> dict[str, int]:
+        if not (ctx.secrets.source_redis_url and target_redis):
+            return {}
+        source, target = await asyncio.gather(
+            redisops.key_count(ctx.secrets.source_redis_url), redisops.key_count(target_redis)
+        )
+        return {"source": source, "target": target}
+
+    async def file_sizes() -> tuple[dict[str, int], dict[str, int]] | None:
+        if source_place(ctx) is None:
+            return None
         # names and sizes only: hashes are compared by validate, outside the freeze
-        staged = await asyncio.to_thread(sizes, staging_dir(ctx))
-        on_target = await remote_sizes(await ctx.target(), ctx.config.target_uploads_dir)
+        return await asyncio.gather(
+            asyncio.to_thread(sizes, staging_dir(ctx)),
+            remote_sizes(await ctx.target(), ctx.config.target_uploads_dir),
+        )
+
+    # side by side: the counts and the target's listing are round trips to three hosts, all inside the freeze
+    keys, listed = await asyncio.gather(key_counts(), file_sizes())
+    # keys expiring between the two counts make a small difference legitimate
+    if keys and abs(keys["source"] - keys["target"]) > max(5, keys["source"] // 1000):
+        problems.append(f"Redis: source {keys['source']} keys, target {keys['target']}")
+    file_counts: dict[str, int] = {}
+    if listed is not None:
+        staged, on_target = listed
         file_counts = {"source": len(staged), "target": len(on_target)}
         differing = [name for name, size in staged.items() if on_target.get(name) != size]
         if differing:
@@ -174,10 +186,22 @@ async def _may_freeze(ctx: Context) -> SourceApi:
 
 
 async def _freeze(ctx: Context) -> float:
-    """Maintenance on at the source (once: a resumed run finds it recorded); refused before freezing anything when
-    the credentials are wrong or the estimate exceeds the budget. The freeze's start time."""
+    """Maintenance on at the source, its start recorded just before it is asked for (a resumed run finds it recorded
+    and asks again until the switch); refused before freezing anything when the credentials are wrong or the
+    estimate exceeds the budget. The freeze's start time."""
     if ctx.state.facts.freeze_started_at is None:
-        ctx.state.remember(freeze_started_at=await freeze_source(await _may_freeze(ctx)))
+        api = await _may_freeze(ctx)
+        # recorded before it is asked for: a run killed after the source froze but before a record said so would
+        # resume with a later start and understate the freeze (the e2e saw 2 s of refused writes before it)
+        ctx.state.remember(freeze_started_at=time.time())
+        try:
+            await freeze_source(api)
+        except Exception:
+            ctx.state.forget("freeze_started_at")  # as before: not frozen by this run, the caller reports why
+            raise
+    elif ctx.state.facts.switched_at is None:
+        # resumed: the recorded start may predate a kill before the request reached the source (idempotent)
+        await freeze_source(ctx.source_api())
     return float(ctx.state.facts.freeze_started_at or 0)
 
 
