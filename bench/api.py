@@ -312,8 +312,21 @@ def make_users(url: str, db_url: str, secret: str, count: int) -> tuple[list[str
 # profile --------------------------------------------------------------------------------------------------------
 
 
-def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, float]]:
-    """py-spy samples of one worker: (frame, self share, inclusive share), the top 15 by self time."""
+def package_of(frame: str) -> str:
+    """The top-level package (or stdlib module) of a py-spy frame `func (path/file.py:line)`: "asyncpg", "timetodo"."""
+    location = frame.rpartition(" (")[2].rstrip(")").rpartition(":")[0]
+    if not location:
+        return "(native)"
+    head = location.split("/", 1)[0]
+    return head.removesuffix(".py")
+
+
+Profile = tuple[list[tuple[str, float, float]], dict[str, float]]
+
+
+def profile_worker(pid: int, seconds: int, out: Path) -> Profile:
+    """py-spy samples of one worker: (frame, self share, inclusive share), the top 15 by self time; and the self
+    share of each package (`package_of` the sample's innermost frame: where the CPU went, layer by layer)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     raw = out.with_suffix(".raw")
     options = ["--duration", str(seconds), "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"]
@@ -325,6 +338,7 @@ def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, 
     )
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -332,9 +346,13 @@ def profile_worker(pid: int, seconds: int, out: Path) -> list[tuple[str, float, 
         samples = int(count)
         total += samples
         own[frames[-1]] += samples
+        packages[package_of(frames[-1])] += samples
         for frame in set(frames):
             inclusive[frame] += samples
-    return [(frame, n / total, inclusive[frame] / total) for frame, n in own.most_common(15)] if total else []
+    if not total:
+        return [], {}
+    top = [(frame, n / total, inclusive[frame] / total) for frame, n in own.most_common(15)]
+    return top, {package: n / total for package, n in packages.most_common()}
 
 
 # main -----------------------------------------------------------------------------------------------------------
@@ -496,6 +514,26 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     return medians
 
 
+def report_packages(by_package: dict[str, dict[str, float]], medians: dict[str, dict[str, float]]) -> None:
+    """App CPU per request split by the package the profile found it in: each package's py-spy self share times the
+    workers' CPU ms/req of the endpoint's median round — ours next to its floor says which layers cost the difference.
+    ("asyncio": the event loop's own time, uvloop's C code included; "(native)": frames py-spy could not name.)"""
+    runs = list(by_package)
+    totals: collections.Counter[str] = collections.Counter()
+    per_req = {key: 1000 * medians[key].get("cpu_workers", 0) / medians[key]["rps"] for key in runs}
+    for key in runs:
+        for package, share in by_package[key].items():
+            totals[package] += share * per_req[key]
+    shown = [package for package, _ in totals.most_common(14)]
+    print("\napp CPU ms/req by package (py-spy self share × the median round's CPU ms/req of the workers)")
+    print(f"  {'package':<20}" + "".join(f"{key:>15}" for key in runs))
+    for package in shown:
+        print(f"  {package:<20}" + "".join(f"{by_package[key].get(package, 0) * per_req[key]:>15.3f}" for key in runs))
+    rest = {key: sum(v for p, v in by_package[key].items() if p not in shown) * per_req[key] for key in runs}
+    print(f"  {'(the rest)':<20}" + "".join(f"{rest[key]:>15.3f}" for key in runs))
+    print(f"  {'total':<20}" + "".join(f"{per_req[key]:>15.3f}" for key in runs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
@@ -550,6 +588,7 @@ def main() -> None:
     floor_lua: dict[str, Path] = {}
     results: dict[str, list[dict[str, float]]] = {"bare": []}
     profiles: dict[str, list[tuple[str, float, float]]] = {}
+    by_package: dict[str, dict[str, float]] = {}
     try:
         for name, extra_env, serve_args in specs:
             db_url = asyncio.run(create_database(pg_url))
@@ -631,16 +670,16 @@ def main() -> None:
                     profiled.append((f"floor-{endpoint}", url, floor_lua[endpoint], floor_port))
             for key, url, lua, port in profiled:
                 pid = int(results[key][-1]["busiest_worker_pid"])
-                out: list[tuple[str, float, float]] = []
+                out: list[Profile] = []
                 spy = threading.Thread(
-                    target=lambda p=pid, o=out, k=key: o.extend(
+                    target=lambda p=pid, o=out, k=key: o.append(
                         profile_worker(p, args.duration, work / k.replace(" ", "-"))
                     )
                 )
                 spy.start()
                 run_wrk(wrk, url, args.duration + 2, args.connections, lua, port, {})
                 spy.join()
-                profiles[key] = out
+                profiles[key], by_package[key] = out[0] if out else ([], {})
     finally:
         for target in targets:
             target.server.stop()
@@ -661,6 +700,8 @@ def main() -> None:
         print(f"\npy-spy, busiest worker under {key}: self% / inclusive%  frame")
         for frame, own, incl in profile:
             print(f"  {own:6.1%} {incl:7.1%}  {frame}")
+    if by_package:
+        report_packages(by_package, medians)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(
         json.dumps(
@@ -669,6 +710,7 @@ def main() -> None:
                 "rounds": results,
                 "medians": medians,
                 "profiles": profiles,
+                "profile_packages": by_package,
                 "load_average": load,
             },
             indent=2,
