@@ -81,6 +81,21 @@ def test_every_kind_of_write_is_reported_and_nothing_untouched(
     assert found == wanted
 
 
+def test_a_watch_idle_for_longer_than_the_socket_timeout_goes_on(src: tuple[str, redis.Redis]) -> None:
+    url, r = src
+
+    async def scenario() -> set[bytes]:
+        watch = await KeyWatch.start(url, socket_timeout=0.2)
+        try:
+            await asyncio.sleep(0.6)  # no write at all for a while (a pre-pass over a quiet source)
+            r.set("late", 1)
+            return await watch.changed()
+        finally:
+            await watch.close()
+
+    assert asyncio.run(scenario()) == {b"late"}
+
+
 def test_every_acknowledged_write_of_concurrent_writers_is_reported(src: tuple[str, redis.Redis]) -> None:
     url, _ = src
     written: list[set[bytes]] = [set() for _ in range(4)]

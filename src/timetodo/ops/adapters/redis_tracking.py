@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 from typing import Any
 
@@ -78,9 +79,9 @@ def _stats(info: dict[str, Any]) -> dict[str, int]:
 class KeyWatch:
     """See the module. Use `start`, then `changed` once, then `close` (also on errors)."""
 
-    def __init__(self, url: str, limit: int) -> None:
+    def __init__(self, url: str, limit: int, socket_timeout: float) -> None:
         self.url, self.limit = url, limit
-        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=10, protocol=2)
+        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=socket_timeout, protocol=2)
         self.subscriber: Any = None
         self.tracker: Any = None
         self.subscriber_id = 0
@@ -93,8 +94,9 @@ class KeyWatch:
         self.stats: dict[str, int] = {}
 
     @classmethod
-    async def start(cls, url: str, *, limit: int = DEFAULT_LIMIT) -> KeyWatch:
-        watch = cls(url, limit)
+    async def start(cls, url: str, *, limit: int = DEFAULT_LIMIT, socket_timeout: float = 30.0) -> KeyWatch:
+        """`socket_timeout` bounds each command's answer; the subscriber waits for messages without a limit."""
+        watch = cls(url, limit, socket_timeout)
         try:
             await watch._start()
         except BaseException as exc:
@@ -132,7 +134,7 @@ class KeyWatch:
     async def _read(self) -> None:
         try:
             while True:
-                message = await self.subscriber.read_response()
+                message = await self.subscriber.read_response(timeout=math.inf)  # idle for minutes: fine
                 if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
                     continue
                 channel, payload = message[1], message[2]
