@@ -517,7 +517,10 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
 def report_packages(by_package: dict[str, dict[str, float]], medians: dict[str, dict[str, float]]) -> None:
     """App CPU per request split by the package the profile found it in: each package's py-spy self share times the
     workers' CPU ms/req of the endpoint's median round — ours next to its floor says which layers cost the difference.
-    ("asyncio": the event loop's own time, uvloop's C code included; "(native)": frames py-spy could not name.)"""
+    ("asyncio": the event loop's own time, uvloop's C code included; "(native)": frames py-spy could not name.)
+    py-spy samples a thread that can run, not only one that runs: on a machine with more runnable processes than
+    cores, time spent waiting for a core is charged where the thread was preempted (often the socket write that woke
+    wrk, `RequestResponseCycle.send`) — trust the split on a quiet machine; the total is /proc's, load-proof."""
     runs = list(by_package)
     totals: collections.Counter[str] = collections.Counter()
     per_req = {key: 1000 * medians[key].get("cpu_workers", 0) / medians[key]["rps"] for key in runs}
