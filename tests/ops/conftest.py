@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.e2e.server import ServerProcess, cli, server_env
-from tests.support import PASSWORD, ROOT, free_port, run_script
+from tests.support import PASSWORD, ROOT, Services, free_port, run_script
 from timetodo.ops.adapters.transport import SSHTarget, SSHTransport, open_transport
 
 
@@ -72,3 +73,22 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         yield app, work / "data" / "uploads"
     finally:
         app.stop()
+
+
+def redis_db(services: Services, index: int) -> str:
+    return services.redis_url.rsplit("/", 1)[0] + f"/{index}"
+
+
+@pytest.fixture
+def pair(services: Services) -> Iterator[tuple[str, str, redis.Redis, redis.Redis]]:
+    source_url, target_url = redis_db(services, 5), redis_db(services, 6)
+    src, dst = redis.Redis.from_url(source_url), redis.Redis.from_url(target_url)
+    src.flushdb()
+    dst.flushdb()
+    try:
+        yield source_url, target_url, src, dst
+    finally:
+        src.flushdb()
+        dst.flushdb()
+        src.close()
+        dst.close()

@@ -262,6 +262,12 @@ def test_the_report_says_what_a_delta_pass_moved() -> None:
     db = moved["database delta (3 of 5,000 chunks)"]
     assert (db.amount, db.unit, db.seconds) == (41, "rows", 2.5)
     assert moved["Redis delta (100,000 keys compared, 2 deleted)"].amount == 7
+    tracked = {"method": "key tracking", "keys": 5, "scanned": 6, "deleted": 1, "seconds": 0.01}
+    assert [m.what for m in copied({"redis": tracked})] == ["Redis delta (key tracking named 6 keys, 1 deleted)"]
+    lost = {"method": "scan script", "keys": 5, "scanned": 9, "deleted": 0, "tracking_lost": "SWAPDB ran"}
+    assert (
+        copied({"redis": lost})[0].what == "Redis delta (9 keys compared, 0 deleted; key tracking not used: SWAPDB ran)"
+    )
     abandoned = copied({"db": {"strategy": "delta", "abandoned": "a row vanished"}})
     assert abandoned[0].what.startswith("database delta (abandoned")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,28 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from tests.support import Services
 from timetodo.ops.adapters import redis as redisops
 from timetodo.ops.migrate import incremental
-
-
-def _db(services: Services, index: int) -> str:
-    return services.redis_url.rsplit("/", 1)[0] + f"/{index}"
-
-
-@pytest.fixture
-def pair(services: Services) -> Iterator[tuple[str, str, redis.Redis, redis.Redis]]:
-    source_url, target_url = _db(services, 5), _db(services, 6)
-    src, dst = redis.Redis.from_url(source_url), redis.Redis.from_url(target_url)
-    src.flushdb()
-    dst.flushdb()
-    try:
-        yield source_url, target_url, src, dst
-    finally:
-        src.flushdb()
-        dst.flushdb()
-        src.close()
-        dst.close()
 
 
 def _fill(src: redis.Redis, n: int) -> None:

@@ -4,7 +4,8 @@ which compares both sides and can record a digest per key; then `copy_redis_chan
 source with those digests — on the server, by a read-only Lua script — and moves what changed). The cheapest
 pass: `record_keys` digests every key of a database nobody writes (the held target) on its server, and
 `copy_redis_since` later scans only the other side, on its server, eight cursor ranges side by side, with no
-argument per key, and moves what the record does not hold — the in-freeze pass and the rollback.
+argument per key, and moves what the record does not hold — the in-freeze pass (when key tracking cannot name the
+changed keys: then `copy_redis_keys` moves just those, see `redis_tracking`) and the rollback.
 
 Between servers, expiries travel as absolute times read with PEXPIRETIME where the reader has it (Redis ≥ 7,
 Valkey): the copy's expiry is the source's to the millisecond (PTTL + this machine's clock drifted by the time a
@@ -955,21 +956,15 @@ class RecordedChanges(RedisDelta):
     removed_keys: list[bytes] | None = None
 
 
-class _SinceCopier(_Copier):
-    """`copy_redis_since`: the reader's digests by `_DigestScanner`; the keys whose digest the record lacks copied,
-    the recorded keys not seen deleted (or copied, when the reader has them after all)."""
+class _NamedCopier(_Copier):
+    """Makes named keys on the writer what they are on the reader now, and tallies which were restored or deleted
+    (a key met more than once counts once, as it ended)."""
 
-    def __init__(
-        self, reader: str, writer: str, record: KeyRecord, progress: Progress | None, also: Iterable[bytes] = ()
-    ) -> None:
+    def __init__(self, reader: str, writer: str, progress: Progress | None, method: str) -> None:
         super().__init__(reader, writer, progress)
-        self.record = record
-        self.also = list(also)
-        self.known = record.digest_set()
-        self.seen: set[bytes] = set()
         self.moved: set[bytes] = set()
         self.removed: set[bytes] = set()
-        self.delta = RecordedChanges(method="scan script")
+        self.delta = RecordedChanges(method=method)
 
     def sync_keys(self, keys: list[bytes]) -> tuple[int, int]:
         """Make each of `keys` on the writer what it is on the reader now (RESTORE … ABSTTL REPLACE, or DEL when
@@ -997,6 +992,35 @@ class _SinceCopier(_Copier):
             self.removed.difference_update(moved)
         return len(moved), deleted
 
+    def sync_all(self, keys: list[bytes], connections: int, batch: int) -> None:
+        """`sync_keys` over `keys` in batches on `connections` threads."""
+        batches = [keys[start : start + batch] for start in range(0, len(keys), batch)]
+        if len(batches) <= 1:
+            for one in batches:
+                self.sync_keys(one)
+        else:
+            with ThreadPoolExecutor(max_workers=connections) as pool:
+                for future in [pool.submit(self.sync_keys, one) for one in batches]:
+                    future.result()
+
+    def finish(self) -> None:
+        self.delta.moved_keys, self.delta.removed_keys = sorted(self.moved), sorted(self.removed)
+        self.delta.changed, self.delta.deleted = len(self.moved), len(self.removed)
+
+
+class _SinceCopier(_NamedCopier):
+    """`copy_redis_since`: the reader's digests by `_DigestScanner`; the keys whose digest the record lacks copied,
+    the recorded keys not seen deleted (or copied, when the reader has them after all)."""
+
+    def __init__(
+        self, reader: str, writer: str, record: KeyRecord, progress: Progress | None, also: Iterable[bytes] = ()
+    ) -> None:
+        super().__init__(reader, writer, progress, "scan script")
+        self.record = record
+        self.also = list(also)
+        self.known = record.digest_set()
+        self.seen: set[bytes] = set()
+
     def on_batch(self, keys: list[bytes], digests: list[bytes]) -> None:
         known = self.known
         odd = [i for i, digest in enumerate(digests) if digest not in known]
@@ -1020,8 +1044,7 @@ class _SinceCopier(_Copier):
         for start in range(0, len(left), batch):
             self.sync_keys(left[start : start + batch])
         # a key met more than once (a step crossing ranges, a key changing again) is counted once, as it ended
-        self.delta.moved_keys, self.delta.removed_keys = sorted(self.moved), sorted(self.removed)
-        self.delta.changed, self.delta.deleted = len(self.moved), len(self.removed)
+        self.finish()
 
 
 def _copy_since_sync(
@@ -1073,6 +1096,44 @@ async def copy_redis_since(
             f"Redis refused a command: {mask_secrets(str(exc))}",
             "the writing Redis must be the same engine and at least the reader's version (RESTORE of DUMP payloads)",
         ) from None
+
+
+def _copy_keys_sync(
+    reader: str, writer: str, keys: list[bytes], connections: int, batch: int, method: str
+) -> RecordedChanges:
+    started = time.monotonic()
+    copier = _NamedCopier(reader, writer, None, method)
+    try:
+        copier.probe_exact(copier.client(reader))
+        copier.sync_all(keys, connections, batch)
+        copier.finish()
+    finally:
+        copier.close()
+    copier.delta.scanned = len(keys)
+    copier.delta.seconds = time.monotonic() - started
+    return copier.delta
+
+
+async def copy_redis_keys(
+    reader_url: str,
+    writer_url: str,
+    keys: Iterable[bytes],
+    *,
+    connections: int = 2,
+    batch: int = 1000,
+    method: str = "named keys",
+) -> RecordedChanges:
+    """Make exactly `keys` on the writer what they are on the reader now: each restored with its absolute expiry
+    (RESTORE … ABSTTL REPLACE) or deleted on the writer when the reader has none — for a caller that knows which
+    keys can differ (`redis_tracking.KeyWatch`). Nothing else is read."""
+    try:
+        return await asyncio.to_thread(
+            _copy_keys_sync, reader_url, writer_url, sorted(set(keys)), connections, batch, method
+        )
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
 
 
 async def redis_version(url: str) -> tuple[str, str]:

@@ -34,14 +34,20 @@ Guarantees:
 - **The first copy is verified in full** (`verify_copy`, after sync's stream): every chunk of the target hashed
   and compared with the source's hashes the stream computed from the rows it sent — one definition of a chunk's
   hash (`chunks.ChunkHasher`) for the stream, the passes and their verification.
-- **Redis from the source only** (`copy_keys`, shared with `logical`). The pre-pass compares both sides key by key
-  (`copy_redis_delta`), then digests every key of the target on its server (`record_keys`): the record of what the
-  target holds. The in-freeze pass scans the source alone, on its server, against that record
-  (`copy_redis_since`: no argument per key, cursor ranges side by side) and notes the keys it touched; a rollback
-  compares the target with the record minus those keys. The target's Redis is written by nothing else meanwhile:
-  its app is held (maintenance), and writes Redis only when serving clients, which reach it only after the switch;
-  validation then compares every key of both sides. Without a record (a lost work directory, a Redis refusing the
-  script), or in a second in-freeze pass (a resumed run), the key-by-key comparisons.
+- **Redis: only the keys that changed** (`copy_keys`, shared with `logical`). Before it reads a key, the pre-pass
+  starts a watch on the source (`redis_tracking.KeyWatch`: the server's key tracking names every key modified from
+  then on), compares both sides key by key (`copy_redis_delta`), then digests every key of the target on its server
+  (`record_keys`): the record of what the target holds. In the freeze the watch proves it received every change
+  acknowledged before (a barrier through the same connection, tracking still on, no flush/SWAPDB/DEBUG/RESETSTAT,
+  same server) and only the keys it names are made equal on the target (`copy_redis_keys`): a key it does not name
+  was not modified since before the pre-pass read it, so the target holds it as the source does. Where the watch
+  cannot prove that (refused, lost — the reason is in the result — or a run resumed in a new process), the source
+  alone is scanned on its server against the record (`copy_redis_since`: no argument per key, cursor ranges side
+  by side). Either way the keys the pass touched are noted; a rollback compares the target with the record minus
+  those keys. The target's Redis is written by nothing else meanwhile: its app is held (maintenance), and writes
+  Redis only when serving clients, which reach it only after the switch; validation then compares every key of
+  both sides. Without a record (a lost work directory, a Redis refusing the script), or in a second in-freeze pass
+  (a resumed run), the key-by-key comparisons.
 - **Uploads** (`data.copy_changed_files`): one listing of the source in the freeze, compared with the pre-pass's
   listings of both sides; only changed files travel (one hop).
 - `app_state` (maintenance, forwarding) is deployment state: each side keeps its own.
@@ -65,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from timetodo.ops.adapters import redis as redisops
+from timetodo.ops.adapters import redis_tracking
 from timetodo.ops.adapters.postgres import PgTarget, chunks, mask_url
 from timetodo.ops.migrate.data import copy_changed_files
 from timetodo.ops.migrate.rollback.apply import apply_delta
@@ -703,12 +710,31 @@ def cutover_record(ctx: Context) -> tuple[redisops.KeyRecord, list[bytes]] | Non
     return redisops.KeyRecord([d for d, _ in kept], [k for _, k in kept]), sorted(touched)
 
 
+_WATCHES: dict[str, redis_tracking.KeyWatch] = {}
+"""The key watch this process's pre-pass started, by work directory: the in-freeze pass asks it which keys changed (a
+resumed run in a new process has none, and compares every key)."""
+
+
+async def _watch_keys(ctx: Context, source_redis: str) -> dict[str, Any]:
+    """Start watching which of the source's keys change (`redis_tracking.KeyWatch`), replacing an earlier watch."""
+    old = _WATCHES.pop(str(ctx.work_dir), None)
+    if old is not None:
+        await old.close()
+    try:
+        _WATCHES[str(ctx.work_dir)] = await redis_tracking.KeyWatch.start(source_redis)
+    except redis_tracking.WatchRefused as exc:
+        log.info(f"no Redis key tracking on the source ({exc}): the freeze compares every key")
+        return {"tracking": False, "tracking_refused": str(exc)}
+    return {"tracking": True}
+
+
 async def copy_keys(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
     """The Redis part of the `delta` and `logical` copies.
 
-    `live` (the pre-pass, source still writable): both sides compared key by key (`copy_redis_delta`), then the
-    target — which nothing else writes — is digested on its server (`record_keys`): the record of what it holds.
-    In the freeze: only the source is scanned, on its server, and compared with that record (`copy_redis_since`:
+    `live` (the pre-pass, source still writable): a watch of the source's changed keys started, both sides compared
+    key by key (`copy_redis_delta`), then the target — which nothing else writes — is digested on its server
+    (`record_keys`): the record of what it holds. In the freeze: the keys the watch reports copied, or (no watch,
+    or one that cannot prove it saw every change) only the source is scanned, on its server, and compared with that record (`copy_redis_since`:
     no argument per key, eight cursor ranges side by side); the keys it wrote or deleted are noted for a rollback.
     Falls back to the per-key comparisons (`copy_redis_changes`, then `copy_redis_delta`) where the source refuses
     the digest script (Redis < 7, scripting not allowed), and to both sides when an in-freeze pass already ran (a
@@ -723,13 +749,14 @@ async def copy_keys(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
         for path in (record_path(ctx), started, touched):
             await asyncio.to_thread(path.unlink, missing_ok=True)
         redisops.forget_record(record_path(ctx))
+        watching = await _watch_keys(ctx, source_redis)  # before the pass reads a key
         old: redisops.KeyDigests = {}
         async with ctx.activity(f"{label}: Redis keys changed since the copy (SCAN + DUMP compare)") as progress:
             moved = await redisops.copy_redis_delta(
                 source_redis, target_redis, connections=connections, progress=progress, record=old
             )
         await asyncio.to_thread(redisops.save_digests, digests_path(ctx), old)
-        result = moved.to_dict()
+        result = {**moved.to_dict(), **watching}
         try:
             async with ctx.activity(f"{label}: Redis digests of the target (what the freeze compares with)"):
                 target_record = await redisops.record_keys(target_redis, connections=connections)
@@ -743,6 +770,24 @@ async def copy_keys(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
     record = None if resumed else redisops.load_record(record_path(ctx))
     started.parent.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(started.write_text, str(time.time()))
+    watch = _WATCHES.pop(str(ctx.work_dir), None)
+    lost = ""
+    if watch is not None:
+        try:
+            if not resumed:
+                names = await watch.changed()
+                async with ctx.activity(f"{label}: {len(names)} Redis keys changed since the pre-pass (key tracking)"):
+                    tracked = await redisops.copy_redis_keys(
+                        source_redis, target_redis, names, connections=connections, method="key tracking"
+                    )
+                keys = (tracked.moved_keys or []) + (tracked.removed_keys or [])
+                await asyncio.to_thread(_save_keys, touched, keys)
+                return tracked.to_dict()
+        except redis_tracking.WatchLost as exc:
+            lost = str(exc)
+            log.info(f"{label}: Redis key tracking cannot prove it saw every change ({lost}): every key is compared")
+        finally:
+            await watch.close()
     if record is not None:
         try:
             async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:
@@ -753,7 +798,7 @@ async def copy_keys(ctx: Context, label: str, *, live: bool) -> dict[str, Any]:
             log.info(f"{label}: the source refused the digest script ({exc}): key by key")
         else:
             await asyncio.to_thread(_save_keys, touched, (since.moved_keys or []) + (since.removed_keys or []))
-            return since.to_dict()
+            return {**since.to_dict(), **({"tracking_lost": lost} if lost else {})}
     recorded = None if resumed else await asyncio.to_thread(redisops.load_digests, digests_path(ctx))
     if recorded is not None:
         async with ctx.activity(f"{label}: Redis keys changed since the pre-pass (digests on the source)") as p:

@@ -204,7 +204,13 @@ def copied(result: dict[str, Any] | None) -> list[Transfer]:
         out.append(Transfer(what="database (dump + restore)", bytes=_num(db.get("bytes")), seconds=seconds or None))
     redis = result.get("redis")
     if isinstance(redis, dict) and "scanned" in redis:
-        compared = f"{_num(redis.get('scanned')) or 0:,} keys compared, {_num(redis.get('deleted')) or 0:,} deleted"
+        scanned, deleted = _num(redis.get("scanned")) or 0, _num(redis.get("deleted")) or 0
+        if redis.get("method") == "key tracking":
+            compared = f"key tracking named {scanned:,} keys, {deleted:,} deleted"
+        else:
+            compared = f"{scanned:,} keys compared, {deleted:,} deleted"
+        if redis.get("tracking_lost"):
+            compared += f"; key tracking not used: {redis['tracking_lost']}"
         out.append(_keys(f"Redis delta ({compared})", redis))
     elif isinstance(redis, dict) and redis:
         out.append(_keys("Redis", redis))
