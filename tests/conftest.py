@@ -15,11 +15,17 @@ import pytest
 from fastapi import FastAPI
 
 from tests.support import Services, create_database, new_user, next_client_ip
+from timetodo.core import security
 from timetodo.core.schema import upgrade_async
 from timetodo.core.settings import Settings
 from timetodo.main import create_app
 
 BACKENDS = ["sqlite", "postgres"]
+
+# argon2id at its lowest cost for the users the suite makes, here and in every `timetodo` process it starts (they
+# inherit this environment): ~1 ms instead of ~0.2 s per register/login (timetodo.core.security). The test that
+# measures the hashing cost itself (test_unknown_email_costs_as_much_as_wrong_password) switches it back.
+os.environ.setdefault(security.FAST_HASH_ENV, "1")  # TIMETODO_TEST_FAST_PASSWORD_HASH=0: the real cost
 
 
 @pytest.fixture(scope="session")

@@ -126,10 +126,18 @@ def bot_env(telegram: FakeTelegram) -> dict[str, str]:
 
 
 def make_world(
-    base: Path, services: Services, *, budget_minutes: float = 5, seed: bool = True, bot: bool = False
+    base: Path,
+    services: Services,
+    *,
+    budget_minutes: float = 5,
+    seed: bool = True,
+    bot: bool = False,
+    target_env: dict[str, str] | None = None,
 ) -> World:
     """`bot=True`: both hosts run the bot, the fake delivers updates to the webhook by itself (retrying on non-2xx,
-    like Telegram), the webhook has the secret, validate probes the bot from `PROBE_CHAT`; no junk pending updates."""
+    like Telegram), the webhook has the secret, validate probes the bot from `PROBE_CHAT`; no junk pending updates.
+    `target_env`: more settings in the target app's env file (the suite shortens AUTH_STATE_CACHE_SECONDS there,
+    which the cutover waits for before it opens the target; `bench/migrate.py` keeps the app's defaults)."""
     base.chmod(0o755)
     cleanup: list[tuple[str, Path]] = []
     telegram = FakeTelegram(BOT_TOKEN, auto_deliver=bot, delivery_interval=0.1).start()
@@ -144,17 +152,20 @@ def make_world(
             "SECRET_KEY": SECRET,
             "LOGIN_ATTEMPTS_PER_MINUTE": "60",  # every toolkit run logs in; the resume test starts seven
             "LOG_LEVEL": "WARNING",
+            # argon2 at the production cost, like the target app (its settings come from its .env, not from this
+            # environment): validate compares the two hosts under the same load, logins included
+            "TIMETODO_TEST_FAST_PASSWORD_HASH": "0",
         }
         | (bot_env(telegram) if bot else {})
     )
-    source = ServerProcess(env_a, base)
-    source.wait_ready()
+    source = ServerProcess(env_a, base)  # starting (importing the app takes seconds) while the target's servers start
     pg_b = run_script("scripts/postgres.sh", "start", str(base / "pg-b"), str(free_port()))
     cleanup.append(("scripts/postgres.sh", base / "pg-b"))
     redis_b = run_script("scripts/redis.sh", "start", str(base / "redis-b"), str(free_port()), "target-redis-pw")
     cleanup.append(("scripts/redis.sh", base / "redis-b"))
     ssh_line = run_script("scripts/sshd.sh", "start", str(base / "sshd"), str(free_port()))
     cleanup.append(("scripts/sshd.sh", base / "sshd"))
+    source.wait_ready()
     ssh = dict(part.split("=", 1) for part in ssh_line.split())
     target_port = free_port()
     target_url = f"http://127.0.0.1:{target_port}"
@@ -171,6 +182,7 @@ def make_world(
                 "LOG_LEVEL=WARNING",
                 "MAINTENANCE_CACHE_SECONDS=1",
                 *([f"{k}={v}" for k, v in bot_env(telegram).items()] if bot else []),
+                *[f"{k}={v}" for k, v in (target_env or {}).items()],
             ]
         )
         + "\n"
@@ -289,6 +301,7 @@ class Writer:
         self.failures = 0
         self.failure_times: list[float] = []  # wall clock, comparable with the state file's timestamps
         self.last_ack: list[float] = []
+        self.ack_hosts: list[str] = []  # the host of every acknowledged write, in order (appends are atomic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -320,6 +333,7 @@ class Writer:
                         if resp.status_code == 201:
                             self.acked[uid] = base
                             self.last_ack.append(time.monotonic())
+                            self.ack_hosts.append(base)
                             break
                     except httpx.HTTPError:
                         pass
@@ -332,6 +346,20 @@ class Writer:
 
     async def _main(self) -> None:
         await asyncio.gather(self._loop(0), self._loop(1))
+
+    def mark(self) -> int:
+        """A position in the acknowledged writes, for `wait_for_acks`."""
+        return len(self.ack_hosts)
+
+    def wait_for_acks(self, host: str, count: int, since: int = 0, timeout: float = 120) -> None:
+        """Until `count` writes acknowledged through `host` after position `since` (instead of a fixed sleep)."""
+        deadline = time.monotonic() + timeout
+        while sum(1 for h in self.ack_hosts[since:] if h == host) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.prefix}: fewer than {count} writes acknowledged by {host} in {timeout}s")
+            if not self._thread.is_alive():
+                raise AssertionError(f"{self.prefix}: the writer stopped")
+            time.sleep(0.02)
 
     def max_gap(self) -> float:
         stamps = sorted(self.last_ack)

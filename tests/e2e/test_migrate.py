@@ -30,10 +30,15 @@ from tests.support import PASSWORD, Services
 
 pytestmark = pytest.mark.slow
 
+# Each phase of a test (before the migration, after it, after the rollback) lasts until every writer has this many
+# writes acknowledged through the host it should reach then: a count instead of a fixed sleep.
+WRITES_PER_PHASE = 20
+
 
 @pytest.fixture(scope="module")
 def world(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    world = make_world(tmp_path_factory.mktemp("migrate"), services)
+    # the target app's account-state cache 1 s (default 5 s): the cutover waits for it before opening the target
+    world = make_world(tmp_path_factory.mktemp("migrate"), services, target_env={"AUTH_STATE_CACHE_SECONDS": "1"})
     yield world
     stop_world(world)
 
@@ -88,10 +93,13 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
         Writer(world.current, world.writer_token, "w") as writer,
         Writer(old_address, world.writer_token, "o") as old_writer,
     ):
-        time.sleep(1)
+        writer.wait_for_acks(world.source.url, WRITES_PER_PHASE)
+        old_writer.wait_for_acks(world.source.url, WRITES_PER_PHASE)
         result = world.migrate("run", "--yes")
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)  # more writes, now on the target (the old-address client's through the source's forwarding)
+        # more writes, now on the target (the old-address client's through the source's forwarding)
+        writer.wait_for_acks(world.target_url, WRITES_PER_PHASE, since=writer.mark())
+        old_writer.wait_for_acks(world.source.url, WRITES_PER_PHASE, since=old_writer.mark())
     assert world.current.read_text() == world.target_url
     facts = world.state()["facts"]
     # the default strategy, delta: the freeze moved only the chunks that differed, and checked them by their hashes
@@ -168,10 +176,11 @@ def test_migration_and_rollback_lose_nothing(world: World) -> None:
 
     # rollback: every write the target took comes back to the source
     with Writer(world.current, world.writer_token, "r") as writer2:
-        time.sleep(1.5)
+        writer2.wait_for_acks(world.target_url, WRITES_PER_PHASE)
         result = world.migrate("rollback", "--force")
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)  # the writer follows DNS back to the source
+        # the writer follows DNS back to the source
+        writer2.wait_for_acks(world.source.url, WRITES_PER_PHASE, since=writer2.mark())
     assert world.current.read_text() == world.source.url
     carried = json.loads((world.base / "work" / "migration_rollback_report.json").read_text())
     on_target_only = [uid for uid, host in writer.acked.items() if host == world.target_url]
@@ -261,11 +270,13 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
         Writer(world.current, world.writer_token, "lw") as writer,
         Writer(old_address, world.writer_token, "lo") as old_writer,
     ):
-        time.sleep(0.5)
+        writer.wait_for_acks(world.source.url, WRITES_PER_PHASE)
+        old_writer.wait_for_acks(world.source.url, WRITES_PER_PHASE)
         _run_until_killed(world, config, state_file, phase("open_target"), world.base / "logical-killed-0.log")
         result = world.migrate("run", "--yes", "--resume", config=config)
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)
+        writer.wait_for_acks(world.target_url, WRITES_PER_PHASE, since=writer.mark())
+        old_writer.wait_for_acks(world.source.url, WRITES_PER_PHASE, since=old_writer.mark())
     state = json.loads(state_file.read_text())
     facts, cutover = state["facts"], state["steps"]["cutover"]["result"]
     assert cutover["strategy"] == "logical" and facts["logical"]["usable"] is True, cutover
@@ -296,10 +307,10 @@ def test_logical_strategy_migrates_and_rolls_back_losing_nothing(world: World) -
 
     # rollback: every write the target took is back on the source
     with Writer(world.current, world.writer_token, "lr") as writer2:
-        time.sleep(1.5)
+        writer2.wait_for_acks(world.target_url, WRITES_PER_PHASE)
         result = world.migrate("rollback", "--force", config=config)
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)
+        writer2.wait_for_acks(world.source.url, WRITES_PER_PHASE, since=writer2.mark())
     assert world.current.read_text() == world.source.url
     on_source = asyncio.run(titles(world.source_db, "lw")) | asyncio.run(titles(world.source_db, "lr"))
     acked = {**writer.acked, **writer2.acked}
@@ -372,7 +383,8 @@ def _run_killed_and_resumed(
         assert "cutover" in frozen.stdout and "running" in frozen.stdout, frozen.stdout
         result = world.migrate("run", "--yes", "--resume", config=config)
         assert result.returncode == 0, result.stdout + result.stderr
-        time.sleep(1.5)
+        writer.wait_for_acks(world.target_url, WRITES_PER_PHASE, since=writer.mark())
+        old_writer.wait_for_acks(world.source.url, WRITES_PER_PHASE, since=old_writer.mark())
     assert world.current.read_text() == world.target_url
     state = json.loads(state_file.read_text())
     # no failed request outside the freeze (a run killed inside it leaves the source frozen until --resume: inside)
@@ -415,7 +427,7 @@ def test_killed_runs_resume_to_the_same_end_state(world: World) -> None:
     assert [p["attempt"] for p in phases if p["step"] == "preflight"] == list(range(1, len(kill_points) + 2))
 
     with Writer(world.current, world.writer_token, "kr") as after:
-        time.sleep(1)
+        after.wait_for_acks(world.target_url, WRITES_PER_PHASE)
         back = world.migrate("rollback", "--force", config=config)
         assert back.returncode == 0, back.stdout + back.stderr
     assert world.current.read_text() == world.source.url

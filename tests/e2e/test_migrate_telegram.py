@@ -31,7 +31,13 @@ CHAT = 4_000_100
 
 @pytest.fixture(scope="module")
 def world(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    world = make_world(tmp_path_factory.mktemp("migrate-bot"), services, seed=False, bot=True)
+    world = make_world(
+        tmp_path_factory.mktemp("migrate-bot"),
+        services,
+        seed=False,
+        bot=True,
+        target_env={"AUTH_STATE_CACHE_SECONDS": "1"},  # what the cutover waits for before opening the target
+    )
     yield world
     stop_world(world)
 

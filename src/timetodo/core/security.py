@@ -1,9 +1,17 @@
-"""Password hashing (argon2 via pwdlib) and JWT access tokens."""
+"""Password hashing (argon2 via pwdlib) and JWT access tokens.
+
+Hashes use pwdlib's argon2id defaults (t=3, m=64 MiB, p=4). The test suite alone sets
+TIMETODO_TEST_FAST_PASSWORD_HASH=1 (tests/conftest.py): new hashes then use the lowest argon2id cost (t=1, m=1 MiB,
+p=1), the same algorithm and code path at a few milliseconds instead of ~0.2 s per register/login. Verification
+always follows the parameters stored in the hash, so either kind of hash verifies with either setting. Never set
+it on a deployment.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,28 +22,35 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 from timetodo.core.errors import ErrorCode, Unauthorized
 
-_hasher = PasswordHash((Argon2Hasher(),))
+FAST_HASH_ENV = "TIMETODO_TEST_FAST_PASSWORD_HASH"
+
+
+@functools.cache
+def _hasher() -> PasswordHash:
+    if os.environ.get(FAST_HASH_ENV) == "1":
+        return PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    return PasswordHash((Argon2Hasher(),))
 
 
 @functools.cache
 def _dummy_hash() -> str:
     """A hash to verify against when the account does not exist (same time as a wrong password). Made on first use,
     not at import: every CLI command imports this module."""
-    return _hasher.hash(secrets.token_urlsafe(16))
+    return _hasher().hash(secrets.token_urlsafe(16))
 
 
 JWT_ALGORITHM = "HS256"
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
     if password_hash is None:
-        _hasher.verify(password, _dummy_hash())
+        _hasher().verify(password, _dummy_hash())
         return False
-    return bool(_hasher.verify(password, password_hash))
+    return bool(_hasher().verify(password, password_hash))
 
 
 def create_access_token(
