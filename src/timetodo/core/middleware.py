@@ -3,10 +3,12 @@ metrics by route template, and one JSON access-log line."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,6 +33,26 @@ SECURITY_HEADERS = [
 HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 
+class _RequestIds:
+    """Request ids when the client sent none: 32 hex digits, a random 64-bit prefix per process (drawn again in a
+    forked child) followed by a counter — unique across processes and restarts without a `uuid4` (a `urandom`
+    system call) per request."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_request_ids = _RequestIds()
+
+
 def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -47,7 +69,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID_OK.match(incoming) else _request_ids.new()
         token = request_id_var.set(request_id)
         if scope["type"] == "websocket":
             try:
