@@ -24,21 +24,19 @@ async def bare(_request: Request) -> Response:
 app = Starlette(routes=[Route("/bare", bare)])
 
 
-if __name__ == "__main__":
-    import sys
-
+def serve(app: str, port: int, workers: int) -> None:
+    """`app` ("module:attribute") under uvicorn as `timetodo serve` runs ours: uvloop, httptools, a socket per worker."""
     import uvicorn
 
     from timetodo.cli import reuseport
 
-    port, workers = int(sys.argv[1]), int(sys.argv[2])
     config = uvicorn.Config(
-        "bench.bare_app:app",
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
+        app, port=port, workers=workers, loop="uvloop", http="httptools", access_log=False, log_level="warning"
     )
     reuseport.ReusePortMultiprocess(config).run()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve("bench.bare_app:app", int(sys.argv[1]), int(sys.argv[2]))

@@ -152,19 +152,8 @@ def statements() -> dict[str, str]:
 if __name__ == "__main__":
     import sys
 
-    import uvicorn
-
-    from timetodo.cli import reuseport
+    from bench.bare_app import serve
 
     port, workers, dsn = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     os.environ.update(statements(), FLOOR_DSN=dsn)  # the spawned workers inherit it
-    config = uvicorn.Config(
-        "bench.floor_app:app",
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
-    reuseport.ReusePortMultiprocess(config).run()
+    serve("bench.floor_app:app", port, workers)

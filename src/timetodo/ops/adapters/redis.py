@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis as sync_redis
@@ -39,6 +39,7 @@ from timetodo.ops.errors import EXIT_UNREACHABLE, OpsError
 from timetodo.ops.sources import allow_list_hint, closed_before_login
 
 BATCH = 1000
+_T = TypeVar("_T")
 
 
 class RedisOpError(OpsError):
@@ -231,17 +232,16 @@ async def copy_redis(
     """Every key of the source's database onto the target's: SCAN, then DUMP + PTTL and RESTORE … ABSTTL REPLACE
     in pipelined batches over `connections` connection pairs (threads). Keys gone between SCAN and DUMP are skipped
     and counted; the absolute expiry keeps TTLs exact however long the copy takes."""
-    try:
-        return await asyncio.to_thread(
-            _copy_redis_sync, source_url, target_url, connections, batch, flush_target, progress
-        )
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
-    except redis_errors.ResponseError as exc:
-        raise RedisOpError(
-            f"Redis refused a command: {mask_secrets(str(exc))}",
-            "the target Redis must be the same engine and at least the source's version (RESTORE of DUMP payloads)",
-        ) from None
+    return await _in_thread(
+        _copy_redis_sync,
+        source_url,
+        target_url,
+        connections,
+        batch,
+        flush_target,
+        progress,
+        refused_hint=RESTORE_HINT_SOURCE,
+    )
 
 
 class _Copier:
@@ -363,14 +363,37 @@ class _Copier:
 def _copy_redis_sync(
     source_url: str, target_url: str, connections: int, batch: int, flush_target: bool, progress: Progress | None
 ) -> RedisCopy:
-    started = time.monotonic()
     copier = _Copier(source_url, target_url, progress)
+    copier.result.seconds = _timed_run(copier, lambda: copier.run(connections, batch, flush_target))
+    return copier.result
+
+
+RESTORE_HINT_SOURCE = (
+    "the target Redis must be the same engine and at least the source's version (RESTORE of DUMP payloads)"
+)
+RESTORE_HINT_READER = (
+    "the writing Redis must be the same engine and at least the reader's version (RESTORE of DUMP payloads)"
+)
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any, refused_hint: str = "") -> _T:
+    """`fn(*args)` in a thread, its Redis errors as the toolkit's: unreachable (exit code 3) or refused."""
     try:
-        copier.run(connections, batch, flush_target)
+        return await asyncio.to_thread(fn, *args)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
+    except redis_errors.ResponseError as exc:
+        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}", refused_hint) from None
+
+
+def _timed_run(copier: _Copier, run: Callable[[], None]) -> float:
+    """`run()` (a pass of `copier`), the copier's clients closed however it ends: the seconds it took."""
+    started = time.monotonic()
+    try:
+        run()
     finally:
         copier.close()
-    copier.result.seconds = time.monotonic() - started
-    return copier.result
+    return time.monotonic() - started
 
 
 # ------------------------------------------------------------------------------------- the delta since a first copy
@@ -531,13 +554,8 @@ def _copy_delta_sync(
     progress: Progress | None,
     record: KeyDigests | None = None,
 ) -> RedisDelta:
-    started = time.monotonic()
     copier = _DeltaCopier(source_url, target_url, progress, record)
-    try:
-        copier.run_delta(connections, batch)
-    finally:
-        copier.close()
-    copier.delta.seconds = time.monotonic() - started
+    copier.delta.seconds = _timed_run(copier, lambda: copier.run_delta(connections, batch))
     return copier.delta
 
 
@@ -556,12 +574,7 @@ async def copy_redis_delta(
     SCAN compares the DUMP payloads and expiries of both sides, pipelined over `connections` threads. `record`
     (filled): every source key's digest and expiry as this pass saw it — what the target holds afterwards — for a
     later `copy_redis_changes`."""
-    try:
-        return await asyncio.to_thread(_copy_delta_sync, source_url, target_url, connections, batch, progress, record)
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
-    except redis_errors.ResponseError as exc:
-        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+    return await _in_thread(_copy_delta_sync, source_url, target_url, connections, batch, progress, record)
 
 
 # ---------------------------------------------------------------- the changes since a recorded pass, source side only
@@ -691,13 +704,8 @@ class _ChangesCopier(_ComparingCopier):
 def _copy_changes_sync(
     source_url: str, target_url: str, recorded: KeyDigests, connections: int, batch: int, progress: Progress | None
 ) -> RedisDelta:
-    started = time.monotonic()
     copier = _ChangesCopier(source_url, target_url, recorded, progress)
-    try:
-        copier.run_changes(connections, batch)
-    finally:
-        copier.close()
-    copier.delta.seconds = time.monotonic() - started
+    copier.delta.seconds = _timed_run(copier, lambda: copier.run_changes(connections, batch))
     copier.delta.method = copier.method
     return copier.delta
 
@@ -717,14 +725,7 @@ async def copy_redis_changes(
     over `connections` threads; where EVAL is refused, DUMP + a local sha1), the new and changed keys are copied
     (RESTORE … ABSTTL REPLACE), recorded keys the source no longer has are deleted on the target. Half the reads of
     `copy_redis_delta`, and the values of unchanged keys never leave the server."""
-    try:
-        return await asyncio.to_thread(
-            _copy_changes_sync, source_url, target_url, recorded, connections, batch, progress
-        )
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
-    except redis_errors.ResponseError as exc:
-        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+    return await _in_thread(_copy_changes_sync, source_url, target_url, recorded, connections, batch, progress)
 
 
 def save_digests(path: Any, recorded: KeyDigests) -> None:
@@ -1056,13 +1057,8 @@ def _copy_since_sync(
     progress: Progress | None,
     also: Iterable[bytes],
 ) -> RecordedChanges:
-    started = time.monotonic()
     copier = _SinceCopier(reader, writer, record, progress, also)
-    try:
-        copier.run_since(connections, batch)
-    finally:
-        copier.close()
-    copier.delta.seconds = time.monotonic() - started
+    copier.delta.seconds = _timed_run(copier, lambda: copier.run_since(connections, batch))
     return copier.delta
 
 
@@ -1085,32 +1081,31 @@ async def copy_redis_since(
     which either is in the record (the writer holds that value and expiry) or is copied; a recorded key not met is
     checked one by one, and so is every key of `also`. `ScanScriptRefused` when the reader refuses the script (the
     caller falls back)."""
-    try:
-        return await asyncio.to_thread(
-            _copy_since_sync, reader_url, writer_url, record, connections, batch, progress, also
-        )
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
-    except redis_errors.ResponseError as exc:
-        raise RedisOpError(
-            f"Redis refused a command: {mask_secrets(str(exc))}",
-            "the writing Redis must be the same engine and at least the reader's version (RESTORE of DUMP payloads)",
-        ) from None
+    return await _in_thread(
+        _copy_since_sync,
+        reader_url,
+        writer_url,
+        record,
+        connections,
+        batch,
+        progress,
+        also,
+        refused_hint=RESTORE_HINT_READER,
+    )
 
 
 def _copy_keys_sync(
     reader: str, writer: str, keys: list[bytes], connections: int, batch: int, method: str
 ) -> RecordedChanges:
-    started = time.monotonic()
     copier = _NamedCopier(reader, writer, None, method)
-    try:
+
+    def run() -> None:
         copier.probe_exact(copier.client(reader))
         copier.sync_all(keys, connections, batch)
         copier.finish()
-    finally:
-        copier.close()
+
+    copier.delta.seconds = _timed_run(copier, run)
     copier.delta.scanned = len(keys)
-    copier.delta.seconds = time.monotonic() - started
     return copier.delta
 
 
@@ -1126,14 +1121,7 @@ async def copy_redis_keys(
     """Make exactly `keys` on the writer what they are on the reader now: each restored with its absolute expiry
     (RESTORE … ABSTTL REPLACE) or deleted on the writer when the reader has none — for a caller that knows which
     keys can differ (`redis_tracking.KeyWatch`). Nothing else is read."""
-    try:
-        return await asyncio.to_thread(
-            _copy_keys_sync, reader_url, writer_url, sorted(set(keys)), connections, batch, method
-        )
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise RedisUnreachable(f"Redis unreachable: {mask_secrets(str(exc))}", "check the Redis URLs") from None
-    except redis_errors.ResponseError as exc:
-        raise RedisOpError(f"Redis refused a command: {mask_secrets(str(exc))}") from None
+    return await _in_thread(_copy_keys_sync, reader_url, writer_url, sorted(set(keys)), connections, batch, method)
 
 
 async def redis_version(url: str) -> tuple[str, str]:
