@@ -125,7 +125,8 @@ async def run(args: argparse.Namespace) -> None:
     services = Services.start()
     try:
         db_url = await create_database(services.postgres_url)
-        tmp = Path(tempfile.mkdtemp(prefix="ttd-asgi-cpu-"))
+        scratch = tempfile.TemporaryDirectory(prefix="ttd-asgi-cpu-")  # removed when the run ends
+        tmp = Path(scratch.name)
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             DATA_DIR=tmp,

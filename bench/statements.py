@@ -62,7 +62,8 @@ async def run(requests: int) -> None:
         await admin.execute(f'ALTER DATABASE "{name}" SET log_min_duration_statement = 0')
         await admin.execute(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
         await admin.close()
-        tmp = Path(tempfile.mkdtemp(prefix="ttd-statements-"))
+        scratch = tempfile.TemporaryDirectory(prefix="ttd-statements-")  # removed when the run ends
+        tmp = Path(scratch.name)
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             DATA_DIR=tmp,
