@@ -340,3 +340,30 @@ async def test_requests_in_flight_when_the_cached_flags_expire_share_one_read(pg
     assert [a.status_code for a in answers] == [200] * 16
     assert len(checkouts) == 2, f"{len(checkouts)} sessions for 16 requests (one read per cache expected)"
     assert pg_app.state.maintenance_cache.refresh.runs >= 1
+
+
+async def test_a_statement_waits_for_a_busy_pool_no_longer_than_the_pool_timeout(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection busy: the next statement fails with the pool-timeout error (the sessions' 503) after
+    `POOL_TIMEOUT`, and the pool serves again once the busy statement is done (statements acquire without a timeout
+    only while a connection is free)."""
+    import asyncio
+
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    monkeypatch.setattr(rawdb, "POOL_TIMEOUT", 0.3)
+    settings = await backend_settings("postgres", tmp_path, lambda: services, DATABASE_POOL_SIZE=1)
+    engine = create_engine(settings)
+    try:
+        assert await rawdb.fetchrow(engine, "SELECT 1") is not None
+        busy = asyncio.ensure_future(rawdb.fetchrow(engine, "SELECT pg_sleep(1.5)"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(PoolTimeoutError):
+            await rawdb.fetchrow(engine, "SELECT 2")
+        await busy
+        row = await rawdb.fetchrow(engine, "SELECT 3")
+        assert row is not None and row[0] == 3
+    finally:
+        await rawdb.close(engine)
+        await engine.dispose()

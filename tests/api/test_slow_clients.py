@@ -101,8 +101,8 @@ async def test_stuck_reader_does_not_delay_other_users(app: FastAPI) -> None:
     await hub.start()
     try:
         stuck, listening = StuckSocket(), ListeningSocket()
-        hub.add(1_000_001, stuck)
-        hub.add(1_000_002, listening)
+        await hub.add(1_000_001, stuck)
+        await hub.add(1_000_002, listening)
         await asyncio.sleep(0.2)  # the subscription is up
         for n in range(3):
             await asyncio.wait_for(hub.publish(1_000_001, "task.created", {"n": n}), NOT_BLOCKED / 10)
@@ -119,7 +119,7 @@ async def test_reader_far_behind_is_closed(app: FastAPI) -> None:
 
     hub = EventHub(app.state.cache)
     stuck = StuckSocket()
-    hub.add(1_000_003, stuck)
+    await hub.add(1_000_003, stuck)
     try:
         for n in range(events.OUTBOX_SIZE + 2):
             await hub._deliver(orjson.dumps({"user_id": 1_000_003, "type": "x", "data": n}))

@@ -195,7 +195,7 @@ async def test_buttons_move_the_due_and_events_reach_the_websocket(chat: Chat) -
     await chat.link(timezone="Europe/Moscow")
     me = (await chat.api.get("/api/v1/users/me", headers=chat.headers)).json()
     socket = Socket()
-    chat.app.state.events.add(me["id"], socket)
+    await chat.app.state.events.add(me["id"], socket)
     try:
         [added] = await chat.say("Pay bills 2030-01-10 at 10:00")
         assert "Pay bills → 2030-01-11 10:00" in await chat.press(added["message_id"], button(added, "Tomorrow"))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -34,7 +34,9 @@ class Cache(Protocol):
 
     async def publish(self, channel: str, message: bytes) -> None: ...
 
-    def subscribe(self, channel: str) -> AsyncIterator[bytes]: ...
+    def subscribe(self, channel: str, on_subscribed: Callable[[], None] | None = None) -> AsyncGenerator[bytes, None]:
+        """The messages published on `channel` from the moment `on_subscribed` is called (once, when the server has
+        confirmed the subscription)."""
 
     async def ping(self) -> bool: ...
 
@@ -101,9 +103,13 @@ class MemoryCache:
         for queue in list(self._queues.get(channel, ())):
             queue.put_nowait(message)
 
-    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+    async def subscribe(
+        self, channel: str, on_subscribed: Callable[[], None] | None = None
+    ) -> AsyncGenerator[bytes, None]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues[channel].add(queue)
+        if on_subscribed is not None:
+            on_subscribed()
         try:
             while True:
                 yield await queue.get()
@@ -152,13 +158,18 @@ class RedisCache:
     async def publish(self, channel: str, message: bytes) -> None:
         await self.client.publish(channel, message)
 
-    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+    async def subscribe(
+        self, channel: str, on_subscribed: Callable[[], None] | None = None
+    ) -> AsyncGenerator[bytes, None]:
         pubsub = self.client.pubsub()
         await pubsub.subscribe(channel)
         try:
             async for message in pubsub.listen():
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     yield bytes(message["data"])
+                elif kind == "subscribe" and on_subscribed is not None:
+                    on_subscribed()  # Redis has the subscription: every later PUBLISH reaches it
         finally:
             await pubsub.unsubscribe(channel)
             await pubsub.aclose()  # type: ignore[no-untyped-call]

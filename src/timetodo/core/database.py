@@ -118,10 +118,10 @@ def has_nul(value: Any) -> bool:
     if isinstance(value, str):
         # a raw NUL, or one JSON-escaped for a JSON column (PostgreSQL refuses both: text cannot hold NUL)
         return "\x00" in value or "\\u0000" in value
-    if isinstance(value, list | tuple):
-        return any(has_nul(item) for item in value)
-    if isinstance(value, dict):
-        return any(has_nul(item) for item in value.values())
+    if isinstance(value, list | tuple | dict):
+        for item in value.values() if isinstance(value, dict) else value:  # a loop: no generator per call
+            if item is not None and not isinstance(item, int | float) and has_nul(item):
+                return True
     return False
 
 

@@ -100,6 +100,12 @@ async def current_user_id(
     return await accounts.check(accounts.claims(request.app.state.settings.SECRET_KEY.get_secret_value(), token))
 
 
+async def user_id_of(request: Request) -> int:
+    """`current_user_id` without FastAPI's dependency solving (the fast paths, `timetodo.core.fastpath`): the same
+    bearer-token reading and the same checks."""
+    return await current_user_id(request, await oauth2_scheme(request))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 SessionDep = Annotated[AsyncSession, _SESSION]

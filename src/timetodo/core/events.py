@@ -3,6 +3,10 @@
 With Redis, every event goes through one pub/sub channel and each instance's hub forwards it to its own sockets
 of that user; without Redis the hub delivers within the process.
 
+A process subscribes to the channel only while it has sockets: `await add(...)` returns once Redis has confirmed
+the subscription, so every event published after it (on any instance) reaches the new socket; a process without
+sockets receives (and decodes) nobody's events — it unsubscribes at the first event that finds it without sockets.
+
 Delivery never waits for a client: every socket has its own bounded outbox drained by its own sender task, so a
 reader that stops reading delays nobody else. A socket whose outbox is full (OUTBOX_SIZE events behind) or whose
 send takes longer than SEND_TIMEOUT is closed (1013, "try again later"); the client reconnects and catches up
@@ -28,6 +32,7 @@ CHANNEL = "timetodo:events"
 SEND_TIMEOUT = 5.0
 OUTBOX_SIZE = 256
 CLOSE_TRY_AGAIN_LATER = 1013
+SUBSCRIBE_TIMEOUT = 5.0  # `add` waits at most this for Redis to confirm the subscription (then serves anyway)
 
 
 class Socket(Protocol):
@@ -67,12 +72,21 @@ class EventHub:
         self.sockets: dict[int, set[Socket]] = defaultdict(set)
         self._outboxes: dict[Socket, _Outbox] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()  # this process has sockets: the listener subscribes
+        self._subscribed = asyncio.Event()  # Redis has confirmed the listener's subscription
 
     # sockets ----------------------------------------------------------------------------------------------------
-    def add(self, user_id: int, socket: Socket) -> None:
+    async def add(self, user_id: int, socket: Socket) -> None:
+        """Register a socket; returns once every event published from now on reaches it (see the module)."""
         self.sockets[user_id].add(socket)
         self._outboxes[socket] = _Outbox(self, user_id, socket)
         WS_CONNECTIONS.inc()
+        if self._listener is not None:
+            self._wanted.set()
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_TIMEOUT)
+            except TimeoutError:
+                log.warning("event subscription not confirmed in time; the socket is served anyway")
 
     def remove(self, user_id: int, socket: Socket) -> None:
         group = self.sockets.get(user_id)
@@ -132,12 +146,22 @@ class EventHub:
 
     async def _listen(self) -> None:
         while True:
+            if not self.sockets:
+                self._wanted.clear()
+            await self._wanted.wait()
             try:
-                async for message in self.cache.subscribe(CHANNEL):
-                    await self._deliver(message)
+                async with contextlib.aclosing(self.cache.subscribe(CHANNEL, self._subscribed.set)) as messages:
+                    async for message in messages:
+                        if not self.sockets:
+                            # nobody here to deliver to: unsubscribe until a socket arrives (a socket added from
+                            # now on waits for the next subscription's confirmation)
+                            self._subscribed.clear()
+                            break
+                        await self._deliver(message)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._subscribed.clear()
                 log.exception("event subscription failed; resubscribing in 1 s")
                 await asyncio.sleep(1)
 

@@ -15,10 +15,12 @@ from timetodo.core.validators import MAX_ID
 
 T = TypeVar("T")
 
-LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size, 1–200")]
+LIMIT_MAX = 200
+CURSOR_MAX_LENGTH = 200
+LimitQuery = Annotated[int, Query(ge=1, le=LIMIT_MAX, description="Page size, 1–200")]
 CursorQuery = Annotated[
     str | None,
-    Query(max_length=200, description="`next_cursor` of the previous page; omit for the first page"),
+    Query(max_length=CURSOR_MAX_LENGTH, description="`next_cursor` of the previous page; omit for the first page"),
 ]
 
 

@@ -70,6 +70,8 @@ class _Pool:
         self.loop = loop
         self.opening = opening
         self.pool: asyncpg.Pool | None = None
+        self.size = 0  # the pool's max_size
+        self.in_use = 0  # connections acquired by this module (the pool's only user) and not yet released
 
 
 POOL_TIMEOUT = 30.0  # SQLAlchemy's default pool_timeout
@@ -93,6 +95,7 @@ async def _open(engine: AsyncEngine) -> asyncpg.Pool:
             del _pools[engine.sync_engine]  # the next statement tries again
         raise
     entry.pool = pool
+    entry.size = pool.get_max_size()
     return pool
 
 
@@ -114,12 +117,20 @@ async def _run(engine: AsyncEngine, many: bool, sql: str, args: tuple[Any, ...],
         pool = entry.pool
     else:
         pool = await _open(engine)
+        entry = _pools[engine.sync_engine]
     for attempt in (1, 2):
+        # a free slot is handed over at once (asyncpg's queue has a holder): no timeout to arm — asyncpg's wraps the
+        # acquire in a task and a timer, ~15 µs per statement; only a wait for a busy pool is bounded
+        free = entry.in_use < entry.size
+        entry.in_use += 1
         try:
-            connection = await pool.acquire(timeout=POOL_TIMEOUT)
-        except TimeoutError:
-            # every connection busy for as long as a session would wait: the same 503 as SQLAlchemy's pool timeout
-            raise PoolTimeoutError(f"no free database connection in {POOL_TIMEOUT:.0f} s") from None
+            connection = await (pool.acquire() if free else pool.acquire(timeout=POOL_TIMEOUT))
+        except BaseException as exc:
+            entry.in_use -= 1
+            if isinstance(exc, TimeoutError):
+                # every connection busy for as long as a session would wait: the same 503 as SQLAlchemy's
+                raise PoolTimeoutError(f"no free database connection in {POOL_TIMEOUT:.0f} s") from None
+            raise
         try:
             for logger in _loggers:
                 logger(sql)
@@ -130,7 +141,10 @@ async def _run(engine: AsyncEngine, many: bool, sql: str, args: tuple[Any, ...],
             if attempt == 2 or not _retryable(exc, write):
                 raise
         finally:
-            await pool.release(connection)
+            try:
+                await pool.release(connection)
+            finally:
+                entry.in_use -= 1
     raise AssertionError("unreachable")
 
 

@@ -98,7 +98,7 @@ async def events_socket(ws: WebSocket) -> None:
             return False
         return True
 
-    hub.add(user_id, ws)
+    await hub.add(user_id, ws)
     try:
         await ws.send_text('{"type":"ready"}')
         await _serve(ws, settings.WS_PING_SECONDS, still_valid)
