@@ -6,6 +6,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from timetodo.core.database import Database
 from timetodo.core.deps import (
@@ -106,7 +107,7 @@ async def _body(request: Request) -> bytes:
     """The body, failing as FastAPI's own reading does (an HTTPException as is, anything else a 400)."""
     try:
         return await request.body()
-    except HTTPException:
+    except StarletteHTTPException:  # FastAPI re-raises Starlette's (the body limit's 413 is one), as here
         raise
     except Exception as exc:
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
