@@ -15,13 +15,11 @@ import asyncio
 import cProfile
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import Services, create_database, new_user  # noqa: E402
 
-from timetodo.core.schema import upgrade_async  # noqa: E402
-from timetodo.core.settings import Settings  # noqa: E402
-from timetodo.main import create_app  # noqa: E402
+from bench.inprocess import app_in_process  # noqa: E402
 
 
 def scope_of(method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -125,22 +121,8 @@ async def run(args: argparse.Namespace) -> None:
     services = Services.start()
     try:
         db_url = await create_database(services.postgres_url)
-        scratch = tempfile.TemporaryDirectory(prefix="ttd-asgi-cpu-")  # removed when the run ends
-        tmp = Path(scratch.name)
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            DATA_DIR=tmp,
-            DATABASE_URL=db_url,
-            REDIS_URL=services.redis_url,
-            SECRET_KEY="bench-secret-key-that-is-long-enough-0123456789",
-            LOG_LEVEL="INFO",
-        )
-        await upgrade_async(settings.DATABASE_URL)
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                users = [await new_user(client) for _ in range(4)]
+        async with app_in_process(db_url, services.redis_url, log_level="INFO") as (app, client):
+            users = [await new_user(client) for _ in range(4)]
             auths = [(b"authorization", h["Authorization"].encode()) for h, _ in users]
             body = orjson.dumps({"title": "bench", "labels": ["a", "b"], "priority": 2, "description": "x" * 40})
             i = 0

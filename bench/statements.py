@@ -14,21 +14,17 @@ import argparse
 import asyncio
 import re
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import asyncpg
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support import Services, create_database, new_user  # noqa: E402
 
-from timetodo.core.schema import upgrade_async  # noqa: E402
-from timetodo.core.settings import Settings  # noqa: E402
-from timetodo.main import create_app  # noqa: E402
+from bench.inprocess import app_in_process  # noqa: E402
 
 PHASE = re.compile(r"LOG:\s+(?:duration: [\d.]+ ms\s+)?(parse|bind|execute|statement)( [^:]*)?:\s?(.*)")
 
@@ -62,44 +58,30 @@ async def run(requests: int) -> None:
         await admin.execute(f'ALTER DATABASE "{name}" SET log_min_duration_statement = 0')
         await admin.execute(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
         await admin.close()
-        scratch = tempfile.TemporaryDirectory(prefix="ttd-statements-")  # removed when the run ends
-        tmp = Path(scratch.name)
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            DATA_DIR=tmp,
-            DATABASE_URL=db_url,
-            REDIS_URL=services.redis_url,
-            SECRET_KEY="bench-secret-key-that-is-long-enough-0123456789",
-            LOG_LEVEL="WARNING",
-        )
-        await upgrade_async(settings.DATABASE_URL)
-        app = create_app(settings, configure_logs=False)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                headers, _ = await new_user(client)
-                body = {"title": "bench", "labels": ["a"], "priority": 2}
-                for _ in range(60):  # warm-up: pools open, statements prepared, caches filled
-                    (await client.post("/api/v1/tasks", json=body, headers=headers)).raise_for_status()
-                    (await client.get("/api/v1/tasks?limit=50", headers=headers)).raise_for_status()
-                for label, send in (
-                    ("list", lambda: client.get("/api/v1/tasks?limit=50", headers=headers)),
-                    ("create", lambda: client.post("/api/v1/tasks", json=body, headers=headers)),
-                ):
-                    await asyncio.sleep(0.3)  # the log written so far is flushed
-                    start = log.stat().st_size
-                    for _ in range(requests):
-                        (await send()).raise_for_status()
-                    await asyncio.sleep(0.3)
-                    with log.open("rb") as f:
-                        f.seek(start)
-                        lines = f.read().decode(errors="replace").splitlines()
-                    lines = [line for line in lines if name in line or "LOG:" in line]
-                    counts = phases(lines)
-                    per = {k: v / requests for k, v in sorted(counts.items())}
-                    print(f"{label}: per request {per}")
-                    for text, n in texts(lines).most_common(8):
-                        print(f"  {n / requests:5.2f} × {text}")
+        async with app_in_process(db_url, services.redis_url, log_level="WARNING", configure_logs=False) as (_, client):
+            headers, _ = await new_user(client)
+            body = {"title": "bench", "labels": ["a"], "priority": 2}
+            for _ in range(60):  # warm-up: pools open, statements prepared, caches filled
+                (await client.post("/api/v1/tasks", json=body, headers=headers)).raise_for_status()
+                (await client.get("/api/v1/tasks?limit=50", headers=headers)).raise_for_status()
+            for label, send in (
+                ("list", lambda: client.get("/api/v1/tasks?limit=50", headers=headers)),
+                ("create", lambda: client.post("/api/v1/tasks", json=body, headers=headers)),
+            ):
+                await asyncio.sleep(0.3)  # the log written so far is flushed
+                start = log.stat().st_size
+                for _ in range(requests):
+                    (await send()).raise_for_status()
+                await asyncio.sleep(0.3)
+                with log.open("rb") as f:
+                    f.seek(start)
+                    lines = f.read().decode(errors="replace").splitlines()
+                lines = [line for line in lines if name in line or "LOG:" in line]
+                counts = phases(lines)
+                per = {k: v / requests for k, v in sorted(counts.items())}
+                print(f"{label}: per request {per}")
+                for text, n in texts(lines).most_common(8):
+                    print(f"  {n / requests:5.2f} × {text}")
     finally:
         services.stop()
 
