@@ -80,7 +80,7 @@ class KeyWatch:
     """See the module. Use `start`, then `changed` once, then `close` (also on errors)."""
 
     def __init__(self, url: str, limit: int, socket_timeout: float) -> None:
-        self.url, self.limit = url, limit
+        self.limit = limit
         self.client = aioredis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=socket_timeout, protocol=2)
         self.subscriber: Any = None
         self.tracker: Any = None
